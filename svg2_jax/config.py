@@ -1,0 +1,82 @@
+"""SVG2 hyperparameters as one frozen (hashable, jit-static) dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Backend = Literal["auto", "jax", "masked_dense"]
+KMeansImpl = Literal["auto", "xla", "pallas"]
+
+BACKENDS = ("auto", "jax", "masked_dense")
+KMEANS_IMPLS = ("auto", "xla", "pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class SVG2Config:
+    """Settings of one SVG2 attention call.
+
+    Defaults are the reference's (svg-project/Sparse-VideoGen) Wan 720p settings:
+    QC=300 query clusters, KC=1000 key clusters, top_p 0.9, at least 10% of the
+    key clusters kept, 50 k-means iterations on a cold start and 2 when warm
+    started from the previous call's centroids.
+
+    Attributes:
+      num_q_clusters: QC, k-means clusters over the queries of each (batch, head).
+      num_k_clusters: KC, k-means clusters over the keys of each (batch, head).
+      top_p: per query cluster, key clusters are kept by descending attention
+        mass until the cumulative mass reaches top_p (the crossing cluster is
+        kept). In (0, 1]; 1 keeps every non-empty key cluster.
+      min_kc_ratio: at least int(min_kc_ratio * KC) non-empty key clusters are
+        kept per query cluster, whatever their mass.
+      kmeans_iters_cold: iterations when there is no cache (random init).
+      kmeans_iters_warm: iterations when warm-started from the cache.
+      kmeans_tol: early stop when the largest centroid shift (L2) is below it.
+      backend: sparse attention implementation. "jax": exact, chunked over query
+        tiles, never materialises S x S (O(S^2) work: a portable reference, not the
+        fast path). "masked_dense": the full S x S masked attention, for tests on
+        small inputs only. "auto": the fastest available ("jax" until the Pallas
+        Hopper kernel lands).
+      kmeans_impl: "xla" (matmul + argmin + segment_sum), "pallas" (fused Triton
+        assignment and update kernels, GPU only), "auto" (pallas on GPU).
+      q_tile: query rows per step of the "jax" backend (bounds its memory to
+        B * H * q_tile * S floats).
+      kmeans_chunk: tokens per chunk in the XLA k-means assignment (bounds the
+        distance matrix to N * kmeans_chunk * K floats).
+    """
+
+    num_q_clusters: int = 300
+    num_k_clusters: int = 1000
+    top_p: float = 0.9
+    min_kc_ratio: float = 0.10
+    kmeans_iters_cold: int = 50
+    kmeans_iters_warm: int = 2
+    kmeans_tol: float = 1e-4
+    backend: Backend = "auto"
+    kmeans_impl: KMeansImpl = "auto"
+    q_tile: int = 256
+    kmeans_chunk: int = 8192
+
+    def __post_init__(self):
+        for name in ("num_q_clusters", "num_k_clusters", "kmeans_iters_cold",
+                     "kmeans_iters_warm", "q_tile", "kmeans_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"SVG2Config.{name} must be a positive int, got {value!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SVG2Config.top_p must be in (0, 1], got {self.top_p!r}")
+        if not 0.0 <= self.min_kc_ratio <= 1.0:
+            raise ValueError(
+                f"SVG2Config.min_kc_ratio must be in [0, 1], got {self.min_kc_ratio!r}")
+        if not self.kmeans_tol >= 0.0:
+            raise ValueError(f"SVG2Config.kmeans_tol must be >= 0, got {self.kmeans_tol!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"SVG2Config.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.kmeans_impl not in KMEANS_IMPLS:
+            raise ValueError(
+                f"SVG2Config.kmeans_impl must be one of {KMEANS_IMPLS}, got {self.kmeans_impl!r}")
+
+    @property
+    def min_k_clusters(self) -> int:
+        """The floor on kept key clusters per query cluster, as the reference computes it."""
+        return int(self.min_kc_ratio * self.num_k_clusters)

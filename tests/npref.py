@@ -1,0 +1,64 @@
+"""Independent numpy (float64) implementations of the SVG2 steps, written from the
+algorithm's description, for the tests. Nothing here imports svg2_jax."""
+
+import numpy as np
+
+
+def kmeans(x, c0, iters, tol):
+    """x: [N, S, D]; c0: [N, K, D] -> (labels, centroids, sizes, iterations)."""
+    x = np.asarray(x, np.float64)
+    c = np.asarray(c0, np.float64).copy()
+    n, _, _ = x.shape
+    k = c.shape[1]
+    labels = sizes = None
+    for it in range(1, iters + 1):
+        d = ((x[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)
+        labels = d.argmin(-1)
+        new = c.copy()
+        sizes = np.zeros((n, k), np.int64)
+        for b in range(n):
+            for j in range(k):
+                members = x[b, labels[b] == j]
+                sizes[b, j] = len(members)
+                if len(members):
+                    new[b, j] = members.mean(0)
+        shift = np.sqrt(((new - c) ** 2).sum(-1)).max()
+        if shift < tol:
+            return labels, c, sizes, it
+        c = new
+    return labels, c, sizes, iters
+
+
+def select(qc, kc, ksizes, top_p, min_count):
+    """Per query cluster: descending mass, keep while mass-before < top_p, at least
+    min_count non-empty clusters; empty clusters never kept. -> bool [N, QC, KC]."""
+    qc = np.asarray(qc, np.float64)
+    kc = np.asarray(kc, np.float64)
+    n, nq, d = qc.shape
+    nk = kc.shape[1]
+    out = np.zeros((n, nq, nk), bool)
+    for b in range(n):
+        nonempty = [j for j in range(nk) if ksizes[b, j] > 0]
+        for i in range(nq):
+            s = np.array([qc[b, i] @ kc[b, j] / np.sqrt(d) for j in nonempty])
+            w = np.array([ksizes[b, j] for j in nonempty]) * np.exp(s - s.max())
+            p = w / w.sum()
+            ranked = sorted(range(len(nonempty)), key=lambda t: (-p[t], nonempty[t]))
+            total = 0.0
+            for r, t in enumerate(ranked):
+                if top_p >= 1.0 or total < top_p or r < min_count:
+                    out[b, i, nonempty[t]] = True
+                total += p[t]
+    return out
+
+
+def masked_attention(q, k, v, mask, scale):
+    """q: [N, Sq, D]; k, v: [N, Sk, D]; mask [N, Sq, Sk] -> [N, Sq, D]; empty rows -> 0."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    s = np.einsum("nqd,nkd->nqk", q, k) * scale
+    s = np.where(mask, s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = np.exp(s - m)
+    l = p.sum(-1, keepdims=True)
+    return np.einsum("nqk,nkd->nqd", p, v) / np.where(l > 0, l, 1.0)

@@ -1,0 +1,198 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from einops import rearrange
+
+import npref
+from svg2_jax import SVG2Cache, SVG2Config, svg2_attention
+from svg2_jax.sparse_attention import sparse_attention_chunked, sparse_attention_masked_dense
+
+
+def clustered_qkv(seed, b=2, s=300, h=2, d=32, nq=6, nk=12, noise=0.2):
+    """q, k, v [B, S, H, D] drawn around per-head centres, plus a cache near those centres."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n):
+        centers = rng.normal(size=(b, h, n, d)) * 2.0
+        member = rng.integers(0, n, size=(b, h, s))
+        x = np.take_along_axis(centers, member[..., None], axis=2)
+        x = x + noise * rng.normal(size=x.shape)
+        return rearrange(x, "b h s d -> b s h d").astype(np.float32), centers
+
+    q, qcent = draw(nq)
+    k, kcent = draw(nk)
+    v = rng.normal(size=k.shape).astype(np.float32)
+    cache = SVG2Cache(jnp.asarray(qcent + 0.1, jnp.float32), jnp.asarray(kcent + 0.1, jnp.float32))
+    return q, k, v, cache
+
+
+def numpy_svg2(q, k, v, cache, cfg):
+    """The whole warm-started algorithm in numpy, from the same centroids."""
+    heads = lambda x: rearrange(x, "b s h d -> (b h) s d")
+    qn, kn, vn = heads(q), heads(k), heads(v)
+    c = lambda x: rearrange(np.asarray(x), "b h c d -> (b h) c d")
+    ql, qc, qs, _ = npref.kmeans(qn, c(cache.q_centroids), cfg.kmeans_iters_warm, cfg.kmeans_tol)
+    kl, kc, ks, _ = npref.kmeans(kn, c(cache.k_centroids), cfg.kmeans_iters_warm, cfg.kmeans_tol)
+    sel = npref.select(qc, kc, ks, cfg.top_p, int(cfg.min_kc_ratio * cfg.num_k_clusters))
+    mask = np.stack([sel[n][ql[n]][:, kl[n]] for n in range(len(sel))])
+    out = npref.masked_attention(qn, kn, vn, mask, q.shape[-1] ** -0.5)
+    density = (mask.sum((1, 2)) / mask[0].size).reshape(q.shape[0], q.shape[2])
+    return rearrange(out, "(b h) s d -> b s h d", b=q.shape[0]), density
+
+
+@pytest.mark.parametrize("backend,q_tile", [("jax", 64), ("jax", 512), ("masked_dense", 64)])
+@pytest.mark.parametrize("top_p", [0.5, 0.9])
+def test_warm_call_equals_numpy_pipeline(backend, q_tile, top_p):
+    q, k, v, cache = clustered_qkv(int(top_p * 10) + q_tile)
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12, top_p=top_p, min_kc_ratio=0.25,
+                     kmeans_iters_warm=3, backend=backend, q_tile=q_tile)
+    out, new_cache, stats = svg2_attention(q, k, v, cache, cfg)
+    want, density = numpy_svg2(q, k, v, cache, cfg)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(stats.density), density, rtol=1e-5)
+    assert (np.asarray(stats.density) < 1.0).all()  # the test exercises real sparsity
+    assert new_cache.q_centroids.shape == cache.q_centroids.shape
+    assert int(stats.k_kmeans_iters) <= 3
+
+
+@pytest.mark.parametrize("backend", ["jax", "masked_dense"])
+def test_keep_everything_equals_dense_attention(backend):
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 200, 3, 16)).astype(np.float32)) for _ in range(3))
+    for top_p, ratio in ((1.0, 1.0), (1.0, 0.0), (0.5, 1.0)):
+        cfg = SVG2Config(num_q_clusters=8, num_k_clusters=20, top_p=top_p, min_kc_ratio=ratio,
+                         kmeans_iters_cold=5, backend=backend, q_tile=64)
+        out, _, stats = svg2_attention(q, k, v, None, cfg, jax.random.PRNGKey(1))
+        dense = jax.nn.dot_product_attention(q, k, v)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(dense), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(stats.density), 1.0, rtol=1e-6)
+
+
+def test_rows_with_no_selected_key_give_zeros_not_nan():
+    rng = np.random.default_rng(5)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, 90, 8)).astype(np.float32)) for _ in range(3))
+    ql = jnp.asarray(rng.integers(0, 3, (1, 90)), jnp.int32)
+    kl = jnp.asarray(rng.integers(0, 4, (1, 90)), jnp.int32)
+    sel = jnp.asarray(rng.random((1, 3, 4)) < 0.5).at[0, 1].set(False)
+    for out in (sparse_attention_chunked(q, k, v, ql, kl, sel, 0.3, q_tile=32),
+                sparse_attention_masked_dense(q, k, v, ql, kl, sel, 0.3)):
+        out = np.asarray(out)
+        assert np.isfinite(out).all()
+        assert (out[0, np.asarray(ql[0]) == 1] == 0).all()
+        mask = np.asarray(sel)[0][np.asarray(ql[0])][:, np.asarray(kl[0])][None]
+        np.testing.assert_allclose(out, npref.masked_attention(q, k, v, mask, 0.3), atol=1e-5)
+
+
+def test_bf16_inputs_run_and_stay_close_to_float32():
+    q, k, v, cache = clustered_qkv(9)
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12, kmeans_iters_warm=2)
+    out32, _, _ = svg2_attention(q, k, v, cache, cfg)
+    bf = lambda x: jnp.asarray(x, jnp.bfloat16)
+    out16, cache16, stats = svg2_attention(bf(q), bf(k), bf(v), cache, cfg)
+    assert out16.dtype == jnp.bfloat16 and cache16.k_centroids.dtype == jnp.float32
+    err = np.linalg.norm(np.asarray(out16, np.float32) - np.asarray(out32)) / np.linalg.norm(out32)
+    assert err < 2e-2
+
+
+def test_warm_calls_under_jit_do_not_retrace_and_carry_through_fori_loop():
+    q, k, v, cache = clustered_qkv(2)
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12)
+    traces = []
+
+    @jax.jit
+    def step(q, k, v, cache):
+        traces.append(None)
+        return svg2_attention(q, k, v, cache, cfg)
+
+    _, cache, _ = svg2_attention(q, k, v, None, cfg, jax.random.PRNGKey(3))  # cold start
+    for seed in range(3):
+        q2, k2, v2, _ = clustered_qkv(10 + seed)
+        _, cache, stats = step(q2, k2, v2, cache)
+    assert len(traces) == 1
+
+    def body(i, carry):
+        cache, dens = carry
+        _, cache, stats = svg2_attention(q, k, v, cache, cfg)
+        return cache, dens.at[i].set(stats.density)
+
+    cache, dens = jax.jit(lambda c: jax.lax.fori_loop(
+        0, 4, body, (c, jnp.zeros((4,) + stats.density.shape))))(cache)
+    assert np.isfinite(np.asarray(dens)).all() and (np.asarray(dens) > 0).all()
+
+
+def test_cold_start_is_deterministic_per_key():
+    q, k, v, _ = clustered_qkv(3)
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12)
+    a = svg2_attention(q, k, v, None, cfg, jax.random.PRNGKey(7))
+    b = svg2_attention(q, k, v, None, cfg, jax.random.PRNGKey(7))
+    np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    np.testing.assert_array_equal(np.asarray(a[1].k_centroids), np.asarray(b[1].k_centroids))
+
+
+def test_stats_summaries():
+    q, k, v, cache = clustered_qkv(6)
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12)
+    _, _, st = svg2_attention(q, k, v, cache, cfg)
+    assert st.density.shape == (2, 2)
+    assert (np.asarray(st.k_size_min) >= 1).all()
+    assert (np.asarray(st.k_size_max) <= 300).all()
+    assert (np.asarray(st.q_empty) >= 0).all() and (np.asarray(st.k_empty) < 12).all()
+    assert (np.asarray(st.kept_k_clusters) >= int(0.1 * 12)).all()
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+def _qkv(b=1, s=64, h=2, d=8, dtype=jnp.float32):
+    return jnp.ones((b, s, h, d), dtype), jnp.ones((b, s, h, d), dtype), jnp.ones((b, s, h, d), dtype)
+
+
+CFG = SVG2Config(num_q_clusters=4, num_k_clusters=8)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda q, k, v: (q[0], k, v), r"q must be \[B, S, H, D\]"),
+    (lambda q, k, v: (q, k, v[:, :32]), "same shape"),
+    (lambda q, k, v: (q[..., :4], k, v), "agree on B, H and D"),
+    (lambda q, k, v: (q[:, :, :1], k, v), "agree on B, H and D"),
+    (lambda q, k, v: (q.astype(jnp.bfloat16), k, v), "dtypes differ"),
+    (lambda q, k, v: (q.astype(jnp.int32), k.astype(jnp.int32), v.astype(jnp.int32)),
+     "floating point"),
+    (lambda q, k, v: (q[:, :3], k, v), "fewer than num_q_clusters"),
+    (lambda q, k, v: (q, k[:, :7], v[:, :7]), "fewer than num_k_clusters"),
+])
+def test_bad_inputs(mutate, match):
+    with pytest.raises(ValueError, match=match):
+        svg2_attention(*mutate(*_qkv()), None, CFG)
+
+
+def test_bad_cache():
+    q, k, v = _qkv()
+    bad = SVG2Cache(jnp.zeros((1, 2, 4, 8)), jnp.zeros((1, 2, 9, 8)))
+    with pytest.raises(ValueError, match="do not fit"):
+        svg2_attention(q, k, v, bad, CFG)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_q_clusters=0), "num_q_clusters must be a positive int"),
+    (dict(num_k_clusters=-3), "num_k_clusters must be a positive int"),
+    (dict(num_k_clusters=2.5), "num_k_clusters must be a positive int"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.01), "top_p"),
+    (dict(min_kc_ratio=-0.1), "min_kc_ratio"),
+    (dict(kmeans_iters_warm=0), "kmeans_iters_warm"),
+    (dict(kmeans_tol=-1.0), "kmeans_tol"),
+    (dict(backend="flashinfer"), "backend"),
+    (dict(kmeans_impl="cuvs"), "kmeans_impl"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SVG2Config(**kwargs)
+
+
+def test_masked_dense_refuses_large_problems():
+    q = jnp.zeros((1, 1 << 12, 8, 8))
+    with pytest.raises(ValueError, match="backend='jax'"):
+        svg2_attention(q, q, q, None, SVG2Config(num_q_clusters=2, num_k_clusters=2,
+                                                 backend="masked_dense"))
