@@ -1,0 +1,107 @@
+"""Pluggable self-attention for the DiT models: dense, or SVG2 with per-layer state.
+
+A model's self-attention calls `attention(q, k, v, state, layer_index)` with q, k, v
+`[B, S, H, D]` (after q/k norm and rotary embedding) and gets back
+`(out [B, S, H, D], new_state, density [B, H])`. `state` is this layer's slice of a
+pytree whose leaves carry a leading layer axis, so a model that scans over stacked
+blocks scans over the states too, and a sampler carries them across steps.
+
+Everything that changes between steps (which layers are sparse, whether k-means has
+been initialised) lives in the state as arrays, so switching from dense warm-up to
+sparse steps never recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from svg2_jax.attention import SVG2Cache, svg2_attention
+from svg2_jax.config import SVG2Config
+
+
+def _dense(q, k, v, implementation):
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def _ones_density(q):
+    return jnp.ones((q.shape[0], q.shape[2]), jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseAttention:
+    """Plain softmax attention. implementation: passed to jax.nn.dot_product_attention
+    (None = XLA chooses; "cudnn" on NVIDIA GPUs)."""
+
+    implementation: str | None = None
+
+    def init_state(self, num_layers, batch, heads, head_dim):
+        return None
+
+    def __call__(self, q, k, v, state, layer_index):
+        return _dense(q, k, v, self.implementation), state, _ones_density(q)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SVG2LayerState:
+    """One layer's SVG2 state (leaves get a leading layer axis when stacked).
+
+    cache: the layer's centroids; initialized: [] bool, k-means has run at least once
+    (else the next sparse call is a cold start); sparse: [] bool, use SVG2 in this call
+    (False = dense, e.g. warm-up steps or always-dense layers).
+    """
+
+    cache: SVG2Cache
+    initialized: jax.Array
+    sparse: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SVG2Attention:
+    """SVG2 self-attention with a per-layer centroid cache.
+
+    dense_layers: layer indices that always run dense (the reference keeps layer 0 dense).
+    seed: cold-start k-means initialisation uses fold_in(PRNGKey(seed), layer_index).
+    dense_implementation: for the dense layers and steps.
+    """
+
+    config: SVG2Config
+    dense_layers: tuple[int, ...] = (0,)
+    seed: int = 0
+    dense_implementation: str | None = None
+
+    def init_state(self, num_layers, batch, heads, head_dim) -> SVG2LayerState:
+        """Stacked state for `num_layers` layers: not initialised, sparse except dense_layers."""
+        cfg = self.config
+        cache = SVG2Cache(
+            jnp.zeros((num_layers, batch, heads, cfg.num_q_clusters, head_dim), jnp.float32),
+            jnp.zeros((num_layers, batch, heads, cfg.num_k_clusters, head_dim), jnp.float32))
+        return SVG2LayerState(cache, jnp.zeros((num_layers,), bool),
+                              self.sparse_layers(num_layers, True))
+
+    def sparse_layers(self, num_layers, enabled) -> jax.Array:
+        """[L] bool: which layers run sparse when `enabled` (a traced bool is fine)."""
+        always_dense = jnp.isin(jnp.arange(num_layers), jnp.asarray(self.dense_layers or (-1,)))
+        return jnp.logical_and(enabled, ~always_dense)
+
+    def __call__(self, q, k, v, state: SVG2LayerState, layer_index):
+        cfg = self.config
+
+        def dense(_):
+            return _dense(q, k, v, self.dense_implementation), state, _ones_density(q)
+
+        def sparse(_):
+            def cold(_):
+                key = jax.random.fold_in(jax.random.PRNGKey(self.seed), layer_index)
+                return svg2_attention(q, k, v, None, cfg, key)
+
+            def warm(_):
+                return svg2_attention(q, k, v, state.cache, cfg)
+
+            out, cache, stats = jax.lax.cond(state.initialized, warm, cold, None)
+            return out, SVG2LayerState(cache, jnp.bool_(True), state.sparse), stats.density
+
+        return jax.lax.cond(state.sparse, sparse, dense, None)
