@@ -1,7 +1,7 @@
 """svg2-jax: Sparse VideoGen2 (semantic-aware permutation sparse attention) in JAX."""
 
-from svg2_jax.attention import SVG2Cache, SVG2Stats, svg2_attention
+from svg2_jax.attention import SVG2Cache, SVG2Stats, svg2_attention, svg2_kmeans
 from svg2_jax.config import SVG2Config
 
-__all__ = ["SVG2Cache", "SVG2Config", "SVG2Stats", "svg2_attention"]
+__all__ = ["SVG2Cache", "SVG2Config", "SVG2Stats", "svg2_attention", "svg2_kmeans"]
 __version__ = "0.1.0"

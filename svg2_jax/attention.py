@@ -84,7 +84,9 @@ def _check_inputs(q, k, v, cache, config: SVG2Config):
 
 def _resolve(config: SVG2Config):
     backend = "jax" if config.backend == "auto" else config.backend
-    kmeans_impl = "xla" if config.kmeans_impl == "auto" else config.kmeans_impl
+    kmeans_impl = config.kmeans_impl
+    if kmeans_impl == "auto":
+        kmeans_impl = "pallas" if jax.default_backend() == "gpu" else "xla"
     return backend, kmeans_impl
 
 
@@ -93,6 +95,39 @@ def _size_summary(sizes):
     big = jnp.iinfo(jnp.int32).max
     return (jnp.min(jnp.where(nonempty, sizes, big), axis=-1), jnp.max(sizes, axis=-1),
             jnp.sum(~nonempty, axis=-1).astype(jnp.int32))
+
+
+def _cluster(qn, kn, cache, config: SVG2Config, key, kmeans_impl):
+    """k-means on queries and keys, per (batch x head) problem: qn, kn: [N, S, D]."""
+    if cache is None:
+        key = jax.random.PRNGKey(0) if key is None else key
+        key_q, key_k = jax.random.split(key)
+        q_init = km.random_init(key_q, qn, config.num_q_clusters)
+        k_init = km.random_init(key_k, kn, config.num_k_clusters)
+        iters = config.kmeans_iters_cold
+    else:
+        q_init = rearrange(cache.q_centroids, "b h c d -> (b h) c d")
+        k_init = rearrange(cache.k_centroids, "b h c d -> (b h) c d")
+        iters = config.kmeans_iters_warm
+    run = functools.partial(km.kmeans, num_iters=iters, tol=config.kmeans_tol,
+                            impl=kmeans_impl, chunk=config.kmeans_chunk)
+    return run(qn, q_init), run(kn, k_init)
+
+
+def _to_cache(qk, kk, batch):
+    return SVG2Cache(q_centroids=rearrange(qk.centroids, "(b h) c d -> b h c d", b=batch),
+                     k_centroids=rearrange(kk.centroids, "(b h) c d -> b h c d", b=batch))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def svg2_kmeans(q: jax.Array, k: jax.Array, cache: SVG2Cache | None, config: SVG2Config,
+                key: jax.Array | None = None) -> SVG2Cache:
+    """Only the clustering step of `svg2_attention` (same arguments, no v): returns the
+    updated cache. For dense steps that warm up the centroids for later sparse ones."""
+    _check_inputs(q, k, k, cache, config)
+    qk, kk = _cluster(*(rearrange(x, "b s h d -> (b h) s d") for x in (q, k)), cache, config,
+                      key, _resolve(config)[1])
+    return _to_cache(qk, kk, q.shape[0])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "scale"))
@@ -121,19 +156,7 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
     scale = d ** -0.5 if scale is None else scale
     qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
 
-    if cache is None:
-        key = jax.random.PRNGKey(0) if key is None else key
-        key_q, key_k = jax.random.split(key)
-        q_init = km.random_init(key_q, qn, config.num_q_clusters)
-        k_init = km.random_init(key_k, kn, config.num_k_clusters)
-        iters = config.kmeans_iters_cold
-    else:
-        q_init = rearrange(cache.q_centroids, "b h c d -> (b h) c d")
-        k_init = rearrange(cache.k_centroids, "b h c d -> (b h) c d")
-        iters = config.kmeans_iters_warm
-    run = functools.partial(km.kmeans, num_iters=iters, tol=config.kmeans_tol,
-                            impl=kmeans_impl, chunk=config.kmeans_chunk)
-    qk, kk = run(qn, q_init), run(kn, k_init)
+    qk, kk = _cluster(qn, kn, cache, config, key, kmeans_impl)
 
     selected = select_clusters(qk.centroids, kk.centroids, kk.sizes, config.top_p,
                                config.min_k_clusters)
@@ -161,7 +184,4 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
         q_size_min=per_head(q_min), q_size_max=per_head(q_max), q_empty=per_head(q_empty),
         k_size_min=per_head(k_min), k_size_max=per_head(k_max), k_empty=per_head(k_empty),
         q_kmeans_iters=qk.iterations, k_kmeans_iters=kk.iterations)
-    new_cache = SVG2Cache(
-        q_centroids=rearrange(qk.centroids, "(b h) c d -> b h c d", b=b),
-        k_centroids=rearrange(kk.centroids, "(b h) c d -> b h c d", b=b))
-    return out, new_cache, stats
+    return out, _to_cache(qk, kk, b), stats

@@ -37,8 +37,9 @@ class SVG2Config:
         fast path). "masked_dense": the full S x S masked attention, for tests on
         small inputs only. "auto": the fastest available ("jax" until the Pallas
         Hopper kernel lands).
-      kmeans_impl: "xla" (matmul + argmin + segment_sum), "pallas" (fused Triton
-        assignment and update kernels, GPU only), "auto" (pallas on GPU).
+      kmeans_impl: "xla" (chunked matmul + argmin, then segment_sum), "pallas" (the
+        fused Triton assignment kernel, which never writes the [S, K] distances, then
+        segment_sum; GPU only), "auto" (pallas on GPU, else xla).
       q_tile: query rows per step of the "jax" backend (bounds its memory to
         B * H * q_tile * S floats).
       kmeans_chunk: tokens per chunk in the XLA k-means assignment (bounds the

@@ -18,7 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from svg2_jax.attention import SVG2Cache, svg2_attention
+from svg2_jax.attention import SVG2Cache, svg2_attention, svg2_kmeans
 from svg2_jax.config import SVG2Config
 
 
@@ -40,6 +40,9 @@ class DenseAttention:
     def init_state(self, num_layers, batch, heads, head_dim):
         return None
 
+    def set_mode(self, state, sparse, cluster=False):
+        return state
+
     def __call__(self, q, k, v, state, layer_index):
         return _dense(q, k, v, self.implementation), state, _ones_density(q)
 
@@ -50,13 +53,15 @@ class SVG2LayerState:
     """One layer's SVG2 state (leaves get a leading layer axis when stacked).
 
     cache: the layer's centroids; initialized: [] bool, k-means has run at least once
-    (else the next sparse call is a cold start); sparse: [] bool, use SVG2 in this call
-    (False = dense, e.g. warm-up steps or always-dense layers).
+    (else the next clustering is a cold start); sparse: [] bool, use SVG2 in this call
+    (False = dense, e.g. warm-up steps or always-dense layers); cluster: [] bool, in a
+    dense call, still run k-means to update the cache (so the first sparse step is warm).
     """
 
     cache: SVG2Cache
     initialized: jax.Array
     sparse: jax.Array
+    cluster: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,29 +84,39 @@ class SVG2Attention:
         cache = SVG2Cache(
             jnp.zeros((num_layers, batch, heads, cfg.num_q_clusters, head_dim), jnp.float32),
             jnp.zeros((num_layers, batch, heads, cfg.num_k_clusters, head_dim), jnp.float32))
-        return SVG2LayerState(cache, jnp.zeros((num_layers,), bool),
-                              self.sparse_layers(num_layers, True))
+        off = jnp.zeros((num_layers,), bool)
+        return self.set_mode(SVG2LayerState(cache, off, off, off), sparse=True)
 
-    def sparse_layers(self, num_layers, enabled) -> jax.Array:
-        """[L] bool: which layers run sparse when `enabled` (a traced bool is fine)."""
-        always_dense = jnp.isin(jnp.arange(num_layers), jnp.asarray(self.dense_layers or (-1,)))
-        return jnp.logical_and(enabled, ~always_dense)
+    def set_mode(self, state: SVG2LayerState, sparse, cluster=False) -> SVG2LayerState:
+        """The stacked state with every layer set to run sparse (`sparse`) or dense, and,
+        when dense, to still update its centroids (`cluster`). Layers in dense_layers are
+        always dense and never cluster. Traced bools are fine: no recompilation."""
+        num_layers = state.sparse.shape[0]
+        eligible = ~jnp.isin(jnp.arange(num_layers), jnp.asarray(self.dense_layers or (-1,)))
+        return dataclasses.replace(state, sparse=eligible & sparse,
+                                   cluster=eligible & jnp.logical_and(cluster, jnp.logical_not(sparse)))
 
     def __call__(self, q, k, v, state: SVG2LayerState, layer_index):
         cfg = self.config
 
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), layer_index)
+        clustered = dataclasses.replace(state, initialized=jnp.bool_(True))
+
         def dense(_):
-            return _dense(q, k, v, self.dense_implementation), state, _ones_density(q)
+            def recluster(_):
+                cache = jax.lax.cond(state.initialized,
+                                     lambda: svg2_kmeans(q, k, state.cache, cfg),
+                                     lambda: svg2_kmeans(q, k, None, cfg, key))
+                return dataclasses.replace(clustered, cache=cache)
+
+            new_state = jax.lax.cond(state.cluster, recluster, lambda _: state, None)
+            return _dense(q, k, v, self.dense_implementation), new_state, _ones_density(q)
 
         def sparse(_):
-            def cold(_):
-                key = jax.random.fold_in(jax.random.PRNGKey(self.seed), layer_index)
-                return svg2_attention(q, k, v, None, cfg, key)
-
-            def warm(_):
-                return svg2_attention(q, k, v, state.cache, cfg)
-
-            out, cache, stats = jax.lax.cond(state.initialized, warm, cold, None)
-            return out, SVG2LayerState(cache, jnp.bool_(True), state.sparse), stats.density
+            out, cache, stats = jax.lax.cond(
+                state.initialized,
+                lambda: svg2_attention(q, k, v, state.cache, cfg),
+                lambda: svg2_attention(q, k, v, None, cfg, key))
+            return out, dataclasses.replace(clustered, cache=cache), stats.density
 
         return jax.lax.cond(state.sparse, sparse, dense, None)

@@ -48,8 +48,25 @@ def test_disabled_sparsity_is_dense_everywhere():
     attn = SVG2Attention(CFG)
     q, k, v = stacked_qkv(1)
     state = attn.init_state(3, 1, 2, 16)
-    state = state.__class__(state.cache, state.initialized, attn.sparse_layers(3, False))
-    out, state2, dens = scan_layers(attn, q, k, v, state)
+    out, state2, dens = scan_layers(attn, q, k, v, attn.set_mode(state, sparse=False))
     dense, _, _ = scan_layers(DenseAttention(), q, k, v, None)
     np.testing.assert_allclose(np.asarray(out), np.asarray(dense), rtol=1e-5, atol=1e-6)
     assert (np.asarray(dens) == 1).all() and not np.asarray(state2.initialized).any()
+
+
+def test_dense_call_can_cluster_so_the_next_sparse_call_is_warm():
+    attn = SVG2Attention(CFG, dense_layers=(0,), seed=3)
+    q, k, v = stacked_qkv(2)
+    state = attn.set_mode(attn.init_state(3, 1, 2, 16), sparse=False, cluster=True)
+    np.testing.assert_array_equal(np.asarray(state.cluster), [False, True, True])
+    out, state, dens = scan_layers(attn, q, k, v, state)
+    dense, _, _ = scan_layers(DenseAttention(), q, k, v, None)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(dense), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(state.initialized), [False, True, True])
+    _, cache, _ = svg2_attention(q[2], k[2], v[2], None, CFG,
+                                 jax.random.fold_in(jax.random.PRNGKey(3), 2))
+    np.testing.assert_allclose(np.asarray(state.cache.k_centroids[2]),
+                               np.asarray(cache.k_centroids), rtol=1e-6)
+    out2, _, _ = scan_layers(attn, q, k, v, attn.set_mode(state, sparse=True))
+    want, _, _ = svg2_attention(q[2], k[2], v[2], cache, CFG)
+    np.testing.assert_allclose(np.asarray(out2[2]), np.asarray(want), rtol=1e-5, atol=1e-6)
