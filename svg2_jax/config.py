@@ -6,10 +6,10 @@ import dataclasses
 from typing import Literal
 
 Backend = Literal["auto", "jax", "masked_dense"]
-KMeansImpl = Literal["auto", "xla", "pallas"]
+KMeansImpl = Literal["auto", "xla", "pallas", "pallas_fused"]
 
 BACKENDS = ("auto", "jax", "masked_dense")
-KMEANS_IMPLS = ("auto", "xla", "pallas")
+KMEANS_IMPLS = ("auto", "xla", "pallas", "pallas_fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,9 @@ class SVG2Config:
         Hopper kernel lands).
       kmeans_impl: "xla" (chunked matmul + argmin, then segment_sum), "pallas" (the
         fused Triton assignment kernel, which never writes the [S, K] distances, then
-        segment_sum; GPU only), "auto" (pallas on GPU, else xla).
+        segment_sum; GPU only), "pallas_fused" (one Triton pass per iteration that also
+        accumulates the cluster sums with atomics; GPU only), "auto" (the fastest
+        measured on GPU, see docs/performance.md; xla elsewhere).
       q_tile: query rows per step of the "jax" backend (bounds its memory to
         B * H * q_tile * S floats).
       kmeans_chunk: tokens per chunk in the XLA k-means assignment (bounds the

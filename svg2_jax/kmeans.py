@@ -18,6 +18,10 @@ import jax
 import jax.numpy as jnp
 
 
+# Iteration counts up to this run unrolled instead of in a while loop.
+UNROLL_MAX_ITERS = 4
+
+
 class KMeansResult(NamedTuple):
     """labels: [N, S] int32; centroids: [N, K, D] float32; sizes: [N, K] int32 (members
     per label, consistent with `labels`); iterations: [] int32 run; shift: [] float32,
@@ -82,15 +86,25 @@ def update_xla(x: jax.Array, labels: jax.Array, num_clusters: int):
     return sums.reshape(n, num_clusters, d), counts.reshape(n, num_clusters)
 
 
-def _steps(impl: str, chunk: int):
+IMPLS = ("xla", "pallas", "pallas_fused")
+
+
+def kmeans_step(impl: str, chunk: int = 8192):
+    """One assignment + update: step(x, centroids, K) -> (labels, sums, counts).
+
+    "xla": chunked matmul + argmin, then segment_sum. "pallas": the fused Triton
+    assignment kernel (never writes the [S, K] distances), then segment_sum.
+    "pallas_fused": one Triton pass that also accumulates the sums with atomics.
+    """
     if impl == "xla":
-        return (lambda x, c: assign_xla(x, c, chunk)), update_xla
+        return lambda x, c, k: (labels := assign_xla(x, c, chunk),) + update_xla(x, labels, k)
     if impl == "pallas":
-        # Fused Triton assignment; the update stays XLA's segment_sum, which beat a
-        # one-hot-matmul Pallas update 5x on an H200 (docs/performance.md).
         from pallas_kernels import kmeans_assign
-        return kmeans_assign, update_xla
-    raise ValueError(f"unknown k-means implementation {impl!r}; expected 'xla' or 'pallas'")
+        return lambda x, c, k: (labels := kmeans_assign(x, c),) + update_xla(x, labels, k)
+    if impl == "pallas_fused":
+        from pallas_kernels import kmeans_assign_update
+        return lambda x, c, k: kmeans_assign_update(x, c)
+    raise ValueError(f"unknown k-means implementation {impl!r}; expected one of {IMPLS}")
 
 
 def kmeans(x: jax.Array, init_centroids: jax.Array, num_iters: int, tol: float = 1e-4,
@@ -107,7 +121,7 @@ def kmeans(x: jax.Array, init_centroids: jax.Array, num_iters: int, tol: float =
         raise ValueError(f"x {x.shape} and centroids {init_centroids.shape} disagree on N or D")
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    assign, update = _steps(impl, chunk)
+    step = kmeans_step(impl, chunk)
     n, s, _ = x.shape
     k = init_centroids.shape[1]
 
@@ -117,8 +131,7 @@ def kmeans(x: jax.Array, init_centroids: jax.Array, num_iters: int, tol: float =
 
     def body(state):
         it, c, _, _, _, _ = state
-        labels = assign(x, c)
-        sums, counts = update(x, labels, k)
+        labels, sums, counts = step(x, c, k)
         new_c = jnp.where(counts[..., None] > 0,
                           sums / jnp.maximum(counts, 1)[..., None].astype(jnp.float32), c)
         shift = jnp.max(jnp.linalg.norm(new_c - c, axis=-1))
@@ -127,5 +140,13 @@ def kmeans(x: jax.Array, init_centroids: jax.Array, num_iters: int, tol: float =
 
     state = (jnp.int32(0), init_centroids.astype(jnp.float32), jnp.zeros((n, s), jnp.int32),
              jnp.zeros((n, k), jnp.int32), jnp.float32(jnp.inf), jnp.bool_(False))
-    it, c, labels, counts, shift, _ = jax.lax.while_loop(cond, body, state)
+    if num_iters <= UNROLL_MAX_ITERS:
+        # Few (warm) iterations: unrolled, a converged state simply stops changing. A GPU
+        # while loop reads its predicate back on the host every iteration.
+        for _ in range(num_iters):
+            new = body(state)
+            state = jax.tree.map(lambda a, b: jnp.where(state[-1], a, b), state, new)
+    else:
+        state = jax.lax.while_loop(cond, body, state)
+    it, c, labels, counts, shift, _ = state
     return KMeansResult(labels, c, counts, it, shift)

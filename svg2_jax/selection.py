@@ -45,7 +45,10 @@ def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax
     mass_before = jnp.cumsum(sorted_mass, axis=-1) - sorted_mass
     rank = jnp.arange(mass.shape[-1])
     keep_sorted = (mass_before < top_p) | (rank < min_clusters)
-    keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)
+    # Scatter back to cluster order (a second argsort to invert `order` costs as much
+    # as the first).
+    keep = jax.vmap(jax.vmap(lambda o, k: jnp.zeros_like(k).at[o].set(k, unique_indices=True)))(
+        order, keep_sorted)
     return keep & nonempty
 
 
