@@ -151,37 +151,46 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
       (out [B, Sq, H, D] in q.dtype, new cache, SVG2Stats).
     """
     _check_inputs(q, k, v, cache, config)
-    backend, kmeans_impl = _resolve(config)
-    b, _, h, d = q.shape
+    b, _, _, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
+    on, _, qk, kk, selected = svg2_core(qn, kn, vn, cache, config, key, scale)
+    out = rearrange(on, "(b h) s d -> b s h d", b=b)
+    density = block_density(selected, qk.sizes, kk.sizes)
+    return out, _to_cache(qk, kk, b), _stats(density, qk, kk, selected, b)
 
+
+def svg2_core(qn, kn, vn, cache, config: SVG2Config, key, scale):
+    """The algorithm on per-head problems: qn: [N, Sq, D]; kn, vn: [N, Sk, D] ->
+    (out [N, Sq, D], lse [N, Sq], q KMeansResult, k KMeansResult, selected [N, QC, KC])."""
+    backend, kmeans_impl = _resolve(config)
     qk, kk = _cluster(qn, kn, cache, config, key, kmeans_impl)
-
     selected = select_clusters(qk.centroids, kk.centroids, kk.sizes, config.top_p,
                                config.min_k_clusters)
-
     if backend == "masked_dense":
-        on = sparse_attention_masked_dense(qn, kn, vn, qk.labels, kk.labels, selected, scale)
-    else:
-        q_order, k_order = cluster_order(qk.labels), cluster_order(kk.labels)
-        sorted_q_labels = jnp.take_along_axis(qk.labels, q_order, axis=-1)
-        sorted_k_labels = jnp.take_along_axis(kk.labels, k_order, axis=-1)
-        o_perm = sparse_attention_chunked(permute(qn, q_order), permute(kn, k_order),
-                                          permute(vn, k_order), sorted_q_labels,
-                                          sorted_k_labels, selected, scale, config.q_tile)
-        on = unpermute(o_perm, q_order)
-    out = rearrange(on, "(b h) s d -> b s h d", b=b)
+        on, lse = sparse_attention_masked_dense(qn, kn, vn, qk.labels, kk.labels, selected,
+                                                scale)
+        return on, lse, qk, kk, selected
+    q_order, k_order = cluster_order(qk.labels), cluster_order(kk.labels)
+    sorted_q_labels = jnp.take_along_axis(qk.labels, q_order, axis=-1)
+    sorted_k_labels = jnp.take_along_axis(kk.labels, k_order, axis=-1)
+    o_perm, lse_perm = sparse_attention_chunked(
+        permute(qn, q_order), permute(kn, k_order), permute(vn, k_order), sorted_q_labels,
+        sorted_k_labels, selected, scale, config.q_tile)
+    return (unpermute(o_perm, q_order), unpermute(lse_perm, q_order), qk, kk, selected)
 
+
+def _stats(density, qk, kk, selected, b):
+    """SVG2Stats from per-problem ([B*H]) results."""
     per_head = functools.partial(rearrange, pattern="(b h) -> b h", b=b)
     q_min, q_max, q_empty = _size_summary(qk.sizes)
     k_min, k_max, k_empty = _size_summary(kk.sizes)
     kept = jnp.sum(selected, axis=-1).astype(jnp.float32)
     q_nonempty = (qk.sizes > 0).astype(jnp.float32)
-    stats = SVG2Stats(
-        density=per_head(block_density(selected, qk.sizes, kk.sizes)),
+    return SVG2Stats(
+        density=per_head(density),
         kept_k_clusters=per_head(jnp.sum(kept * q_nonempty, -1) / jnp.sum(q_nonempty, -1)),
         q_size_min=per_head(q_min), q_size_max=per_head(q_max), q_empty=per_head(q_empty),
         k_size_min=per_head(k_min), k_size_max=per_head(k_max), k_empty=per_head(k_empty),
         q_kmeans_iters=qk.iterations, k_kmeans_iters=kk.iterations)
-    return out, _to_cache(qk, kk, b), stats
+

@@ -2,7 +2,10 @@
 
 A model's self-attention calls `attention(q, k, v, state, layer_index)` with q, k, v
 `[B, S, H, D]` (after q/k norm and rotary embedding) and gets back
-`(out [B, S, H, D], new_state, density [B, H])`. `state` is this layer's slice of a
+`(out [B, S, H, D], new_state, density [B, H])`. Joint video+text attention (HunyuanVideo)
+passes `num_text=T, text_lengths=[B]`: the last T tokens are text, the first
+text_lengths[b] of them real; padded text keys are masked for every query and only
+video tokens are clustered (`svg2_jax.joint_attention`). `state` is this layer's slice of a
 pytree whose leaves carry a leading layer axis, so a model that scans over stacked
 blocks scans over the states too, and a sampler carries them across steps.
 
@@ -20,10 +23,14 @@ import jax.numpy as jnp
 
 from svg2_jax.attention import SVG2Cache, svg2_attention, svg2_kmeans
 from svg2_jax.config import SVG2Config
+from svg2_jax.joint_attention import dense_joint_attention, svg2_joint_attention
 
 
-def _dense(q, k, v, implementation):
-    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+def _dense(q, k, v, implementation, num_text=0, text_lengths=None):
+    if text_lengths is None:
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    return dense_joint_attention(q, k, v, text_lengths, num_text=num_text,
+                                 implementation=implementation)
 
 
 def _ones_density(q):
@@ -43,8 +50,9 @@ class DenseAttention:
     def set_mode(self, state, sparse, cluster=False):
         return state
 
-    def __call__(self, q, k, v, state, layer_index):
-        return _dense(q, k, v, self.implementation), state, _ones_density(q)
+    def __call__(self, q, k, v, state, layer_index, *, num_text=0, text_lengths=None):
+        out = _dense(q, k, v, self.implementation, num_text, text_lengths)
+        return out, state, _ones_density(q)
 
 
 @jax.tree_util.register_dataclass
@@ -96,27 +104,36 @@ class SVG2Attention:
         return dataclasses.replace(state, sparse=eligible & sparse,
                                    cluster=eligible & jnp.logical_and(cluster, jnp.logical_not(sparse)))
 
-    def __call__(self, q, k, v, state: SVG2LayerState, layer_index):
+    def __call__(self, q, k, v, state: SVG2LayerState, layer_index, *, num_text=0,
+                 text_lengths=None):
         cfg = self.config
-
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), layer_index)
         clustered = dataclasses.replace(state, initialized=jnp.bool_(True))
+        joint = text_lengths is not None
+        sv = q.shape[1] - num_text if joint else q.shape[1]
+
+        def attend(cache, key):
+            if joint:
+                return svg2_joint_attention(q, k, v, text_lengths, cache, cfg, key,
+                                            num_text=num_text)
+            return svg2_attention(q, k, v, cache, cfg, key)
 
         def dense(_):
-            def recluster(_):
+            def recluster(_):  # video tokens only, as the sparse path clusters them
+                qv, kv = q[:, :sv], k[:, :sv]
                 cache = jax.lax.cond(state.initialized,
-                                     lambda: svg2_kmeans(q, k, state.cache, cfg),
-                                     lambda: svg2_kmeans(q, k, None, cfg, key))
+                                     lambda: svg2_kmeans(qv, kv, state.cache, cfg),
+                                     lambda: svg2_kmeans(qv, kv, None, cfg, key))
                 return dataclasses.replace(clustered, cache=cache)
 
             new_state = jax.lax.cond(state.cluster, recluster, lambda _: state, None)
-            return _dense(q, k, v, self.dense_implementation), new_state, _ones_density(q)
+            out = _dense(q, k, v, self.dense_implementation, num_text, text_lengths)
+            return out, new_state, _ones_density(q)
 
         def sparse(_):
-            out, cache, stats = jax.lax.cond(
-                state.initialized,
-                lambda: svg2_attention(q, k, v, state.cache, cfg),
-                lambda: svg2_attention(q, k, v, None, cfg, key))
+            out, cache, stats = jax.lax.cond(state.initialized,
+                                             lambda: attend(state.cache, None),
+                                             lambda: attend(None, key))
             return out, dataclasses.replace(clustered, cache=cache), stats.density
 
         return jax.lax.cond(state.sparse, sparse, dense, None)

@@ -6,7 +6,10 @@ Two implementations of the same function; the Pallas Hopper kernel is the fast o
   meets every key, masked): a portable, exact reference rather than a speed-up.
 - `sparse_attention_masked_dense`: the whole S x S mask in the original token order,
   for tests on small inputs.
-A query whose selection holds no key gets a zero output, never NaN.
+A query whose selection holds no key gets a zero output, never NaN, and a
+log-sum-exp of -inf. Both return (out, lse): out [N, Sq, D] in q.dtype and lse
+[N, Sq] float32 (natural log of the softmax denominator, scale included), so partial
+attentions over disjoint key sets can be merged exactly (`merge_attention`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ MASKED_DENSE_MAX_ELEMENTS = 1 << 26
 
 
 def _masked_softmax_attention(q, k, v, mask, scale):
-    """q: [N, Tq, D]; k, v: [N, Sk, D]; mask: [N, Tq, Sk] bool -> [N, Tq, D] in q.dtype."""
+    """q: [N, Tq, D]; k, v: [N, Sk, D]; mask: [N, Tq, Sk] bool (broadcastable) ->
+    (out [N, Tq, D] in q.dtype, lse [N, Tq] float32)."""
     s = jnp.einsum("nqd,nkd->nqk", q, k, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask, s, -jnp.inf)
     m = jnp.max(s, axis=-1, keepdims=True)
@@ -27,7 +31,21 @@ def _masked_softmax_attention(q, k, v, mask, scale):
     p = jnp.exp(s - m)
     l = jnp.sum(p, axis=-1, keepdims=True)
     o = jnp.einsum("nqk,nkd->nqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return (o / jnp.where(l > 0, l, 1.0)).astype(q.dtype)
+    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), -jnp.inf)[..., 0]
+    return (o / jnp.where(l > 0, l, 1.0)).astype(q.dtype), lse
+
+
+def merge_attention(o1, lse1, o2, lse2):
+    """Softmax attention over the union of two disjoint key sets from the two partial
+    results: o: [..., D], lse: [...] float32. A side with lse = -inf contributes nothing."""
+    m = jnp.maximum(lse1, lse2)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    w1, w2 = jnp.exp(lse1 - m), jnp.exp(lse2 - m)
+    total = w1 + w2
+    o = (o1.astype(jnp.float32) * w1[..., None] + o2.astype(jnp.float32) * w2[..., None])
+    o = o / jnp.where(total > 0, total, 1.0)[..., None]
+    lse = jnp.where(total > 0, m + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)
+    return o.astype(o1.dtype), lse
 
 
 def _token_mask(selected, q_labels, k_labels):
@@ -62,5 +80,6 @@ def sparse_attention_chunked(q, k, v, q_labels, k_labels, selected, scale, q_til
         qi, qli = args
         return _masked_softmax_attention(qi, k, v, _token_mask(selected, qli, k_labels), scale)
 
-    out = jax.lax.map(tile, (jnp.moveaxis(q_t, 1, 0), jnp.moveaxis(ql_t, 1, 0)))
-    return jnp.moveaxis(out, 0, 1).reshape(n, num_tiles * q_tile, d)[:, :sq]
+    out, lse = jax.lax.map(tile, (jnp.moveaxis(q_t, 1, 0), jnp.moveaxis(ql_t, 1, 0)))
+    out = jnp.moveaxis(out, 0, 1).reshape(n, num_tiles * q_tile, d)[:, :sq]
+    return out, jnp.moveaxis(lse, 0, 1).reshape(n, num_tiles * q_tile)[:, :sq]

@@ -76,10 +76,12 @@ def test_rows_with_no_selected_key_give_zeros_not_nan():
     ql = jnp.asarray(rng.integers(0, 3, (1, 90)), jnp.int32)
     kl = jnp.asarray(rng.integers(0, 4, (1, 90)), jnp.int32)
     sel = jnp.asarray(rng.random((1, 3, 4)) < 0.5).at[0, 1].set(False)
-    for out in (sparse_attention_chunked(q, k, v, ql, kl, sel, 0.3, q_tile=32),
-                sparse_attention_masked_dense(q, k, v, ql, kl, sel, 0.3)):
-        out = np.asarray(out)
+    for out, lse in (sparse_attention_chunked(q, k, v, ql, kl, sel, 0.3, q_tile=32),
+                     sparse_attention_masked_dense(q, k, v, ql, kl, sel, 0.3)):
+        out, lse = np.asarray(out), np.asarray(lse)
         assert np.isfinite(out).all()
+        assert (lse[0, np.asarray(ql[0]) == 1] == -np.inf).all()
+        assert np.isfinite(lse[0, np.asarray(ql[0]) != 1]).all()
         assert (out[0, np.asarray(ql[0]) == 1] == 0).all()
         mask = np.asarray(sel)[0][np.asarray(ql[0])][:, np.asarray(kl[0])][None]
         np.testing.assert_allclose(out, npref.masked_attention(q, k, v, mask, 0.3), atol=1e-5)

@@ -1,0 +1,91 @@
+"""SVG2 for joint video + text attention (HunyuanVideo's dual- and single-stream blocks).
+
+The sequence is [video tokens | T text tokens], of which the first text_lengths[b] text
+tokens are real and the rest padding. As in the reference, only video tokens are
+clustered and permuted; text is handled densely:
+- video queries attend to their selected video key clusters and to every real text key;
+- text queries (real or padding) attend to every video key and every real text key.
+Padding text keys are masked for every query, which is exactly diffusers' dense
+masking (padded query rows still get outputs; the model ignores them). So with top_p=1
+the result equals dense masked attention. (The reference lets padding queries attend
+only each other; their outputs are never used, so the difference is invisible.)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange, repeat
+
+from svg2_jax.attention import (SVG2Cache, _check_inputs, _stats, _to_cache, svg2_core)
+from svg2_jax.config import SVG2Config
+from svg2_jax.selection import block_density
+from svg2_jax.sparse_attention import _masked_softmax_attention, merge_attention
+
+
+def _check_joint(q, num_text, text_lengths):
+    if not isinstance(num_text, int) or num_text < 1:
+        raise ValueError(f"num_text must be a positive int (the text tokens at the end of "
+                         f"the sequence), got {num_text!r}")
+    if hasattr(q, "ndim") and q.ndim == 4 and q.shape[1] <= num_text:
+        raise ValueError(f"sequence of {q.shape[1]} tokens has no video tokens before its "
+                         f"{num_text} text tokens")
+    if text_lengths.shape != (q.shape[0],) or not jnp.issubdtype(text_lengths.dtype, jnp.integer):
+        raise ValueError(f"text_lengths must be an int array of shape [B]=({q.shape[0]},), got "
+                         f"{text_lengths.dtype}{tuple(text_lengths.shape)}")
+
+
+def text_key_mask(text_lengths, num_text):
+    """[B] valid lengths -> [B, T] bool, True for real (unpadded) text tokens."""
+    return jnp.arange(num_text) < text_lengths[:, None]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_text", "scale"))
+def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths: jax.Array,
+                         cache: SVG2Cache | None, config: SVG2Config,
+                         key: jax.Array | None = None, *, num_text: int,
+                         scale: float | None = None):
+    """SVG2 attention over [video | text] sequences.
+
+    q, k, v: [B, Sv + T, H, D] with T = num_text (static); text_lengths: [B] int, real
+    text tokens per sample. cache, config, key, scale: as `svg2_attention` (the cache
+    holds the video tokens' centroids).
+
+    Returns (out [B, Sv + T, H, D], new cache, SVG2Stats). stats.density counts every
+    computed (real query, real key) pair, text ones included, over all real pairs.
+    """
+    _check_joint(q, num_text, text_lengths)
+    sv = q.shape[1] - num_text
+    _check_inputs(q[:, :sv], k[:, :sv], v[:, :sv], cache, config)
+    b, s, h, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    heads = lambda x: rearrange(x, "b s h d -> (b h) s d")
+    qn, kn, vn = heads(q), heads(k), heads(v)
+    text_valid = repeat(text_key_mask(text_lengths, num_text), "b t -> (b h) t", h=h)
+
+    o_vv, lse_vv, qk, kk, selected = svg2_core(qn[:, :sv], kn[:, :sv], vn[:, :sv], cache,
+                                               config, key, scale)
+    o_vt, lse_vt = _masked_softmax_attention(qn[:, :sv], kn[:, sv:], vn[:, sv:],
+                                             text_valid[:, None, :], scale)
+    o_video, _ = merge_attention(o_vv, lse_vv, o_vt, lse_vt)
+
+    key_valid = jnp.concatenate([jnp.ones((b * h, sv), bool), text_valid], axis=-1)
+    o_text, _ = _masked_softmax_attention(qn[:, sv:], kn, vn, key_valid[:, None, :], scale)
+    out = rearrange(jnp.concatenate([o_video, o_text], axis=1), "(b h) s d -> b s h d", b=b)
+
+    n_text = jnp.sum(text_valid, axis=-1).astype(jnp.float32)  # [B*H]
+    video_pairs = block_density(selected, qk.sizes, kk.sizes) * sv * sv
+    computed = video_pairs + sv * n_text + n_text * (sv + n_text)
+    density = computed / (sv + n_text) ** 2
+    return out, _to_cache(qk, kk, b), _stats(density, qk, kk, selected, b)
+
+
+def dense_joint_attention(q, k, v, text_lengths, *, num_text: int, implementation=None):
+    """Dense attention with padded text keys masked, as diffusers' HunyuanVideo does.
+    q, k, v: [B, Sv + T, H, D]; text_lengths: [B]."""
+    _check_joint(q, num_text, text_lengths)
+    kv_lengths = (q.shape[1] - num_text + text_lengths).astype(jnp.int32)
+    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
+                                        implementation=implementation)

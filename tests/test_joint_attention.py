@@ -1,0 +1,107 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from einops import rearrange
+
+import npref
+from svg2_jax import SVG2Config
+from svg2_jax.joint_attention import dense_joint_attention, svg2_joint_attention
+from svg2_jax.layer_attention import DenseAttention, SVG2Attention
+
+B, SV, T, H, D = 2, 150, 12, 2, 16
+
+
+def qkv(seed):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return [jax.random.normal(kk, (B, SV + T, H, D)) for kk in ks]
+
+
+LENGTHS = jnp.asarray([5, 12], jnp.int32)
+
+
+def numpy_dense_masked(q, k, v, lengths):
+    """diffusers' HunyuanVideo masking: padded text tokens are masked as keys only."""
+    heads = lambda x: rearrange(np.asarray(x), "b s h d -> (b h) s d")
+    valid = np.concatenate([np.ones((B, SV), bool), np.arange(T)[None] < np.asarray(lengths)[:, None]], 1)
+    mask = np.repeat(valid, H, axis=0)[:, None, :]
+    out = npref.masked_attention(heads(q), heads(k), heads(v), mask, D ** -0.5)
+    return rearrange(out, "(b h) s d -> b s h d", b=B)
+
+
+def test_dense_joint_attention_masks_padded_text_keys():
+    q, k, v = qkv(0)
+    got = dense_joint_attention(q, k, v, LENGTHS, num_text=T)
+    np.testing.assert_allclose(np.asarray(got), numpy_dense_masked(q, k, v, LENGTHS),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_keep_everything_equals_dense_masked_attention():
+    q, k, v = qkv(1)
+    cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, top_p=1.0, kmeans_iters_cold=3,
+                     q_tile=64)
+    out, cache, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, num_text=T)
+    np.testing.assert_allclose(np.asarray(out), numpy_dense_masked(q, k, v, LENGTHS),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(stats.density), 1.0, rtol=1e-6)
+    assert cache.k_centroids.shape == (B, H, 9, D)
+
+
+def test_sparse_joint_attention_equals_numpy_with_the_same_selection():
+    """Video queries: selected video clusters + real text; text queries: everything real."""
+    from svg2_jax import kmeans as km
+    from svg2_jax.selection import select_clusters
+
+    q, k, v = qkv(2)
+    cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, top_p=0.5, min_kc_ratio=0.2,
+                     kmeans_iters_cold=3)
+    out, _, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, jax.random.PRNGKey(4),
+                                         num_text=T)
+    # Rebuild the clustering with the documented cold start (same key split) and build the
+    # token mask in numpy.
+    heads = lambda x: rearrange(x, "b s h d -> (b h) s d")
+    qn, kn, vn = heads(q), heads(k), heads(v)
+    kq, kk_ = jax.random.split(jax.random.PRNGKey(4))
+    rq = km.kmeans(qn[:, :SV], km.random_init(kq, qn[:, :SV], 5), 3, cfg.kmeans_tol)
+    rk = km.kmeans(kn[:, :SV], km.random_init(kk_, kn[:, :SV], 9), 3, cfg.kmeans_tol)
+    sel = np.asarray(select_clusters(rq.centroids, rk.centroids, rk.sizes, 0.5, 1))
+    ql, kl = np.asarray(rq.labels), np.asarray(rk.labels)
+    text_ok = np.repeat(np.arange(T)[None] < np.asarray(LENGTHS)[:, None], H, axis=0)
+    mask = np.zeros((B * H, SV + T, SV + T), bool)
+    for n in range(B * H):
+        mask[n, :SV, :SV] = sel[n][ql[n]][:, kl[n]]
+        mask[n, :, SV:] = text_ok[n][None]
+        mask[n, SV:, :SV] = True
+    want = npref.masked_attention(qn, kn, vn, mask, D ** -0.5)
+    np.testing.assert_allclose(np.asarray(heads(out)), want, rtol=1e-5, atol=1e-5)
+    real = np.concatenate([np.ones((B * H, SV), bool), text_ok], 1)
+    pairs = (mask & real[:, :, None] & real[:, None, :]).sum((1, 2)) / real.sum(1) ** 2
+    np.testing.assert_allclose(np.asarray(stats.density).reshape(-1), pairs, rtol=1e-5)
+    assert (pairs < 1).all()
+
+
+def test_layer_attention_joint_mode_dense_and_sparse():
+    q, k, v = qkv(3)
+    dense, _, _ = DenseAttention()(q, k, v, None, 0, num_text=T, text_lengths=LENGTHS)
+    np.testing.assert_allclose(np.asarray(dense), numpy_dense_masked(q, k, v, LENGTHS),
+                               rtol=1e-5, atol=1e-5)
+    attn = SVG2Attention(SVG2Config(num_q_clusters=5, num_k_clusters=9, top_p=1.0,
+                                    kmeans_iters_cold=3), dense_layers=())
+    state = jax.tree.map(lambda x: x[0], attn.init_state(1, B, H, D))
+    out, state, dens = attn(q, k, v, state, 0, num_text=T, text_lengths=LENGTHS)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(dense), rtol=1e-5, atol=1e-5)
+    assert bool(state.initialized)
+
+
+def test_joint_bad_inputs():
+    q, k, v = qkv(0)
+    cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9)
+    with pytest.raises(ValueError, match="num_text"):
+        svg2_joint_attention(q, k, v, LENGTHS, None, cfg, num_text=0)
+    with pytest.raises(ValueError, match="no video tokens"):
+        svg2_joint_attention(q, k, v, LENGTHS, None, cfg, num_text=SV + T)
+    with pytest.raises(ValueError, match="text_lengths"):
+        svg2_joint_attention(q, k, v, LENGTHS[:1], None, cfg, num_text=T)
+    with pytest.raises(ValueError, match="fewer than num_k_clusters"):
+        svg2_joint_attention(q, k, v, LENGTHS, None, SVG2Config(num_q_clusters=5,
+                             num_k_clusters=SV + 1), num_text=T)
