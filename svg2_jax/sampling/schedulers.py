@@ -83,6 +83,18 @@ def _unipc_coefficients(h, order):
     return h_phi_1, b_h, jnp.stack(b)
 
 
+def _history(outputs, sigmas, i, lambda_s0, h, order, lag):
+    """Ratios r_k and scaled differences D1_k of the older model outputs (UniPC's
+    multistep terms); the corrector looks one step further back (lag=1)."""
+    m0 = outputs[-1]
+    rks, d1s = [], []
+    for k in range(1, order):
+        rk = (_lambda(sigmas[i - k - lag]) - lambda_s0) / h
+        rks.append(rk)
+        d1s.append((outputs[-(k + 1)] - m0) / rk)
+    return rks, d1s
+
+
 @dataclasses.dataclass(frozen=True)
 class FlowUniPC:
     num_train_timesteps: int = 1000
@@ -115,11 +127,7 @@ class FlowUniPC:
         x_t = sigma_t / sigma_s0 * sample - (1 - sigma_t) * h_phi_1 * m0
         if order == 1:
             return x_t
-        rks, d1s = [], []
-        for k in range(1, order):
-            rk = (_lambda(sigmas[i - k]) - lambda_s0) / h
-            rks.append(rk)
-            d1s.append((outputs[-(k + 1)] - m0) / rk)
+        rks, d1s = _history(outputs, sigmas, i, lambda_s0, h, order, lag=0)
         if order == 2:
             rhos = jnp.full((1,), 0.5, jnp.float32)
         else:
@@ -136,11 +144,7 @@ class FlowUniPC:
         m0 = outputs[-1]
         h_phi_1, b_h, b = _unipc_coefficients(h, order)
         x_t = sigma_t / sigma_s0 * last_sample - (1 - sigma_t) * h_phi_1 * m0
-        rks, d1s = [], []
-        for k in range(1, order):
-            rk = (_lambda(sigmas[i - (k + 1)]) - lambda_s0) / h
-            rks.append(rk)
-            d1s.append((outputs[-(k + 1)] - m0) / rk)
+        rks, d1s = _history(outputs, sigmas, i, lambda_s0, h, order, lag=1)
         if order == 1:
             rhos = jnp.full((1,), 0.5, jnp.float32)
         else:
