@@ -20,7 +20,7 @@ def toy_model(attention, seed=0):
     wo = jax.random.normal(ks[3], (L, H * D, C)) * 0.05
     wt = jax.random.normal(ks[4], (C,)) * 0.01
 
-    def model_fn(x, t, context, state):
+    def model_fn(params, x, t, context, state):
         h = x + context + wt * t[:, None, None] / 1000.0
 
         def layer(h, xs):
@@ -57,11 +57,11 @@ def python_loop(model_fn, attention, scheduler, cfg, latents, cond, uncond, stat
         state_c = attention.set_mode(state_c, **mode)
         state_u = state_u if state_u is None else attention.set_mode(state_u, **mode)
         t = jnp.full((B,), timesteps[i])
-        pc, state_c, _ = model_fn(latents, t, cond, state_c)
+        pc, state_c, _ = model_fn(None, latents, t, cond, state_c)
         if cfg.share_cfg_cache:
-            pu, state_c, _ = model_fn(latents, t, uncond, state_c)
+            pu, state_c, _ = model_fn(None, latents, t, uncond, state_c)
         else:
-            pu, state_u, _ = model_fn(latents, t, uncond, state_u)
+            pu, state_u, _ = model_fn(None, latents, t, uncond, state_u)
         pred = pu + cfg.guidance_scale * (pc - pu)
         latents, solver = step(solver, jnp.asarray(sigmas), i, pred, latents)
     return latents
@@ -78,7 +78,7 @@ def test_compiled_loop_equals_python_loop(scheduler, share, warmup_kmeans):
     latents, cond, uncond = inputs()
     state = attention.init_state(L, B, H, D)
     res = check_finite(make_sampler(model_fn, attention, scheduler, cfg)(
-        latents, cond, uncond, state))
+        None, latents, cond, uncond, state))
     want = python_loop(model_fn, attention, scheduler, cfg, latents, cond, uncond, state)
     np.testing.assert_allclose(np.asarray(res.latents), np.asarray(want), rtol=1e-4, atol=1e-5)
     assert res.density.shape == (6, 2, L, B, H)
@@ -89,13 +89,13 @@ def test_warmup_is_dense_then_sparse_and_no_recompilation():
     cfg = SamplerConfig(num_steps=5, guidance_scale=1.0, dense_fraction=0.4, progress=False)
     sample = make_sampler(toy_model(attention), attention, FlowUniPC(flow_shift=3.0), cfg)
     state = attention.init_state(L, B, H, D)
-    res = sample(*inputs(0)[:2], None, state)
+    res = sample(None, *inputs(0)[:2], None, state)
     dens = np.asarray(res.density)  # [steps, 1, L, B, H]
     assert (dens[:2] == 1.0).all()  # floor(0.4 * 5) = 2 dense warm-up steps
     assert (dens[:, :, 0] == 1.0).all()  # layer 0 always dense
     assert (dens[2:, :, 1:] < 1.0).all()  # sparse afterwards
     np.testing.assert_array_equal(np.asarray(res.attn_state[0].initialized), [False, True, True])
-    res2 = sample(*inputs(1)[:2], None, state)
+    res2 = sample(None, *inputs(1)[:2], None, state)
     assert sample._cache_size() == 1
     assert not np.allclose(np.asarray(res.latents), np.asarray(res2.latents))
 
@@ -103,7 +103,7 @@ def test_warmup_is_dense_then_sparse_and_no_recompilation():
 def test_dense_attention_model_and_progress_bar(capsys):
     cfg = SamplerConfig(num_steps=3, guidance_scale=2.0, progress=True)
     sample = make_sampler(toy_model(DenseAttention()), DenseAttention(), FlowMatchEuler(), cfg)
-    res = sample(*inputs(), None)
+    res = sample(None, *inputs(), None)
     jax.effects_barrier()
     assert (np.asarray(res.density) == 1).all()
     err = capsys.readouterr().err + capsys.readouterr().out
@@ -111,13 +111,13 @@ def test_dense_attention_model_and_progress_bar(capsys):
 
 
 def test_nan_is_reported_with_its_step():
-    def model_fn(x, t, context, state):
+    def model_fn(params, x, t, context, state):
         bad = jnp.where(t[0] < 700, jnp.nan, 0.0)  # FlowMatchEuler(shift=1): t < 700 from step 3
         return x * 0 + bad, state, jnp.ones((1, B, H))
 
     cfg = SamplerConfig(num_steps=10, guidance_scale=1.0, progress=False)
     sample = make_sampler(model_fn, DenseAttention(), FlowMatchEuler(), cfg)
-    res = sample(jnp.ones((B, S, C)), jnp.zeros((B, S, C)), None, None)
+    res = sample(None, jnp.ones((B, S, C)), jnp.zeros((B, S, C)), None, None)
     with pytest.raises(FloatingPointError, match="step 3"):
         check_finite(res)
 

@@ -2,7 +2,9 @@
 state are the carry of a `lax.fori_loop`.
 
 The model is any function
-    model_fn(latents [B, ...], timestep [B], context, attn_state) -> (pred, attn_state, density [L, B, H])
+    model_fn(params, latents [B, ...], timestep [B], context, attn_state)
+        -> (pred, attn_state, density [L, B, H])
+(params is passed through as an argument of the compiled loop, never baked in as a constant)
 where `attn_state` is the stacked per-layer state of a `svg2_jax.layer_attention`
 attention (None for dense attention). The loop only flips which layers are sparse
 (dense warm-up, then SVG2), so one compilation serves every step and every call with
@@ -91,7 +93,8 @@ def _set_mode(attention, state, sparse, cluster):
 
 
 def make_sampler(model_fn: Callable, attention, scheduler, config: SamplerConfig):
-    """Returns sample(latents, context, uncond_context, attn_state) -> SampleResult, jitted.
+    """Returns sample(params, latents, context, uncond_context, attn_state) -> SampleResult,
+    jitted.
 
     latents: initial noise, float32 (the loop keeps latents in float32, as diffusers' Wan
     pipeline does). attn_state: `attention.init_state(...)` or None for dense attention.
@@ -101,19 +104,19 @@ def make_sampler(model_fn: Callable, attention, scheduler, config: SamplerConfig
     n_dense = dense_warmup_steps(config.num_steps, config.dense_fraction)
     progress = _Progress(config.num_steps) if config.progress else None
 
-    def guided(latents, t, context, uncond_context, state_c, state_u):
-        pred_c, state_c, dens_c = model_fn(latents, t, context, state_c)
+    def guided(params, latents, t, context, uncond_context, state_c, state_u):
+        pred_c, state_c, dens_c = model_fn(params, latents, t, context, state_c)
         if not config.cfg:
             return pred_c, state_c, state_u, dens_c[None]
         if config.share_cfg_cache:
-            pred_u, state_c, dens_u = model_fn(latents, t, uncond_context, state_c)
+            pred_u, state_c, dens_u = model_fn(params, latents, t, uncond_context, state_c)
         else:
-            pred_u, state_u, dens_u = model_fn(latents, t, uncond_context, state_u)
+            pred_u, state_u, dens_u = model_fn(params, latents, t, uncond_context, state_u)
         pred = pred_u + config.guidance_scale * (pred_c - pred_u)
         return pred, state_c, state_u, jnp.stack([dens_c, dens_u])
 
     @jax.jit
-    def sample(latents, context, uncond_context, attn_state):
+    def sample(params, latents, context, uncond_context, attn_state):
         sigmas = jnp.asarray(sigmas_np)
         timesteps = jnp.asarray(timesteps_np)
         batch = latents.shape[0]
@@ -128,7 +131,7 @@ def make_sampler(model_fn: Callable, attention, scheduler, config: SamplerConfig
             state_c = _set_mode(attention, state_c, sparse_now, cluster_now)
             state_u = _set_mode(attention, state_u, sparse_now, cluster_now)
             t = jnp.broadcast_to(timesteps[i], (batch,))
-            pred, state_c, state_u, dens = guided(latents, t, context, uncond_context,
+            pred, state_c, state_u, dens = guided(params, latents, t, context, uncond_context,
                                                   state_c, state_u)
             latents, solver = scheduler.step(solver, sigmas, i, pred.astype(jnp.float32), latents)
             ok = jnp.all(jnp.isfinite(latents))
@@ -139,7 +142,7 @@ def make_sampler(model_fn: Callable, attention, scheduler, config: SamplerConfig
 
         passes = 2 if config.cfg else 1
         per_call = jax.eval_shape(lambda: model_fn(
-            latents, jnp.zeros((batch,), timesteps.dtype), context, attn_state)[2]).shape
+            params, latents, jnp.zeros((batch,), timesteps.dtype), context, attn_state)[2]).shape
         density = jnp.zeros((config.num_steps, passes) + per_call, jnp.float32)
         carry = (latents, scheduler.init(latents), attn_state, state_u0, density, jnp.int32(-1))
         latents, _, state_c, state_u, density, bad = jax.lax.fori_loop(
