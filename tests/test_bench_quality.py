@@ -1,0 +1,148 @@
+"""The quality benchmark on a tiny problem: structural facts its numbers must satisfy."""
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skimage")
+
+from scripts import bench_quality as bq  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    # 3 frames of 64x96 px, 8x8-px tokens -> 3 x 8 x 12 = 288 tokens, 2 heads.
+    q, k, v, meta = bq.build_qkv(("astronaut",), frames=3, height=64, width=96, heads=2,
+                                 patch=8, pool=4, pan_px=4, seed=0)
+    res = bq.run_quality(q, k, v, top_ps=(0.5, 0.9, 1.0), min_kc_ratio=0.1,
+                         extra_settings=((1.0, 1.0), (0.9, 0.0)), num_q_clusters=6,
+                         num_k_clusters=16, kmeans_iters=10, block=32, tile=64,
+                         api_check=((0.9, 0.1),), token_stride=1,
+                         verbose=False)
+    return q, k, v, meta, res
+
+
+def row(res, method, top_p, ratio):
+    return next(r for r in res["rows"] if r["method"].startswith(method)
+                and r["top_p"] == top_p and r["min_kc_ratio"] == ratio)
+
+
+def test_inputs_shapes_and_grid(tiny):
+    q, k, v, meta, _ = tiny
+    assert meta["grid"] == [3, 8, 12] and meta["S"] == 288
+    for x in (q, k, v):
+        assert x.shape == (1, 288, 2, 128) and str(x.dtype) == "float32"
+        assert np.isfinite(np.asarray(x)).all()
+
+
+def test_ranges_and_api_agreement(tiny):
+    *_, res = tiny
+    assert len(res["rows"]) == 4 * 5
+    for r in res["rows"]:
+        for d in r["density_per_head"]:
+            assert 0.0 < d <= 1.0 + 1e-9, r
+        for rc in r["recall_per_head"]:
+            assert -1e-6 <= rc <= 1.0 + 1e-5, r
+        for e in r["rel_error_per_head"]:
+            assert math.isfinite(e) and e >= 0.0, r
+        assert 0.0 <= r["top1_kept"] <= 1.0 and -1e-6 <= r["recall_p10"] <= 1.0 + 1e-5, r
+        assert r["empty_queries"] >= 0
+    # svg2_attention itself reproduces the benchmark's SVG2 densities and errors.
+    assert len(res["api_checks"]) == 1
+    for c in res["api_checks"]:
+        assert c["max_density_diff"] < 1e-6, c
+        assert c["max_rel_error_diff"] < 1e-4, c
+    a = res["attention"]
+    assert 0.0 < a["entropy"] < a["uniform_entropy"]
+    assert 0.0 < a["max_prob"] <= 1.0 and 0.0 < a["token_density_90"] <= 1.0
+    assert 0.0 <= a["self_top1"] <= 1.0
+
+
+def test_everything_selected_is_exact(tiny):
+    *_, res = tiny
+    for method in ("SVG2", "oracle", "block top-k", "block oracle"):
+        r = row(res, method, 1.0, 1.0)
+        assert abs(r["density"] - 1.0) < 1e-9, r
+        assert r["rel_error"] < 1e-5, r
+        assert abs(r["recall"] - 1.0) < 1e-5, r
+
+
+def test_svg2_is_monotone_in_top_p(tiny):
+    # Raising top_p keeps a superset of blocks: density and recall cannot drop.
+    *_, res = tiny
+    rows = [row(res, "SVG2", p, 0.1) for p in (0.5, 0.9, 1.0)]
+    for lo, hi in zip(rows, rows[1:]):
+        for a, b in zip(lo["density_per_head"], hi["density_per_head"]):
+            assert b >= a - 1e-9
+        for a, b in zip(lo["recall_per_head"], hi["recall_per_head"]):
+            assert b >= a - 1e-5
+    # and the floor min_kc_ratio=0.1 can only add blocks to min_kc_ratio=0
+    assert row(res, "SVG2", 0.9, 0.1)["density"] >= row(res, "SVG2", 0.9, 0.0)["density"] - 1e-9
+
+
+def test_oracle_matches_target_density_within_one_block(tiny):
+    *_, res = tiny
+    s = res["S"]
+    # the largest possible block: biggest query cluster x biggest key cluster (or block)
+    max_block = max(res["q_cluster_size"][1] * res["k_cluster_size"][1],
+                    res["block"] ** 2) / (s * s)
+    for r in res["rows"]:
+        if "oracle" in r["method"]:
+            for got, want in zip(r["density_per_head"], r["target_density_per_head"]):
+                assert abs(got - want) <= max_block + 1e-9, (r["setting"], got, want)
+
+
+def test_oracle_select_is_greedy_by_mass_per_pair():
+    # one head, 2 query clusters x 3 key clusters
+    mass = np.array([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]])
+    qs = np.array([[2, 2]])
+    ks = np.array([[1, 1, 2]])  # 4 x 4 = 16 pairs in all
+    # mass per pair: [[.25, .15, .05], [.05, .05, .2]]
+    sel = bq.oracle_select(mass, qs, ks, np.array([2 / 16]))
+    np.testing.assert_array_equal(sel[0], [[1, 0, 0], [0, 0, 0]])
+    sel = bq.oracle_select(mass, qs, ks, np.array([6 / 16]))  # + the (1, 2) block (4 pairs)
+    np.testing.assert_array_equal(sel[0], [[1, 0, 0], [0, 0, 1]])
+    sel = bq.oracle_select(mass, qs, ks, np.array([6.9 / 16]))  # closest: 6, not 8 pairs
+    np.testing.assert_array_equal(sel[0], [[1, 0, 0], [0, 0, 1]])
+    sel = bq.oracle_select(mass, qs, ks, np.array([1.0]))
+    assert sel.all()
+
+
+def test_block_topk_select_keeps_k_blocks_per_row():
+    rng = np.random.default_rng(0)
+    qn = rng.normal(size=(2, 100, 8)).astype(np.float32)
+    kn = rng.normal(size=(2, 100, 8)).astype(np.float32)
+    ql, kl, sel = bq.block_topk_select(qn, kn, 32, np.array([0.5, 0.01]))
+    assert sel.shape == (2, 4, 4)
+    np.testing.assert_array_equal(sel.sum(-1), [[2] * 4, [1] * 4])  # round(0.5*4), at least 1
+    np.testing.assert_array_equal(ql[0], np.arange(100) // 32)
+    # the top block of each row has the best pooled score
+    qp = np.stack([qn[1, i:i + 32].mean(0) for i in range(0, 100, 32)])
+    kp = np.stack([kn[1, i:i + 32].mean(0) for i in range(0, 100, 32)])
+    np.testing.assert_array_equal(np.argmax(sel[1], -1), np.argmax(qp @ kp.T, -1))
+
+
+def test_wan_rope_split_and_relative_positions():
+    grid = (3, 4, 5)
+    ang = bq.wan_rope_angles(grid, 128)
+    assert ang.shape == (60, 64)
+    pos = np.stack(np.meshgrid(*[np.arange(n) for n in grid], indexing="ij"), -1).reshape(-1, 3)
+    # channels [0, 22) rotate with t, [22, 43) with y, [43, 64) with x; freq 1/theta^(2i/dim)
+    np.testing.assert_allclose(ang[:, :22], pos[:, :1] * 10000.0 ** (-np.arange(0, 44, 2) / 44))
+    np.testing.assert_allclose(ang[:, 22:43], pos[:, 1:2] * 10000.0 ** (-np.arange(0, 42, 2) / 42))
+    np.testing.assert_allclose(ang[:, 43:], pos[:, 2:3] * 10000.0 ** (-np.arange(0, 42, 2) / 42))
+    # consecutive (even, odd) pairs rotate as complex numbers
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 1, 128)).astype(np.float32)
+    y = bq.apply_rope(x, ang)
+    z = (x[..., 0::2] + 1j * x[..., 1::2]) * np.exp(1j * ang)[:, None]
+    np.testing.assert_allclose(y[..., 0::2], z.real, atol=1e-5)
+    np.testing.assert_allclose(y[..., 1::2], z.imag, atol=1e-5)
+    # q.k after RoPE depends only on the relative position
+    a = rng.normal(size=(1, 1, 128))
+    b = rng.normal(size=(1, 1, 128))
+    idx = {tuple(p): i for i, p in enumerate(pos)}
+    def dot(pa, pb):
+        return float(np.sum(bq.apply_rope(a, ang[[idx[pa]]]) * bq.apply_rope(b, ang[[idx[pb]]])))
+    assert dot((0, 1, 2), (1, 0, 0)) == pytest.approx(dot((1, 3, 4), (2, 2, 2)), rel=1e-4)

@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+
+from scripts import generate
+
+
+def test_tiny_model_end_to_end(tmp_path):
+    out = tmp_path / "v.mp4"
+    report = generate.main(["--out", str(out), "--steps", "6", "--no-progress"])
+    assert out.exists() and out.stat().st_size > 0
+    on_disk = json.loads((tmp_path / "v.json").read_text())
+    assert on_disk["model"].startswith("TINY RANDOM")
+    dens = np.asarray(on_disk["density_per_step_pass_layer"])  # [steps, passes, layers]
+    assert dens.shape == (6, 2, 2)
+    n_dense = on_disk["sampling"]["dense_warmup_steps"]
+    assert n_dense == 1 and (dens[:n_dense] == 1).all()
+    assert (dens[:, :, 0] == 1).all()  # layer 0 always dense
+    assert (dens[n_dense:, :, 1] < 1).all()  # sparse afterwards
+    assert report["timings_s"]["sample"] > 0
+    lat = np.load(tmp_path / "v.latents.npy")
+    assert lat.shape == (1, 16, 5, 16, 24) and np.isfinite(lat).all()
+
+
+def test_dense_attention_and_euler(tmp_path):
+    report = generate.main(["--out", str(tmp_path / "d.mp4"), "--attention", "dense",
+                            "--scheduler", "euler", "--steps", "3", "--no-progress"])
+    assert report["density_mean_sparse_steps"] == 1.0
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--frames", "10"], "1 \\+ 4k"),
+    (["--height", "100"], "multiple of 16"),
+    (["--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
+    (["--qc", "600"], "fewer than the clusters"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--text-embeddings", "/nonexistent.npy"], "not found"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, args, match):
+    with pytest.raises(SystemExit, match=match):
+        generate.main(["--out", str(tmp_path / "x.mp4"), "--no-progress"] + args)
+
+
+def test_text_embeddings_are_checked(tmp_path):
+    bad = tmp_path / "e.npy"
+    np.save(bad, np.zeros((4, 7), np.float32))
+    with pytest.raises(SystemExit, match="must be \\[L, 64\\]"):
+        generate.main(["--out", str(tmp_path / "x.mp4"), "--text-embeddings", str(bad)])
+    nan = tmp_path / "n.npy"
+    np.save(nan, np.full((4, 64), np.nan, np.float32))
+    with pytest.raises(SystemExit, match="NaN"):
+        generate.main(["--out", str(tmp_path / "x.mp4"), "--text-embeddings", str(nan)])
+
+
+def test_decoding_through_a_diffusers_vae(tmp_path):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1],
+                                     num_res_blocks=1, temperal_downsample=[False, True, True])
+    vae.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "v.mp4"
+    report = generate.main(["--out", str(out), "--steps", "2", "--vae", str(tmp_path / "vae"),
+                            "--no-progress"])
+    assert report["video"]["mp4_content"] == "decoded by the VAE"
+    import imageio.v3 as iio
+    frames = iio.imread(out, plugin="FFMPEG")
+    assert frames.shape == (17, 128, 192, 3)
