@@ -51,8 +51,8 @@ class AssignTuningConfig:
             raise ValueError(f"AssignTuningConfig.num_stages must be an int >= 1, got {self.num_stages!r}")
 
 
-def _assign_kernel(x_ref, c_ref, cnorm_ref, *refs, seq_len: int, block_s: int,
-                   block_k: int, num_k_blocks: int, accumulate: bool):
+def _assign_kernel(x_ref, c_ref, cnorm_ref, labels_ref, *, seq_len: int, block_s: int,
+                   block_k: int, num_k_blocks: int):
     # x_ref: [block_s, D] (rows past seq_len are out of bounds); c_ref: [Kpad, D];
     # cnorm_ref: [Kpad] float32, +inf on padding; labels_ref: [block_s].
     rows = pl.program_id(1) * block_s + jnp.arange(block_s, dtype=jnp.int32)
@@ -78,19 +78,7 @@ def _assign_kernel(x_ref, c_ref, cnorm_ref, *refs, seq_len: int, block_s: int,
 
     init = (jnp.full((block_s,), jnp.inf, jnp.float32), jnp.zeros((block_s,), jnp.int32))
     _, best_k = lax.fori_loop(0, num_k_blocks, body, init)
-    if not accumulate:
-        (labels_ref,) = refs
-        plgpu.store(labels_ref, best_k, mask=valid)
-        return
-    # The update step fused in: the tile is already in registers, so its rows go
-    # straight into the per-cluster float32 sums with atomics (L2-resident: K x D floats
-    # per problem) instead of a second pass over x. Rows past S hold zeros and add 0 /
-    # count 0, so no mask is needed (interpret mode has no masked atomics).
-    _, _, labels_ref, sums_ref, counts_ref = refs  # the aliased inputs come first
     plgpu.store(labels_ref, best_k, mask=valid)
-    cols = jnp.arange(x.shape[1], dtype=jnp.int32)
-    plgpu.atomic_add(sums_ref, (best_k[:, None], cols[None, :]), x.astype(jnp.float32))
-    plgpu.atomic_add(counts_ref, (best_k,), valid.astype(jnp.int32))
 
 
 def _check_inputs(x, centroids):
@@ -111,7 +99,7 @@ def _check_inputs(x, centroids):
         raise ValueError(f"D must be a multiple of 16 and at most {MAX_DIM}, got D={d}")
 
 
-def _launch(x, centroids, config, interpret, accumulate):
+def _launch(x, centroids, config, interpret):
     _check_inputs(x, centroids)
     config = config or AssignTuningConfig()
     n, s, d = x.shape
@@ -132,41 +120,23 @@ def _launch(x, centroids, config, interpret, accumulate):
         x = jnp.pad(x, ((0, 0), (0, 0), (0, d_pad - d)))
 
     kernel = functools.partial(_assign_kernel, seq_len=s, block_s=block_s, block_k=block_k,
-                               num_k_blocks=k_pad // block_k, accumulate=accumulate)
+                               num_k_blocks=k_pad // block_k)
     in_specs = [
         pl.BlockSpec((None, block_s, d_pad), lambda b, i: (b, i, 0)),
         pl.BlockSpec((None, k_pad, d_pad), lambda b, i: (b, 0, 0)),
         pl.BlockSpec((None, k_pad), lambda b, i: (b, 0)),
     ]
-    labels_spec = pl.BlockSpec((None, block_s), lambda b, i: (b, i))
-    labels_shape = jax.ShapeDtypeStruct((n, s), jnp.int32)
-    args = [x, c, cnorm]
-    out_specs, out_shape, aliases = labels_spec, labels_shape, {}
-    if accumulate:
-        # Every program of a problem adds into the same [k_pad, d_pad] block.
-        in_specs += [pl.BlockSpec((None, k_pad, d_pad), lambda b, i: (b, 0, 0)),
-                     pl.BlockSpec((None, k_pad), lambda b, i: (b, 0))]
-        out_specs = [labels_spec] + in_specs[3:]
-        out_shape = [labels_shape, jax.ShapeDtypeStruct((n, k_pad, d_pad), jnp.float32),
-                     jax.ShapeDtypeStruct((n, k_pad), jnp.int32)]
-        args += [jnp.zeros((n, k_pad, d_pad), jnp.float32), jnp.zeros((n, k_pad), jnp.int32)]
-        aliases = {3: 1, 4: 2}
-    out = pl.pallas_call(
+    return pl.pallas_call(
         kernel,
         grid=(n, pl.cdiv(s, block_s)),
         in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        input_output_aliases=aliases,
+        out_specs=pl.BlockSpec((None, block_s), lambda b, i: (b, i)),
+        out_shape=jax.ShapeDtypeStruct((n, s), jnp.int32),
         compiler_params=plgpu.CompilerParams(num_warps=config.num_warps,
                                              num_stages=config.num_stages),
         interpret=interpret,
-        name="kmeans_assign_update" if accumulate else "kmeans_assign",
-    )(*args)
-    if not accumulate:
-        return out
-    labels, sums, counts = out
-    return labels, sums[:, :k, :d], counts[:, :k]
+        name="kmeans_assign",
+    )(x, c, cnorm)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
@@ -179,23 +149,7 @@ def kmeans_assign(x: jax.Array, centroids: jax.Array, *, config: AssignTuningCon
     dot runs on centroids cast to x.dtype with float32 accumulation. Ties go to the
     smallest k. D must be a multiple of 16, at most 256.
     """
-    return _launch(x, centroids, config, interpret, accumulate=False)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "interpret"))
-def kmeans_assign_update(x: jax.Array, centroids: jax.Array, *,
-                         config: AssignTuningConfig | None = None, interpret: bool = False):
-    """One whole k-means step in one pass over x: `kmeans_assign` plus, per cluster, the
-    float32 sum of its members and their count.
-
-    x: [N, S, D]; centroids: [N, K, D] -> (labels [N, S] int32, sums [N, K, D] float32,
-    counts [N, K] int32). Sums are accumulated with atomics, so their float rounding
-    depends on the order the GPU runs programs in (not bit-reproducible run to run).
-    In interpret mode duplicate labels within one tile are not accumulated (the
-    interpreter's atomic add is a scatter): use it only for tests with distinct labels
-    per tile.
-    """
-    return _launch(x, centroids, config, interpret, accumulate=True)
+    return _launch(x, centroids, config, interpret)
 
 
 @jax.jit

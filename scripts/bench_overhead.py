@@ -147,7 +147,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--shapes", default="75600x40,32760x12",
                    help=f"comma-separated, from {sorted(SHAPES)}")
-    p.add_argument("--impls", default="xla,pallas,pallas_fused")
+    p.add_argument("--impls", default="xla,pallas")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

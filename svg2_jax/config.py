@@ -6,10 +6,10 @@ import dataclasses
 from typing import Literal
 
 Backend = Literal["auto", "jax", "masked_dense"]
-KMeansImpl = Literal["auto", "xla", "pallas", "pallas_fused"]
+KMeansImpl = Literal["auto", "xla", "pallas"]
 
 BACKENDS = ("auto", "jax", "masked_dense")
-KMEANS_IMPLS = ("auto", "xla", "pallas", "pallas_fused")
+KMEANS_IMPLS = ("auto", "xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +39,8 @@ class SVG2Config:
         Hopper kernel lands).
       kmeans_impl: "xla" (chunked matmul + argmin, then segment_sum), "pallas" (the
         fused Triton assignment kernel, which never writes the [S, K] distances, then
-        segment_sum; GPU only), "pallas_fused" (one Triton pass per iteration that also
-        accumulates the cluster sums with atomics; GPU only), "auto" (the fastest
-        measured on GPU, see docs/performance.md; xla elsewhere).
+        segment_sum; GPU only), "auto" (pallas on GPU, the fastest measured there, see
+        docs/performance.md; xla elsewhere).
       q_tile: query rows per step of the "jax" backend (bounds its memory to
         B * H * q_tile * S floats).
       kmeans_chunk: tokens per chunk in the XLA k-means assignment (bounds the

@@ -86,7 +86,7 @@ def update_xla(x: jax.Array, labels: jax.Array, num_clusters: int):
     return sums.reshape(n, num_clusters, d), counts.reshape(n, num_clusters)
 
 
-IMPLS = ("xla", "pallas", "pallas_fused")
+IMPLS = ("xla", "pallas")
 
 
 def kmeans_step(impl: str, chunk: int = 8192):
@@ -94,16 +94,12 @@ def kmeans_step(impl: str, chunk: int = 8192):
 
     "xla": chunked matmul + argmin, then segment_sum. "pallas": the fused Triton
     assignment kernel (never writes the [S, K] distances), then segment_sum.
-    "pallas_fused": one Triton pass that also accumulates the sums with atomics.
     """
     if impl == "xla":
         return lambda x, c, k: (labels := assign_xla(x, c, chunk),) + update_xla(x, labels, k)
     if impl == "pallas":
         from pallas_kernels import kmeans_assign
         return lambda x, c, k: (labels := kmeans_assign(x, c),) + update_xla(x, labels, k)
-    if impl == "pallas_fused":
-        from pallas_kernels import kmeans_assign_update
-        return lambda x, c, k: kmeans_assign_update(x, c)
     raise ValueError(f"unknown k-means implementation {impl!r}; expected one of {IMPLS}")
 
 

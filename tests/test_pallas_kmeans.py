@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import (AssignTuningConfig, kmeans_assign, kmeans_assign_reference,
-                            kmeans_assign_update)
+from pallas_kernels import AssignTuningConfig, kmeans_assign, kmeans_assign_reference
 
 gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")
@@ -232,42 +231,3 @@ def test_gpu_svg2_attention_with_the_fused_kernel_matches_xla_kmeans():
     np.testing.assert_allclose(outs["pallas"][1], outs["xla"][1], atol=0.02)
     err = np.linalg.norm(outs["pallas"][0] - outs["xla"][0]) / np.linalg.norm(outs["xla"][0])
     assert err < 0.05
-
-
-def test_assign_update_matches_numpy_when_labels_are_distinct_per_tile():
-    # Interpret mode's atomic add is a scatter (duplicates within one call are not
-    # summed), so the CPU check uses tiles whose rows all go to different clusters;
-    # the GPU test below covers real contention.
-    rng = np.random.default_rng(21)
-    n, k, d, tiles = 2, 16, 32, 5
-    c = (rng.normal(size=(n, k, d)) * 4).astype(np.float32)
-    member = np.stack([np.concatenate([rng.permutation(k) for _ in range(tiles)]) for _ in range(n)])
-    # (no ragged tile here: its padding rows would collide in the interpreter's scatter)
-    x = np.take_along_axis(c, member[..., None], 1) + 0.05 * rng.normal(size=member.shape + (d,))
-    x = x.astype(np.float32)
-    labels, sums, counts = kmeans_assign_update(jnp.asarray(x), jnp.asarray(c),
-                                                config=AssignTuningConfig(block_s=16, block_k=16),
-                                                interpret=True)
-    np.testing.assert_array_equal(np.asarray(labels), member)
-    want_counts = np.stack([np.bincount(m, minlength=k) for m in member])
-    np.testing.assert_array_equal(np.asarray(counts), want_counts)
-    want_sums = np.stack([[x[b, member[b] == j].sum(0) for j in range(k)] for b in range(n)])
-    np.testing.assert_allclose(np.asarray(sums), want_sums, rtol=1e-5, atol=1e-4)
-
-
-@gpu
-@needs_gpu
-@pytest.mark.parametrize("n,s,k,d,dtype", [(4, 8192, 1000, 128, jnp.bfloat16),
-                                           (3, 5000, 333, 64, jnp.float32),
-                                           (2, 3000, 7, 128, jnp.bfloat16)])
-def test_gpu_assign_update_matches_segment_sum(n, s, k, d, dtype):
-    key_x, key_c = jax.random.split(jax.random.key(s + k))
-    x = jax.random.normal(key_x, (n, s, d), dtype)
-    c = jax.random.normal(key_c, (n, k, d), jnp.float32)
-    labels, sums, counts = kmeans_assign_update(x, c)
-    np.testing.assert_array_equal(np.asarray(labels), np.asarray(kmeans_assign(x, c)))
-    ids = (labels + k * jnp.arange(n)[:, None]).reshape(-1)
-    r_sums = jax.ops.segment_sum(x.reshape(-1, d).astype(jnp.float32), ids, n * k).reshape(n, k, d)
-    r_counts = jax.ops.segment_sum(jnp.ones_like(ids), ids, n * k).reshape(n, k)
-    np.testing.assert_array_equal(np.asarray(counts), np.asarray(r_counts))
-    np.testing.assert_allclose(np.asarray(sums), np.asarray(r_sums), rtol=1e-4, atol=1e-3)
