@@ -1,0 +1,98 @@
+"""`svg2-convert`: Wan2.1 safetensors (diffusers or official layout) -> orbax checkpoint.
+
+    svg2-convert --from diffusers /ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer \\
+        --model wan2.1-t2v-1.3b --out /ckpt/wan13b-orbax
+    svg2-convert --from wan /ckpt/Wan2.1-T2V-14B --model wan2.1-t2v-14b --out /ckpt/wan14b
+
+SRC is a .safetensors file, an .index.json, or a directory holding them. --model is a
+preset name or a diffusers config.json. Load the result with
+`svg2_jax.models.wan.load(OUT, PRESET)` (which also reads SRC directly, without this step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax.numpy as jnp
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+
+class _Counter:
+    """Progress: tqdm if installed, else a line every 5% of the tensors."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled, self.bar = total, 0, enabled, None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="tensor", desc="converting")
+            except ImportError:
+                pass
+
+    def __call__(self, key: str):
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.done == self.total or self.done % max(1, self.total // 20) == 0:
+            print(f"converting: {self.done}/{self.total} tensors", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _count_tensors(src) -> int:
+    from convert.safetensors_io import SafetensorsSource
+
+    with SafetensorsSource(src) as source:
+        return len(source.keys())
+
+
+def main(argv=None) -> int:
+    from convert.wan import LAYOUTS, convert_to_orbax
+    from svg2_jax.models.wan.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="svg2-convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="layout", choices=LAYOUTS, required=True,
+                   help="key layout of SRC: diffusers, or wan (official Wan2.1 release)")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("--model", required=True,
+                   help=f"preset ({', '.join(sorted(PRESETS))}) or a diffusers config.json")
+    p.add_argument("--out", required=True, help="orbax checkpoint directory to create")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
+                   help="weight dtype (norms, modulation tables, timestep MLP stay float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print tensor counts, skipped keys, time and peak memory")
+    args = p.parse_args(argv)
+
+    try:
+        counter = _Counter(_count_tensors(args.src), enabled=not args.quiet)
+        try:
+            report = convert_to_orbax(args.src, args.layout, args.model, args.out,
+                                      dtype=DTYPES[args.dtype], overwrite=args.overwrite,
+                                      progress=counter)
+        finally:
+            counter.close()
+    except ValueError as e:
+        print(f"svg2-convert: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({report.tensors} tensors, {report.bytes_written / 2**30:.2f} GiB, "
+          f"{args.dtype})")
+    if report.ignored:
+        print(f"skipped {len(report.ignored)} keys diffusers also ignores: {report.ignored}")
+    if args.verbose:
+        print(f"time {report.seconds:.1f} s; peak RSS {report.peak_rss_mb:.0f} MiB "
+              f"(+{report.peak_rss_increase_mb:.0f} MiB during the conversion)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

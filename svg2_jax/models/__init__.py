@@ -1,0 +1,1 @@
+"""Video diffusion transformers with pluggable (dense / SVG2) self-attention."""

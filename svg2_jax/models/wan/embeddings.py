@@ -1,0 +1,191 @@
+"""Wan's input embeddings: timestep, text, CLIP image, patches and 3-D rotary positions.
+
+Mirrors diffusers' `WanTimeTextImageEmbedding`, `WanImageEmbedding` and
+`WanRotaryPosEmbed` (diffusers 0.42.1, `models/transformers/transformer_wan.py`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from svg2_jax.models.wan.config import WanConfig
+from svg2_jax.models.wan.layers import FeedForward, FP32LayerNorm, linear
+
+
+def get_timestep_embedding(timesteps: jax.Array, embedding_dim: int, flip_sin_to_cos: bool,
+                           downscale_freq_shift: float, max_period: int = 10000) -> jax.Array:
+    """Sinusoidal embedding, the same float32 operations as diffusers' function of that name.
+
+    timesteps: [B] (fractional allowed) -> [B, embedding_dim] float32.
+    """
+    half = embedding_dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+    exponent = exponent / (half - downscale_freq_shift)
+    emb = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if embedding_dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nnx.Module):
+    """linear_1 -> SiLU -> linear_2, in float32 (diffusers keeps `time_embedder` in fp32)."""
+
+    def __init__(self, in_channels: int, time_embed_dim: int, *, rngs: nnx.Rngs):
+        f32 = dict(dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+        self.linear_1 = linear(in_channels, time_embed_dim, **f32)
+        self.linear_2 = linear(time_embed_dim, time_embed_dim, **f32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, in_channels] -> [B, time_embed_dim] float32."""
+        return self.linear_2(jax.nn.silu(self.linear_1(x.astype(jnp.float32))))
+
+
+class PixArtAlphaTextProjection(nnx.Module):
+    """Text states to the model width: linear_1 -> GELU-tanh -> linear_2."""
+
+    def __init__(self, in_features: int, hidden_size: int, *, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear_1 = linear(in_features, hidden_size, **kw)
+        self.linear_2 = linear(hidden_size, hidden_size, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, L, in_features] -> [B, L, hidden_size]."""
+        return self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=True))
+
+
+class WanImageEmbedding(nnx.Module):
+    """CLIP image features to the model width (I2V): LayerNorm, FF (exact GELU), LayerNorm.
+
+    The two LayerNorms have affine parameters and torch's default eps 1e-5 (diffusers'
+    `FP32LayerNorm(in_features)`), unlike the blocks' norms.
+    """
+
+    def __init__(self, in_features: int, out_features: int, pos_embed_seq_len: int | None, *,
+                 dtype, param_dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.norm1 = FP32LayerNorm(in_features, 1e-5, elementwise_affine=True)
+        self.ff = FeedForward(in_features, in_features, out_features, approximate=False,
+                              dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm2 = FP32LayerNorm(out_features, 1e-5, elementwise_affine=True)
+        self.pos_embed = (None if pos_embed_seq_len is None else nnx.Param(
+            jnp.zeros((1, pos_embed_seq_len, in_features), param_dtype)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, N, in_features] -> [B, N, out_features]; with a position embedding (FLF2V)
+        the first- and last-frame features arrive as 2B rows: [2B, N, E] -> [B, 2N, out]."""
+        if self.pos_embed is not None:
+            _, n, e = x.shape
+            x = x.reshape(-1, 2 * n, e) + self.pos_embed[...]
+        h = self.ff(self.norm1(x).astype(self.dtype))
+        return self.norm2(h).astype(self.dtype)
+
+
+class WanTimeTextImageEmbedding(nnx.Module):
+    """Timestep, text and (I2V) image conditioning (diffusers' `condition_embedder`)."""
+
+    def __init__(self, config: WanConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        dim = config.inner_dim
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dtype = dtype
+        self.freq_dim = config.freq_dim
+        self.time_embedder = TimestepEmbedding(config.freq_dim, dim, rngs=rngs)
+        self.time_proj = linear(dim, 6 * dim, **kw)
+        self.text_embedder = PixArtAlphaTextProjection(config.text_dim, dim, **kw)
+        self.image_embedder = (None if config.image_dim is None else WanImageEmbedding(
+            config.image_dim, dim, config.pos_embed_seq_len, **kw))
+
+    def __call__(self, timestep: jax.Array, encoder_hidden_states: jax.Array,
+                 encoder_hidden_states_image: jax.Array | None):
+        """timestep: [B]; encoder_hidden_states: [B, L, text_dim];
+        encoder_hidden_states_image: [B, N, image_dim] or None.
+
+        Returns temb [B, D], timestep_proj [B, 6D], text [B, L, D], image [B, N, D] | None,
+        all in the activation dtype (diffusers casts temb to the text states' dtype).
+        """
+        t = get_timestep_embedding(timestep, self.freq_dim, flip_sin_to_cos=True,
+                                   downscale_freq_shift=0)
+        temb = self.time_embedder(t).astype(self.dtype)
+        timestep_proj = self.time_proj(jax.nn.silu(temb))
+        text = self.text_embedder(encoder_hidden_states.astype(self.dtype))
+        image = None
+        if encoder_hidden_states_image is not None:
+            image = self.image_embedder(encoder_hidden_states_image.astype(self.dtype))
+        return temb, timestep_proj, text, image
+
+
+def patchify(x: jax.Array, patch_size: tuple[int, int, int]) -> jax.Array:
+    """[B, C, F, H, W] -> [B, F'*H'*W', C*p_t*p_h*p_w], tokens in (f, h, w) order and
+    features in (c, p_t, p_h, p_w) order: the flattening of diffusers' Conv3d weight, so
+    the strided Conv3d is exactly a Linear on these rows."""
+    b, c, f, h, w = x.shape
+    pt, ph, pw = patch_size
+    x = x.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
+    x = x.transpose(0, 2, 4, 6, 1, 3, 5, 7)
+    return x.reshape(b, (f // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
+
+
+def unpatchify(x: jax.Array, grid: tuple[int, int, int], patch_size: tuple[int, int, int]):
+    """[B, S, p_t*p_h*p_w*C] (features in (p_t, p_h, p_w, c) order, as diffusers'
+    `proj_out`) -> [B, C, F'*p_t, H'*p_h, W'*p_w]."""
+    b = x.shape[0]
+    f, h, w = grid
+    pt, ph, pw = patch_size
+    x = x.reshape(b, f, h, w, pt, ph, pw, -1)
+    x = x.transpose(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, x.shape[1], f * pt, h * ph, w * pw)
+
+
+def rope_dims(attention_head_dim: int) -> tuple[int, int, int]:
+    """(t, h, w) parts of the head dim: h = w = 2 * (D // 6), t = the rest."""
+    h = w = 2 * (attention_head_dim // 6)
+    return attention_head_dim - h - w, h, w
+
+
+def _axis_angles(dim: int, n: int, theta: float) -> np.ndarray:
+    """[n, dim/2] float64 angles pos * theta^(-2i/dim), as diffusers builds them."""
+    inv_freq = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    return np.outer(np.arange(n, dtype=np.float64), inv_freq)
+
+
+def rotary_embedding(attention_head_dim: int, grid: tuple[int, int, int],
+                     theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+    """WanRotaryPosEmbed for a post-patch grid (F', H', W'): (cos, sin), each [S, D/2] f32.
+
+    One value per rotated pair: diffusers stores every value twice (repeat_interleave)
+    and reads back the even (cos) / odd (sin) copies. Angles are computed in float64 on
+    the host, then rounded to float32 as diffusers does, so only the small per-axis
+    tables become constants; the [S, D/2] table is a broadcast on the device.
+    """
+    cos, sin = [], []
+    for axis, (dim, n) in enumerate(zip(rope_dims(attention_head_dim), grid)):
+        angles = _axis_angles(dim, n, theta)                   # [n, dim/2]
+        shape = [1, 1, 1, dim // 2]
+        shape[axis] = n
+        for table, fn in ((cos, np.cos), (sin, np.sin)):
+            part = jnp.asarray(fn(angles).astype(np.float32).reshape(shape))
+            table.append(jnp.broadcast_to(part, (*grid, dim // 2)))
+    s = math.prod(grid)
+    return (jnp.concatenate(cos, axis=-1).reshape(s, -1),
+            jnp.concatenate(sin, axis=-1).reshape(s, -1))
+
+
+def apply_rotary_emb(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) in float32, return x.dtype.
+
+    x: [B, S, H, D]; cos, sin: [S, D/2].
+    """
+    b, s, h, d = x.shape
+    xf = x.astype(jnp.float32).reshape(b, s, h, d // 2, 2)
+    x1, x2 = xf[..., 0], xf[..., 1]
+    c, sn = cos[None, :, None, :], sin[None, :, None, :]
+    out = jnp.stack([x1 * c - x2 * sn, x1 * sn + x2 * c], axis=-1)
+    return out.reshape(b, s, h, d).astype(x.dtype)
