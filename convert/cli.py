@@ -1,12 +1,18 @@
-"""`svg2-convert`: Wan2.1 safetensors (diffusers or official layout) -> orbax checkpoint.
+"""`svg2-convert`: Wan2.1 or HunyuanVideo checkpoints (diffusers or official layout) -> orbax.
 
     svg2-convert --from diffusers /ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer \\
         --model wan2.1-t2v-1.3b --out /ckpt/wan13b-orbax
     svg2-convert --from wan /ckpt/Wan2.1-T2V-14B --model wan2.1-t2v-14b --out /ckpt/wan14b
+    svg2-convert --from hunyuan /ckpt/HunyuanVideo/transformers/mp_rank_00_model_states.pt \\
+        --model hunyuan-video-t2v-720p --out /ckpt/hunyuan-orbax
+    svg2-convert --from diffusers /ckpt/HunyuanVideo-diffusers/transformer \\
+        --model hunyuan-video-t2v-720p --out /ckpt/hunyuan-orbax
 
-SRC is a .safetensors file, an .index.json, or a directory holding them. --model is a
-preset name or a diffusers config.json. Load the result with
-`svg2_jax.models.wan.load(OUT, PRESET)` (which also reads SRC directly, without this step).
+SRC is a .safetensors file, an .index.json, or a directory holding them; for HunyuanVideo
+also a torch .pt state dict (the official release). --model is a preset name or a diffusers
+config.json; it picks the model family (HunyuanVideo or Wan). Load the result with
+`svg2_jax.models.wan.load(OUT, PRESET)` / `svg2_jax.models.hunyuan.load(OUT, PRESET)` (which
+also read SRC directly, without this step).
 """
 
 from __future__ import annotations
@@ -53,17 +59,33 @@ def _count_tensors(src) -> int:
         return len(source.keys())
 
 
+def _family(layout: str, model: str):
+    """The converter module of the model family --model names, checked against --from."""
+    from convert import hunyuan, wan
+    from svg2_jax.models.hunyuan.config import is_hunyuan_config
+
+    family, name = (hunyuan, "HunyuanVideo") if is_hunyuan_config(model) else (wan, "Wan")
+    if layout not in family.LAYOUTS:
+        raise ValueError(f"--from {layout} is not a layout of {name} checkpoints (--model "
+                         f"{model!r}); use one of {family.LAYOUTS}")
+    return family
+
+
 def main(argv=None) -> int:
-    from convert.wan import LAYOUTS, convert_to_orbax
+    from convert import hunyuan, wan
+    from svg2_jax.models.hunyuan.config import PRESETS as HUNYUAN_PRESETS
     from svg2_jax.models.wan.config import PRESETS
 
     p = argparse.ArgumentParser(prog="svg2-convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="layout", choices=LAYOUTS, required=True,
-                   help="key layout of SRC: diffusers, or wan (official Wan2.1 release)")
+    p.add_argument("--from", dest="layout", required=True,
+                   choices=tuple(dict.fromkeys(wan.LAYOUTS + hunyuan.LAYOUTS)),
+                   help="key layout of SRC: diffusers, wan (official Wan2.1 release) or "
+                        "hunyuan (official HunyuanVideo release)")
     p.add_argument("src", metavar="SRC")
     p.add_argument("--model", required=True,
-                   help=f"preset ({', '.join(sorted(PRESETS))}) or a diffusers config.json")
+                   help=f"preset ({', '.join(sorted(PRESETS) + sorted(HUNYUAN_PRESETS))}) "
+                        "or a diffusers config.json")
     p.add_argument("--out", required=True, help="orbax checkpoint directory to create")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
                    help="weight dtype (norms, modulation tables, timestep MLP stay float32)")
@@ -74,11 +96,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     try:
-        counter = _Counter(_count_tensors(args.src), enabled=not args.quiet)
+        family = _family(args.layout, args.model)
+        total = (family.count_reads(args.src, args.layout, args.model) if family is hunyuan
+                 else _count_tensors(args.src))
+        counter = _Counter(total, enabled=not args.quiet)
         try:
-            report = convert_to_orbax(args.src, args.layout, args.model, args.out,
-                                      dtype=DTYPES[args.dtype], overwrite=args.overwrite,
-                                      progress=counter)
+            report = family.convert_to_orbax(args.src, args.layout, args.model, args.out,
+                                             dtype=DTYPES[args.dtype],
+                                             overwrite=args.overwrite, progress=counter)
         finally:
             counter.close()
     except ValueError as e:

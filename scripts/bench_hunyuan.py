@@ -1,0 +1,255 @@
+"""HunyuanVideo 720p, 129 frames, on one GPU: per-layer dense vs SVG2 joint attention, and one
+dense full-model forward.
+
+Shapes: latents [1, 16, 33, 90, 160] (1280 x 720, 129 frames through the 4x / 8x VAE) ->
+Sv = 33 x 45 x 80 = 118800 video tokens, + T = 256 text tokens (the pipeline's padded
+length; --text-valid of them real), 24 heads x 128: one attention layer's q, k, v are
+[1, 119056, 24, 128].
+
+Attention (random bf16 q, k, v of that shape, through `svg2_jax.layer_attention`, exactly
+as the model calls it: num_text=T, text_lengths=[text_valid]):
+  dense: `DenseAttention("cudnn")` = `jax.nn.dot_product_attention(implementation="cudnn")`
+    with the padded text keys masked;
+  svg2-cold: `SVG2Attention(SVG2Config(num_q_clusters=400, num_k_clusters=1000, top_p=0.9))`
+    without centroids (k-means from random tokens, 50 iterations: the first sparse step);
+  svg2-warm: the same from the previous call's centroids (2 iterations: every later step).
+Full model: `HunyuanVideoTransformer3DModel(PRESETS["hunyuan-video-t2v-720p"])` with random
+bf16 weights created on the device in one jit (never on the host), `DenseAttention("cudnn")`,
+the pure `hunyuan_forward` jitted.
+
+Reported: median / min of --reps timed calls after --warmup untimed ones (block_until_ready),
+compile time, density (fraction of query-key pairs computed), TFLOP/s (attention: dense
+FLOPs x density; model: matmuls + attention), peak device memory.
+
+Usage:
+  python -m scripts.bench_hunyuan --json bench_hunyuan.json        # GPU machine
+  python -m scripts.bench_hunyuan --parts attention --reps 5
+  python -m scripts.bench_hunyuan --tiny                           # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from svg2_jax import SVG2Config
+from svg2_jax.layer_attention import DenseAttention, SVG2Attention
+
+FULL = dict(latents=(1, 16, 33, 90, 160), text_len=256, qc=400, kc=1000, top_p=0.9)
+TINY = dict(latents=(1, 4, 3, 6, 10), text_len=12, qc=4, kc=8, top_p=0.9)
+
+
+def model_config(tiny: bool):
+    from svg2_jax.models.hunyuan import PRESETS, HunyuanVideoConfig
+
+    if tiny:
+        return HunyuanVideoConfig(in_channels=4, out_channels=4, num_attention_heads=2,
+                                  attention_head_dim=16, num_layers=2, num_single_layers=2,
+                                  num_refiner_layers=1, text_embed_dim=24,
+                                  pooled_projection_dim=20, rope_axes_dim=(4, 6, 6))
+    return PRESETS["hunyuan-video-t2v-720p"]
+
+
+def video_tokens(config, latents) -> int:
+    _, _, f, h, w = latents
+    pt, ph, pw = config.patch
+    return (f // pt) * (h // ph) * (w // pw)
+
+
+def model_flops(config, sv: int, t: int, batch: int) -> float:
+    """Forward FLOPs of the dual and single blocks (matmuls and attention)."""
+    d, m, s = config.inner_dim, config.mlp_dim, sv + t
+    attention = 4 * s * s * d
+    dual = (2 * s * d * d * 4          # q, k, v, out projections (video and text weights)
+            + 2 * s * d * m * 2        # FFNs
+            + attention)
+    single = (2 * s * d * (3 * d + m)  # linear1: q, k, v and MLP in
+              + 2 * s * (d + m) * d    # linear2
+              + attention)
+    return batch * (config.num_layers * dual + config.num_single_layers * single)
+
+
+def _time(fn, reps: int, warmup: int) -> tuple[list[float], float]:
+    """(ms of each timed call, seconds of the first call)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times, first
+
+
+def _peak_gb():
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None
+
+
+def bench_attention(config, shape: dict, text_valid: int, impl, reps, warmup) -> list[dict]:
+    """Dense, SVG2 cold and SVG2 warm on random bf16 q, k, v of one layer."""
+    sv, t = video_tokens(config, shape["latents"]), shape["text_len"]
+    h, d = config.num_attention_heads, config.attention_head_dim
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    q, k, v = (jax.random.normal(kx, (1, sv + t, h, d), jnp.bfloat16) for kx in keys)
+    lengths = jnp.array([text_valid], jnp.int32)
+    flops = 4.0 * (sv + t) ** 2 * d * h
+    svg2 = SVG2Attention(SVG2Config(num_q_clusters=shape["qc"], num_k_clusters=shape["kc"],
+                                    top_p=shape["top_p"]), dense_layers=(),
+                         dense_implementation=impl)
+    layer = 1  # any layer: per-layer state, same shapes everywhere
+
+    def call(attention):
+        @jax.jit
+        def run(q, k, v, state):
+            return attention(q, k, v, state, layer, num_text=t, text_lengths=lengths)
+        return run
+
+    cold_state = jax.tree.map(lambda a: a[0], svg2.init_state(1, 1, h, d))  # one layer
+    compiled, compile_s = {}, {}
+    for name, attention, state in (("dense", DenseAttention(impl), None),
+                                   ("svg2", svg2, cold_state)):
+        t0 = time.perf_counter()
+        compiled[name] = call(attention).lower(q, k, v, state).compile()
+        compile_s[name] = time.perf_counter() - t0
+    # cold and warm are one compiled function: the state's `initialized` flag picks the path
+    warm_state = compiled["svg2"](q, k, v, cold_state)[1]
+    rows = []
+    for name, fn, state in (("dense", compiled["dense"], None),
+                            ("svg2-cold", compiled["svg2"], cold_state),
+                            ("svg2-warm", compiled["svg2"], warm_state)):
+        times, first = _time(lambda: fn(q, k, v, state)[0], reps, warmup)
+        density = float(jnp.mean(fn(q, k, v, state)[2]))
+        rows.append(dict(part="attention", case=name,
+                         attention=(f"DenseAttention({impl!r})" if name == "dense" else
+                                    f"SVG2 QC={shape['qc']} KC={shape['kc']} "
+                                    f"top_p={shape['top_p']}"),
+                         tokens=sv + t, ms=times, compile_s=compile_s[name.split("-")[0]],
+                         first_call_s=first, density=density, flops=flops * density,
+                         peak_gb=_peak_gb()))
+        print(f"[attention] {name}: {_summary(rows[-1])}", flush=True)
+    dense_ms = statistics.median(rows[0]["ms"])
+    for row in rows[1:]:
+        row["speedup_vs_dense"] = dense_ms / statistics.median(row["ms"])
+    return rows
+
+
+def bench_model(config, shape: dict, text_valid: int, impl, reps, warmup) -> dict:
+    from flax import nnx
+
+    from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel, hunyuan_forward
+
+    def build():
+        return HunyuanVideoTransformer3DModel(config, attention=DenseAttention(impl),
+                                              rngs=nnx.Rngs(0))
+
+    graphdef, _ = nnx.split(nnx.eval_shape(build))
+    t0 = time.perf_counter()
+    params = jax.jit(lambda: nnx.state(build()))()  # created on the device, bf16
+    jax.block_until_ready(params)
+    init_s = time.perf_counter() - t0
+    b, t = shape["latents"][0], shape["text_len"]
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    args = (jax.random.normal(keys[0], shape["latents"], jnp.bfloat16),
+            jnp.full((b,), 500.0, jnp.float32),
+            jax.random.normal(keys[1], (b, t, config.text_embed_dim), jnp.bfloat16),
+            (jnp.arange(t)[None] < text_valid).astype(jnp.int32).repeat(b, 0),
+            jax.random.normal(keys[2], (b, config.pooled_projection_dim), jnp.bfloat16),
+            jnp.full((b,), 6000.0, jnp.float32) if config.guidance_embeds else None)
+    step = jax.jit(functools.partial(hunyuan_forward, graphdef))
+    t0 = time.perf_counter()
+    compiled = step.lower(params, *args).compile()
+    compile_s = time.perf_counter() - t0
+    times, first = _time(lambda: compiled(params, *args)[0], reps, warmup)
+    out = compiled(params, *args)[0]
+    sv = video_tokens(config, shape["latents"])
+    row = dict(part="model", case="forward", attention=f"DenseAttention({impl!r})",
+               tokens=sv + t, ms=times, compile_s=compile_s, first_call_s=first,
+               init_s=init_s, density=1.0, flops=model_flops(config, sv, t, b),
+               peak_gb=_peak_gb(), finite=bool(jnp.isfinite(out.astype(jnp.float32)).all()))
+    print(f"[model] forward: {_summary(row)}", flush=True)
+    return row
+
+
+def _summary(row) -> str:
+    med = statistics.median(row["ms"])
+    return (f"median {med:.2f} ms, density {row['density']:.3f}, "
+            f"{row['flops'] / med / 1e9:.1f} TFLOP/s")
+
+
+def table(rows, num_attention_layers: int) -> str:
+    lines = ["| part | case | attention | tokens | median ms | min ms | x dense | density | "
+             "TFLOP/s | compile s | peak GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "ms" not in r:
+            lines.append(f"| {r['part']} | | | | {r.get('error')} | | | | | | |")
+            continue
+        med = statistics.median(r["ms"])
+        peak = "-" if r.get("peak_gb") is None else f"{r['peak_gb']:.1f}"
+        speed = f"{r['speedup_vs_dense']:.2f}" if "speedup_vs_dense" in r else "-"
+        lines.append(f"| {r['part']} | {r['case']} | {r['attention']} | {r['tokens']} | "
+                     f"{med:.2f} | {min(r['ms']):.2f} | {speed} | {r['density']:.3f} | "
+                     f"{r['flops'] / med / 1e9:.1f} | {r['compile_s']:.1f} | {peak} |")
+    attn = {r["case"]: statistics.median(r["ms"]) for r in rows
+            if r["part"] == "attention" and "ms" in r}
+    if attn:
+        lines.append("")
+        lines.append(f"all {num_attention_layers} attention layers: " + ", ".join(
+            f"{name} {ms * num_attention_layers / 1e3:.2f} s" for name, ms in attn.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", nargs="*", choices=("attention", "model"),
+                   default=["attention", "model"])
+    p.add_argument("--text-valid", type=int, default=None,
+                   help="real (unpadded) text tokens of the 256 (default: all)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny model and shapes: a CPU check that the script works")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    gpu = jax.default_backend() == "gpu"
+    if not args.tiny and not gpu:
+        sys.exit("bench_hunyuan needs a GPU (use --tiny for a CPU smoke run)")
+    impl = "cudnn" if gpu else None
+    config = model_config(args.tiny)
+    shape = TINY if args.tiny else FULL
+    text_valid = shape["text_len"] if args.text_valid is None else args.text_valid
+    if not 1 <= text_valid <= shape["text_len"]:
+        sys.exit(f"--text-valid must be in 1..{shape['text_len']}")
+    print(f"device {jax.devices()[0].device_kind}; video tokens "
+          f"{video_tokens(config, shape['latents'])} + text {shape['text_len']} "
+          f"({text_valid} real)", flush=True)
+    rows = []
+    if "attention" in args.parts:
+        rows += bench_attention(config, shape, text_valid, impl, args.reps, args.warmup)
+    if "model" in args.parts:
+        try:
+            rows.append(bench_model(config, shape, text_valid, impl, args.reps, args.warmup))
+        except Exception as e:  # report (e.g. out of memory) after the attention rows
+            rows.append(dict(part="model", error=f"{type(e).__name__}: {e}"))
+    print()
+    print(table(rows, config.num_attention_layers))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=jax.devices()[0].device_kind, text_valid=text_valid,
+                           shape=shape, config=config.to_diffusers(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

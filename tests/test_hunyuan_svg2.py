@@ -1,0 +1,128 @@
+"""The HunyuanVideo model with SVG2 joint attention: equal to dense (text masking included)
+at top_p=1, sparse and stateful below, layers numbered dual i -> i, single j -> L + j."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from test_hunyuan_helpers import TINY, forward_args, inputs, jax_args, jax_forward
+
+from svg2_jax import SVG2Config
+from svg2_jax.layer_attention import DenseAttention, SVG2Attention
+from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel, hunyuan_forward
+
+# 2 dual + 2 single blocks (attention layers 0, 1 | 2, 3); latent 3 x 6 x 10 -> Sv = 45
+# video tokens (>= the 8 key clusters below) + 12 text tokens, 5 and 9 of them real
+CFG = TINY["t2v"]
+SMALL = dict(num_q_clusters=4, num_k_clusters=8, kmeans_iters_cold=5, min_kc_ratio=0.0)
+LAYERS, B, H, D = 4, 2, 2, 16
+
+
+def random_model(config, seed=0):
+    """A float32 model with numpy-random weights (kernels ~ N(0, 1/fan_in), norm scales near
+    1): compiling jax's random initialisers for every parameter shape costs ~15 s on CPU."""
+    model = nnx.eval_shape(lambda: HunyuanVideoTransformer3DModel(
+        config, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        x = rng.standard_normal(var.shape).astype(np.float32)
+        if path[-1] == "kernel":
+            x /= np.sqrt(var.shape[-2])
+        elif path[-1] == "scale":
+            x = 1 + 0.1 * x
+        else:
+            x *= 0.1
+        flat[path] = jnp.asarray(x)
+    state = nnx.state(model)
+    nnx.replace_by_pure_dict(state, _nest(flat))
+    nnx.update(model, state)
+    return model
+
+
+def _nest(flat):
+    out = {}
+    for path, value in flat.items():
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = random_model(CFG)
+    x = inputs(CFG)
+    # the dense reference through the parity tests' shared compilation
+    return model, jax_args(x)[:-1], jax_forward(model, x)[0]
+
+
+def _with(model, attention):
+    """The same weights behind another attention object (no model code involved)."""
+    model.attention = attention
+    graphdef, params = nnx.split(model)
+    model.attention = DenseAttention()
+    return jax.jit(functools.partial(hunyuan_forward, graphdef)), params
+
+
+def _rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def test_top_p_one_equals_dense_including_text_cold_and_warm(setup):
+    model, args, dense = setup
+    attention = SVG2Attention(SVG2Config(top_p=1.0, **SMALL), dense_layers=())
+    step, params = _with(model, attention)
+    out, state, density = step(params, *args, attention.init_state(LAYERS, B, H, D))
+    assert _rel(out, dense) <= 1e-5
+    np.testing.assert_allclose(np.asarray(density), 1.0, rtol=1e-6)
+    assert np.asarray(state.initialized).all()  # every layer of both scans clustered
+    assert state.cache.k_centroids.shape == (LAYERS, B, H, 8, D)
+    # next step (new timestep): the carried state warm-starts every layer's k-means, in the
+    # same compiled function
+    x, t, *rest = args
+    out2, state2, _ = step(params, x, t * 0.9, *rest, state)
+    assert step._cache_size() == 1
+    assert _rel(out2, forward_args(model, x, t * 0.9, *rest)[0]) <= 1e-5
+    moved = np.abs(np.asarray(state2.cache.k_centroids - state.cache.k_centroids))
+    assert (moved.reshape(LAYERS, -1).max(axis=1) > 0).all()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeAttention:
+    """Dense attention that reports what the model hands it: density[b, h] encodes
+    layer_index, num_text and text_lengths[b]; the state [L] int32 adds the sequence length
+    (so each layer's slice must reach its layer exactly once)."""
+
+    def init_state(self, num_layers, batch, heads, head_dim):
+        return jnp.zeros((num_layers,), jnp.int32)
+
+    def __call__(self, q, k, v, state, layer_index, *, num_text=0, text_lengths=None):
+        out, _, _ = DenseAttention()(q, k, v, None, layer_index, num_text=num_text,
+                                     text_lengths=text_lengths)
+        code = 1000 * layer_index + 10 * num_text + text_lengths[:, None]
+        density = jnp.broadcast_to(code, (q.shape[0], q.shape[2])).astype(jnp.float32)
+        return out, state + q.shape[1], density
+
+
+def test_layer_numbering_text_arguments_and_state_across_both_scans(setup):
+    model, args, dense = setup
+    attention = ProbeAttention()
+    step, params = _with(model, attention)
+    model.attention = attention
+    state0 = model.init_attention_state(B)
+    model.attention = DenseAttention()
+    assert state0.shape == (LAYERS,)
+    out, state, density = step(params, *args, state0)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(dense), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(state), 45 + 12)  # [video | text] tokens
+    # dual blocks 0, 1 are layers 0, 1; single blocks 0, 1 are layers 2, 3 (= num_layers + j)
+    want = (1000 * np.arange(LAYERS)[:, None, None] + 10 * 12
+            + np.array([5, 9])[None, :, None]) * np.ones((1, 1, H))
+    np.testing.assert_array_equal(np.asarray(density), want)
