@@ -1,5 +1,5 @@
-"""svg2-generate: Wan2.1 text-to-video with dense or SVG2 attention, the whole denoising
-loop compiled once.
+"""svg2-generate: Wan2.1 or HunyuanVideo text-to-video with dense or SVG2 attention, the
+whole denoising loop compiled once.
 
 Without --checkpoint it runs a TINY RANDOM Wan (2 layers, output is noise) with random
 text embeddings, so a fresh install shows the whole path (compile, SVG2 warm-up then
@@ -9,6 +9,12 @@ embeddings: --text-embeddings (umT5 states saved as .npy, [L, 4096]) or --prompt
 local umT5 (--text-encoder, transformers + torch). --vae (a local diffusers
 AutoencoderKLWan folder) decodes to RGB; without it the mp4 is a latent preview and
 the latents are saved as .npy.
+
+HunyuanVideo (--family hunyuan, or a hunyuan preset): text comes as --text-embeddings
+.npz with prompt_embeds [T, 4096], prompt_attention_mask [T] and pooled_prompt_embeds
+[768] (its Llama + CLIP encoders are not wired in); --guidance is its embedded
+(distilled) guidance, there is no negative prompt; --vae takes an
+AutoencoderKLHunyuanVideo folder.
 
 Examples:
   svg2-generate --out out/tiny.mp4
@@ -36,7 +42,10 @@ def parse_args(argv=None):
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="orbax dir, diffusers transformer dir/file, or "
                    "official Wan2.1 file; omitted: a tiny random model (output is noise)")
-    g.add_argument("--model", default="wan2.1-t2v-1.3b", help="preset of the checkpoint")
+    g.add_argument("--model", default=None, help="preset of the checkpoint (default "
+                   "wan2.1-t2v-1.3b, or hunyuan-video-t2v-720p with --family hunyuan)")
+    g.add_argument("--family", choices=("wan", "hunyuan"), default=None,
+                   help="model family (default: from --model, else wan)")
     g.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     g = p.add_argument_group("conditioning")
     g.add_argument("--prompt", help="text prompt (needs --text-encoder)")
@@ -51,10 +60,13 @@ def parse_args(argv=None):
     g.add_argument("--frames", type=int, default=None, help="1 + 4k; default 81 (tiny: 17)")
     g.add_argument("--steps", type=int, default=None, help="default 50 (tiny: 10)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--guidance", type=float, default=5.0)
-    g.add_argument("--scheduler", default="unipc", choices=SCHEDULERS)
+    g.add_argument("--guidance", type=float, default=None,
+                   help="Wan: classifier-free guidance (5.0); HunyuanVideo: embedded "
+                   "guidance (6.0)")
+    g.add_argument("--scheduler", default=None, choices=SCHEDULERS,
+                   help="Wan: unipc (default) or euler; HunyuanVideo: euler")
     g.add_argument("--shift", type=float, default=None,
-                   help="flow shift; default 3.0 below 720p, 5.0 at 720p (as Wan)")
+                   help="flow shift; Wan: 3.0 below 720p, 5.0 at 720p; HunyuanVideo: 7.0")
     g.add_argument("--fps", type=int, default=16)
     g = p.add_argument_group("attention")
     g.add_argument("--attention", default="svg2", choices=("dense", "svg2"))
@@ -65,8 +77,9 @@ def parse_args(argv=None):
     g.add_argument("--min-kc-ratio", type=float, default=0.10)
     g.add_argument("--kmeans-iters-cold", type=int, default=50)
     g.add_argument("--kmeans-iters-warm", type=int, default=2)
-    g.add_argument("--dense-fraction", type=float, default=0.2,
-                   help="first floor(fraction x steps) steps dense (Wan T2V: 0.2)")
+    g.add_argument("--dense-fraction", type=float, default=None,
+                   help="first floor(fraction x steps) steps dense (Wan T2V 0.2, "
+                   "HunyuanVideo 0.1, as the reference)")
     g.add_argument("--dense-layers", default="0", help="comma-separated always-dense layers")
     g.add_argument("--kmeans-during-warmup", action="store_true",
                    help="cluster during the last dense step (reference: zero_step_kmeans_init)")
@@ -81,6 +94,17 @@ def parse_args(argv=None):
 
 
 def _defaults(args, tiny):
+    if args.family is None:
+        args.family = "hunyuan" if (args.model or "").startswith("hunyuan") else "wan"
+    hy = args.family == "hunyuan"
+    if args.model is None:
+        args.model = "hunyuan-video-t2v-720p" if hy else "wan2.1-t2v-1.3b"
+    for name, wan, hunyuan in (("guidance", 5.0, 6.0), ("dense_fraction", 0.2, 0.1),
+                               ("scheduler", "unipc", "euler")):
+        if getattr(args, name) is None:
+            setattr(args, name, hunyuan if hy else wan)
+    if hy and args.scheduler != "euler":
+        raise SystemExit("svg2-generate: HunyuanVideo samples with --scheduler euler")
     fill = dict(height=128 if tiny else 480, width=192 if tiny else 832,
                 frames=17 if tiny else 81, steps=10 if tiny else 50,
                 kc=48 if tiny else 1000)
@@ -89,9 +113,9 @@ def _defaults(args, tiny):
             setattr(args, name, value)
     hd = max(args.height, args.width) >= 1280 or min(args.height, args.width) >= 720
     if args.qc is None:
-        args.qc = 16 if tiny else (300 if hd else 200)
+        args.qc = 16 if tiny else (400 if hy and hd else 300 if hd else 200)
     if args.shift is None:
-        args.shift = 5.0 if hd else 3.0
+        args.shift = 7.0 if hy else (5.0 if hd else 3.0)
 
 
 def _load_npy(path, text_dim, what):
@@ -143,54 +167,47 @@ def build_attention(args, jax):
                          dense_implementation=dense_impl)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    tiny = args.checkpoint is None
-    _defaults(args, tiny)
+def _load_hunyuan_text(path, config):
+    """.npz with prompt_embeds [T, D], prompt_attention_mask [T], pooled_prompt_embeds [P]
+    (a leading batch axis of 1 is accepted) -> batched float32 arrays, checked."""
+    if not os.path.exists(path):
+        raise SystemExit(f"svg2-generate: --text-embeddings file not found: {path}")
+    with np.load(path) as z:
+        missing = {"prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds"} - set(z)
+        if missing:
+            raise SystemExit(f"svg2-generate: {path} lacks {sorted(missing)} (HunyuanVideo "
+                             "needs prompt_embeds, prompt_attention_mask, pooled_prompt_embeds)")
+        emb, mask, pooled = (np.asarray(z[k]) for k in ("prompt_embeds",
+                                                         "prompt_attention_mask",
+                                                         "pooled_prompt_embeds"))
+    emb = emb[None] if emb.ndim == 2 else emb
+    mask = mask[None] if mask.ndim == 1 else mask
+    pooled = pooled[None] if pooled.ndim == 1 else pooled
+    if (emb.ndim != 3 or emb.shape[0] != 1 or emb.shape[-1] != config.text_embed_dim
+            or mask.shape != emb.shape[:2] or pooled.shape != (1, config.pooled_projection_dim)):
+        raise SystemExit(f"svg2-generate: {path}: expected prompt_embeds [T, "
+                         f"{config.text_embed_dim}], prompt_attention_mask [T], "
+                         f"pooled_prompt_embeds [{config.pooled_projection_dim}]; got "
+                         f"{emb.shape}, {mask.shape}, {pooled.shape}")
+    if not (np.isfinite(emb).all() and np.isfinite(pooled).all()):
+        raise SystemExit(f"svg2-generate: text embeddings in {path} contain NaN/Inf")
+    if mask.sum() < 1:
+        raise SystemExit(f"svg2-generate: {path}: the attention mask has no real token")
+    return emb.astype(np.float32), mask.astype(bool), pooled.astype(np.float32)
 
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
+def _wan_setup(args, tiny, attention, sampler_cfg, dtype, nnx, rng):
     from svg2_jax.models.wan import WanTransformer3DModel, load
     from svg2_jax.pipelines import wan as pipe
-    from svg2_jax.sampling import FlowMatchEuler, FlowUniPC, SamplerConfig, check_finite
+    from svg2_jax.sampling import FlowMatchEuler, FlowUniPC
 
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    try:
-        attention = build_attention(args, jax)
-        sampler_cfg = SamplerConfig(
-            num_steps=args.steps, guidance_scale=args.guidance,
-            dense_fraction=args.dense_fraction if args.attention == "svg2" else 0.0,
-            kmeans_during_warmup=args.kmeans_during_warmup,
-            share_cfg_cache=not args.separate_cfg_cache, progress=not args.no_progress)
-    except ValueError as e:
-        raise SystemExit(f"svg2-generate: {e}")
-
-    t0 = time.perf_counter()
     if tiny:
-        print("svg2-generate: no --checkpoint: using a TINY RANDOM Wan model (2 layers). "
-              "Its output is noise; this run only shows the pipeline.", file=sys.stderr)
         model = WanTransformer3DModel(pipe.TINY_CONFIG, attention=attention, dtype=dtype,
                                       param_dtype=dtype, rngs=nnx.Rngs(args.seed))
     else:
-        if not os.path.exists(args.checkpoint):
-            raise SystemExit(f"svg2-generate: checkpoint not found: {args.checkpoint}")
         model = load(args.checkpoint, args.model, dtype=dtype)
         model.attention = attention
     config = model.config
-    load_s = time.perf_counter() - t0
-
-    try:
-        c, f, h, w = pipe.latent_shape(config, args.height, args.width, args.frames)
-    except ValueError as e:
-        raise SystemExit(f"svg2-generate: {e}")
-    seq = pipe.sequence_length(config, args.height, args.width, args.frames)
-    if args.attention == "svg2" and seq < max(args.qc, args.kc):
-        raise SystemExit(f"svg2-generate: {seq} video tokens are fewer than the clusters "
-                         f"(--qc {args.qc}, --kc {args.kc}); lower them or raise the size")
-
-    rng = np.random.default_rng(args.seed)
     if args.text_embeddings:
         context = _load_npy(args.text_embeddings, config.text_dim, "--text-embeddings")
     elif args.prompt is not None:
@@ -211,19 +228,95 @@ def main(argv=None):
     if uncond.shape != context.shape:
         raise SystemExit(f"svg2-generate: negative embeddings {uncond.shape} must match the "
                          f"prompt embeddings {context.shape}")
-
     scheduler = (FlowUniPC(flow_shift=args.shift) if args.scheduler == "unipc"
                  else FlowMatchEuler(shift=args.shift))
     sampler = pipe.WanSampler(model, scheduler, sampler_cfg)
-    latents = pipe.initial_noise(args.seed, (1, c, f, h, w))
-    context, uncond = jnp.asarray(context), jnp.asarray(uncond)
+    inputs = (context, uncond)
+    return model, pipe, sampler, inputs
 
+
+def _hunyuan_setup(args, tiny, attention, sampler_cfg, dtype, nnx, rng):
+    from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel, load
+    from svg2_jax.pipelines import hunyuan as pipe
+    from svg2_jax.sampling import FlowMatchEuler
+
+    for flag in ("prompt", "text_encoder", "negative_embeddings"):
+        if getattr(args, flag):
+            raise SystemExit(f"svg2-generate: --{flag.replace('_', '-')} is not supported for "
+                             "HunyuanVideo: pass --text-embeddings .npz (embedded guidance, no "
+                             "negative prompt)")
+    if tiny:
+        model = HunyuanVideoTransformer3DModel(pipe.TINY_CONFIG, attention=attention,
+                                               dtype=dtype, param_dtype=dtype,
+                                               rngs=nnx.Rngs(args.seed))
+    else:
+        model = load(args.checkpoint, args.model, dtype=dtype)
+        model.attention = attention
+    config = model.config
+    if args.text_embeddings:
+        text = _load_hunyuan_text(args.text_embeddings, config)
+    elif tiny:
+        text = (rng.normal(size=(1, 16, config.text_embed_dim)).astype(np.float32),
+                np.arange(16)[None] < 10,
+                rng.normal(size=(1, config.pooled_projection_dim)).astype(np.float32))
+    else:
+        raise SystemExit("svg2-generate: HunyuanVideo needs --text-embeddings (.npz)")
+    scheduler = FlowMatchEuler(shift=args.shift, pipeline_sigmas=True)
+    sampler = pipe.HunyuanSampler(model, scheduler, sampler_cfg,
+                                  embedded_guidance=args.guidance)
+    return model, pipe, sampler, (text,)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tiny = args.checkpoint is None
+    _defaults(args, tiny)
+    hy = args.family == "hunyuan"
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from svg2_jax.pipelines import video
+    from svg2_jax.sampling import SamplerConfig, check_finite
+
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    try:
+        attention = build_attention(args, jax)
+        sampler_cfg = SamplerConfig(
+            num_steps=args.steps, guidance_scale=1.0 if hy else args.guidance,
+            dense_fraction=args.dense_fraction if args.attention == "svg2" else 0.0,
+            kmeans_during_warmup=args.kmeans_during_warmup,
+            share_cfg_cache=not args.separate_cfg_cache, progress=not args.no_progress)
+    except ValueError as e:
+        raise SystemExit(f"svg2-generate: {e}")
+    if not tiny and not os.path.exists(args.checkpoint):
+        raise SystemExit(f"svg2-generate: checkpoint not found: {args.checkpoint}")
+    if tiny:
+        print(f"svg2-generate: no --checkpoint: using a TINY RANDOM {args.family} model. Its "
+              "output is noise; this run only shows the pipeline.", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    setup = _hunyuan_setup if hy else _wan_setup
+    try:
+        model, pipe, sampler, inputs = setup(args, tiny, attention, sampler_cfg, dtype, nnx,
+                                             np.random.default_rng(args.seed))
+        c, f, h, w = pipe.latent_shape(model.config, args.height, args.width, args.frames)
+    except ValueError as e:
+        raise SystemExit(f"svg2-generate: {e}")
+    load_s = time.perf_counter() - t0
+    seq = pipe.sequence_length(model.config, args.height, args.width, args.frames)
+    if args.attention == "svg2" and seq < max(args.qc, args.kc):
+        raise SystemExit(f"svg2-generate: {seq} video tokens are fewer than the clusters "
+                         f"(--qc {args.qc}, --kc {args.kc}); lower them or raise the size")
+
+    latents = video.initial_noise(args.seed, (1, c, f, h, w))
+    inputs = jax.tree.map(jnp.asarray, inputs)
     t1 = time.perf_counter()
-    sampler._sample.lower(sampler.params, latents, context, uncond,
-                          sampler.init_state(1)).compile()
+    sampler.lower(latents, *inputs).compile()
     compile_s = time.perf_counter() - t1
     t2 = time.perf_counter()
-    result = sampler(latents, context, uncond)
+    result = sampler(latents, *inputs)
     jax.block_until_ready(result.latents)
     jax.effects_barrier()
     sample_s = time.perf_counter() - t2
@@ -238,23 +331,24 @@ def main(argv=None):
         frames = pipe.decode_with_diffusers_vae(lat, args.vae)[0]
         video_kind = "decoded by the VAE"
     else:
-        frames = pipe.latent_preview(lat)[0]
+        frames = video.latent_preview(lat)[0]
         video_kind = "latent preview (first 3 latent channels; no --vae given)"
         np.save(os.path.splitext(args.out)[0] + ".latents.npy", lat)
-    pipe.write_mp4(frames, args.out, fps=args.fps)
+    video.write_mp4(frames, args.out, fps=args.fps)
 
     density = np.asarray(result.density)  # [steps, passes, L, B, H]
     per_step_layer = density.mean(axis=(3, 4))  # [steps, passes, L]
     n_dense = int(np.floor(sampler_cfg.dense_fraction * args.steps))
     report = {
-        "model": ("TINY RANDOM Wan (not a real model: output is noise)" if tiny
+        "model": (f"TINY RANDOM {args.family} (not a real model: output is noise)" if tiny
                   else {"checkpoint": os.path.abspath(args.checkpoint), "preset": args.model}),
+        "family": args.family,
         "video": {"height": args.height, "width": args.width, "frames": args.frames,
                   "latent_shape": [c, f, h, w], "video_tokens": seq, "mp4": args.out,
                   "mp4_content": video_kind},
         "sampling": {"steps": args.steps, "scheduler": args.scheduler, "shift": args.shift,
-                     "guidance": args.guidance, "seed": args.seed,
-                     "dense_warmup_steps": n_dense},
+                     ("embedded_guidance" if hy else "guidance"): args.guidance,
+                     "seed": args.seed, "dense_warmup_steps": n_dense},
         "attention": {"kind": args.attention, "qc": args.qc, "kc": args.kc,
                       "top_p": args.top_p, "min_kc_ratio": args.min_kc_ratio,
                       "dense_layers": args.dense_layers,

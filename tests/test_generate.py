@@ -67,3 +67,38 @@ def test_decoding_through_a_diffusers_vae(tmp_path):
     import imageio.v3 as iio
     frames = iio.imread(out, plugin="FFMPEG")
     assert frames.shape == (17, 128, 192, 3)
+
+
+def test_tiny_hunyuan_end_to_end(tmp_path):
+    out = tmp_path / "h.mp4"
+    report = generate.main(["--family", "hunyuan", "--out", str(out), "--steps", "10",
+                            "--no-progress"])
+    assert out.exists() and report["family"] == "hunyuan"
+    assert report["sampling"]["embedded_guidance"] == 6.0 and report["sampling"]["shift"] == 7.0
+    dens = np.asarray(report["density_per_step_pass_layer"])  # [steps, 1 pass, 2 layers]
+    assert dens.shape == (10, 1, 2)
+    assert (dens[:1] == 1).all() and (dens[:, :, 0] == 1).all()  # 10% warm-up, layer 0
+    assert (dens[1:, :, 1] < 1).all()
+
+
+def test_hunyuan_text_file_and_unsupported_flags(tmp_path):
+    from svg2_jax.pipelines.hunyuan import TINY_CONFIG as cfg
+    good = tmp_path / "t.npz"
+    np.savez(good, prompt_embeds=np.random.rand(12, cfg.text_embed_dim).astype(np.float32),
+             prompt_attention_mask=np.arange(12) < 7,
+             pooled_prompt_embeds=np.random.rand(cfg.pooled_projection_dim).astype(np.float32))
+    report = generate.main(["--family", "hunyuan", "--out", str(tmp_path / "h.mp4"),
+                            "--text-embeddings", str(good), "--steps", "2", "--attention",
+                            "dense", "--no-progress"])
+    assert report["density_mean_sparse_steps"] == 1.0
+    bad = tmp_path / "b.npz"
+    np.savez(bad, prompt_embeds=np.zeros((12, 5), np.float32))
+    with pytest.raises(SystemExit, match="lacks"):
+        generate.main(["--family", "hunyuan", "--out", str(tmp_path / "x.mp4"),
+                       "--text-embeddings", str(bad)])
+    with pytest.raises(SystemExit, match="not supported for HunyuanVideo"):
+        generate.main(["--family", "hunyuan", "--out", str(tmp_path / "x.mp4"),
+                       "--prompt", "a cat"])
+    with pytest.raises(SystemExit, match="scheduler euler"):
+        generate.main(["--family", "hunyuan", "--out", str(tmp_path / "x.mp4"),
+                       "--scheduler", "unipc"])

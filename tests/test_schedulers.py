@@ -9,10 +9,10 @@ diffusers = pytest.importorskip("diffusers")
 from svg2_jax.sampling import FlowMatchEuler, FlowUniPC
 
 
-def _run_pair(ours, theirs, num_steps, seed):
+def _run_pair(ours, theirs, num_steps, seed, **set_kwargs):
     rng = np.random.default_rng(seed)
-    theirs.set_timesteps(num_steps)
-    timesteps, sigmas = ours.schedule(num_steps)
+    theirs.set_timesteps(num_steps, **set_kwargs)
+    timesteps, sigmas = ours.schedule(len(theirs.timesteps))
     np.testing.assert_allclose(sigmas, theirs.sigmas.numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(timesteps, theirs.timesteps.numpy(), rtol=1e-6)
     sample = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
@@ -31,6 +31,14 @@ def _run_pair(ours, theirs, num_steps, seed):
 def test_flow_match_euler_matches_diffusers(shift, steps):
     theirs = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
     _run_pair(FlowMatchEuler(shift=shift), theirs, steps, int(shift * 10) + steps)
+
+
+@pytest.mark.parametrize("shift,steps", [(7.0, 50), (1.0, 5)])
+def test_flow_match_euler_with_hunyuan_pipeline_sigmas(shift, steps):
+    """HunyuanVideoPipeline passes sigmas = linspace(1, 0, steps + 1)[:-1]."""
+    theirs = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+    _run_pair(FlowMatchEuler(shift=shift, pipeline_sigmas=True), theirs, None, steps,
+              sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1])
 
 
 @pytest.mark.parametrize("shift,steps,order", [(5.0, 50, 2), (3.0, 12, 2), (1.0, 6, 1),

@@ -8,19 +8,13 @@ takes precomputed text embeddings, and latents can be saved without decoding.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from svg2_jax.models.wan import WanConfig, WanTransformer3DModel, wan_forward
+from svg2_jax.pipelines import video
 from svg2_jax.sampling import SamplerConfig, make_sampler
-
-# Wan2.1's VAE: 8x spatial, 4x temporal compression, first frame kept (F = 1 + (T-1)/4).
-VAE_SPATIAL = 8
-VAE_TEMPORAL = 4
 
 # A deliberately tiny random Wan (2 layers, 2 x 32 heads) for showing the whole path
 # on a fresh machine in seconds. Its output is noise.
@@ -29,30 +23,13 @@ TINY_CONFIG = WanConfig(num_attention_heads=2, attention_head_dim=32, in_channel
 
 
 def latent_shape(config: WanConfig, height: int, width: int, frames: int):
-    """(C, F, H, W) of the latents for a video of frames x height x width pixels, with a
-    clear error when the size cannot go through the VAE and the patch embedding."""
-    pt, ph, pw = config.patch_size
-    problems = []
-    if frames < 1 or (frames - 1) % VAE_TEMPORAL:
-        problems.append(f"frames={frames} must be 1 + {VAE_TEMPORAL}k (e.g. 81): the VAE "
-                        f"keeps the first frame and compresses the rest {VAE_TEMPORAL}x")
-    for name, size, p in (("height", height, ph), ("width", width, pw)):
-        if size < 1 or size % (VAE_SPATIAL * p):
-            problems.append(f"{name}={size} must be a positive multiple of {VAE_SPATIAL * p} "
-                            f"(VAE {VAE_SPATIAL}x times patch {p})")
-    f = 1 + (frames - 1) // VAE_TEMPORAL if frames >= 1 else 0
-    if not problems and f % pt:
-        problems.append(f"{f} latent frames are not a multiple of the temporal patch {pt}")
-    if problems:
-        raise ValueError("cannot generate this size: " + "; ".join(problems))
-    return config.in_channels, f, height // VAE_SPATIAL, width // VAE_SPATIAL
+    """(C, F, H, W) of Wan latents for a video of that size (clear error if it cannot be)."""
+    return video.latent_shape(config.in_channels, config.patch_size, height, width, frames)
 
 
 def sequence_length(config: WanConfig, height: int, width: int, frames: int) -> int:
-    """Video tokens per sample (e.g. 75600 for 1280x720, 81 frames)."""
-    _, f, h, w = latent_shape(config, height, width, frames)
-    pt, ph, pw = config.patch_size
-    return (f // pt) * (h // ph) * (w // pw)
+    """Video tokens per sample (75600 for 1280x720, 81 frames)."""
+    return video.sequence_length(config.in_channels, config.patch_size, height, width, frames)
 
 
 @dataclasses.dataclass
@@ -81,17 +58,13 @@ class WanSampler:
         return self.model.init_attention_state(batch)
 
     def lower(self, latents, context, uncond_context):
+        """For ahead-of-time compilation: `.lower(...).compile()`."""
         return self._sample.lower(self.params, latents, context, uncond_context,
                                   self.init_state(latents.shape[0]))
 
     def __call__(self, latents, context, uncond_context):
         return self._sample(self.params, latents, context, uncond_context,
                             self.init_state(latents.shape[0]))
-
-
-def initial_noise(seed: int, shape) -> jax.Array:
-    """[B, C, F, H, W] float32 standard normal latents (the loop keeps latents in float32)."""
-    return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
 
 
 def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
@@ -109,35 +82,10 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
     mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1)
     with torch.no_grad():
-        video = vae.decode(z * std + mean).sample  # [B, 3, T, H, W] in [-1, 1]
-    video = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return video.permute(0, 2, 3, 4, 1).numpy()
+        decoded = vae.decode(z * std + mean).sample  # [B, 3, T, H, W] in [-1, 1]
+    return video.to_uint8_frames(decoded)
 
 
-def latent_preview(latents: np.ndarray) -> np.ndarray:
-    """Not a decode: the first 3 latent channels, normalised per channel and upsampled 8x,
-    as uint8 frames [B, F, H*8, W*8, 3], for a look at the latents without a VAE."""
-    x = np.asarray(latents[:, :3], np.float32)
-    lo = x.min(axis=(2, 3, 4), keepdims=True)
-    hi = x.max(axis=(2, 3, 4), keepdims=True)
-    x = (x - lo) / np.maximum(hi - lo, 1e-6)
-    x = np.repeat(np.repeat(x, VAE_SPATIAL, axis=3), VAE_SPATIAL, axis=4)
-    return (np.moveaxis(x, 1, -1) * 255).round().astype(np.uint8)
 
 
-def write_mp4(frames: np.ndarray, path: str, fps: int = 16):
-    """frames: [T, H, W, 3] uint8 -> an H.264 mp4 through imageio's ffmpeg plugin."""
-    try:
-        import imageio.v3 as iio
-    except ImportError as e:
-        raise RuntimeError("writing mp4 needs imageio and imageio-ffmpeg: "
-                           "pip install 'svg2-jax[video]'") from e
-    try:
-        with warnings.catch_warnings():
-            # JAX warns on any fork; this one only starts the ffmpeg encoder process.
-            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-            iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264",
-                        macro_block_size=1)
-    except Exception as e:  # a missing ffmpeg backend surfaces here
-        raise RuntimeError(f"could not write {path}: {e}. Install imageio-ffmpeg "
-                           "(pip install 'svg2-jax[video]').") from e
+

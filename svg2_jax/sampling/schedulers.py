@@ -27,11 +27,20 @@ def _shift(sigmas, shift):
 
 @dataclasses.dataclass(frozen=True)
 class FlowMatchEuler:
+    """pipeline_sigmas: the schedule HunyuanVideo's diffusers pipeline asks for, explicit
+    sigmas linspace(1, 0, n + 1)[:-1] shifted once; otherwise the scheduler's own
+    (shifted twice, as diffusers does when no sigmas are given)."""
+
     num_train_timesteps: int = 1000
     shift: float = 1.0
+    pipeline_sigmas: bool = False
 
     def schedule(self, num_steps: int):
         n_train = self.num_train_timesteps
+        if self.pipeline_sigmas:
+            sigmas = np.linspace(1.0, 0.0, num_steps + 1)[:-1].astype(np.float32)
+            sigmas = _shift(sigmas, self.shift).astype(np.float32)
+            return sigmas * np.float32(n_train), np.concatenate([sigmas, np.zeros(1, np.float32)])
         # diffusers shifts once at construction (float32) to find sigma_max/min ...
         train_t = np.linspace(1, n_train, n_train, dtype=np.float32)[::-1].copy()
         train_sigmas = _shift(train_t / np.float32(n_train), np.float32(self.shift))

@@ -1,0 +1,101 @@
+"""HunyuanVideo text-to-video sampling with the compiled loop.
+
+As diffusers' HunyuanVideoPipeline: FlowMatchEuler with sigmas linspace(1, 0, n + 1)[:-1]
+shifted by 7, the distilled (embedded) guidance input guidance_scale x 1000 and no true
+classifier-free guidance. The text encoders (Llama + CLIP) and the VAE stay in PyTorch:
+the loop takes precomputed text states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from svg2_jax.models.hunyuan import (HunyuanVideoConfig, HunyuanVideoTransformer3DModel,
+                                     hunyuan_forward)
+from svg2_jax.pipelines import video
+from svg2_jax.sampling import SamplerConfig, make_sampler
+
+# A deliberately tiny random HunyuanVideo (1 dual + 1 single block, 2 x 16 heads), for
+# showing the path in seconds. Its output is noise.
+TINY_CONFIG = HunyuanVideoConfig(in_channels=16, out_channels=16, num_attention_heads=2,
+                                 attention_head_dim=16, num_layers=1, num_single_layers=1,
+                                 num_refiner_layers=1, text_embed_dim=64,
+                                 pooled_projection_dim=32, rope_axes_dim=(4, 6, 6))
+
+
+def patch(config: HunyuanVideoConfig):
+    return config.patch_size_t, config.patch_size, config.patch_size
+
+
+def latent_shape(config: HunyuanVideoConfig, height: int, width: int, frames: int):
+    return video.latent_shape(config.in_channels, patch(config), height, width, frames)
+
+
+def sequence_length(config: HunyuanVideoConfig, height: int, width: int, frames: int) -> int:
+    """Video tokens per sample (118800 for 1280x720, 129 frames); text tokens come on top."""
+    return video.sequence_length(config.in_channels, patch(config), height, width, frames)
+
+
+@dataclasses.dataclass
+class HunyuanSampler:
+    """The compiled sampler of one HunyuanVideo model.
+
+    sample(latents, text) -> SampleResult with text = (prompt_embeds [B, T, 4096],
+    prompt_attention_mask [B, T], pooled_prompt_embeds [B, 768]). embedded_guidance:
+    the distilled guidance scale (diffusers' guidance_scale, 6.0 by default); it goes in
+    as guidance_scale x 1000 when the model has a guidance embedding.
+    """
+
+    model: HunyuanVideoTransformer3DModel
+    scheduler: object
+    config: SamplerConfig
+    embedded_guidance: float = 6.0
+
+    def __post_init__(self):
+        if self.config.cfg:
+            raise ValueError("HunyuanVideo uses embedded (distilled) guidance: set the "
+                             "sampler's guidance_scale to 1 and pass embedded_guidance")
+        graphdef, self.params = nnx.split(self.model)
+        dtype = self.model.dtype
+        use_guidance = self.model.config.guidance_embeds
+        scale = self.embedded_guidance
+
+        def model_fn(params, latents, t, text, state):
+            embeds, mask, pooled = text
+            guidance = (jnp.full(t.shape, scale * 1000.0, jnp.float32) if use_guidance
+                        else None)
+            return hunyuan_forward(graphdef, params, latents.astype(dtype), t,
+                                   embeds.astype(dtype), mask, pooled.astype(dtype), guidance,
+                                   state)
+
+        self._sample = make_sampler(model_fn, self.model.attention, self.scheduler, self.config)
+
+    def init_state(self, batch: int):
+        return self.model.init_attention_state(batch)
+
+    def lower(self, latents, text):
+        return self._sample.lower(self.params, latents, text, None,
+                                  self.init_state(latents.shape[0]))
+
+    def __call__(self, latents, text):
+        return self._sample(self.params, latents, text, None, self.init_state(latents.shape[0]))
+
+
+def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
+    """Latents [B, 16, F, H, W] -> uint8 video [B, T, H*8, W*8, 3] through diffusers'
+    AutoencoderKLHunyuanVideo, dividing by its scaling_factor as HunyuanVideoPipeline does."""
+    try:
+        import torch
+        from diffusers import AutoencoderKLHunyuanVideo
+    except ImportError as e:
+        raise RuntimeError("decoding needs PyTorch and diffusers: pip install 'svg2-jax[torch]'"
+                           ) from e
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(vae_path, torch_dtype=torch.float32)
+    z = torch.from_numpy(np.asarray(latents, np.float32)) / vae.config.scaling_factor
+    with torch.no_grad():
+        decoded = vae.decode(z).sample
+    return video.to_uint8_frames(decoded)
