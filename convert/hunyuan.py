@@ -27,7 +27,7 @@ Diffusers keys then map onto our parameter paths: module names are diffusers' (s
 `single_transformer_blocks.{i}.*` and `context_embedder.token_refiner.refiner_blocks.{i}.*`
 go to index i of their stacked parameters.
 
-Strictness, streaming and atomic writes are the Wan converter's (`convert.wan`, whose
+Strictness, streaming and atomic writes are the Wan converter's (`convert.common`, whose
 `Target`, `Plan`, `iter_leaves`, `nest`, `restore_orbax` and orbax writer this module
 uses): every missing key, unexpected key and shape mismatch is listed in one ValueError
 before any tensor is read; tensors are read one at a time into one preallocated buffer per
@@ -38,11 +38,7 @@ checkpoint (e.g. next to "module"), reported in `Plan.ignored` and the output's 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -53,9 +49,9 @@ import numpy as np
 from flax import nnx
 
 from convert.safetensors_io import SafetensorsSource
-# _save_orbax, _umask, _peak_rss_mb are private in convert.wan; shared on purpose
-from convert.wan import (STATE_DIR, ConversionReport, Plan, Target, _peak_rss_mb, _save_orbax,
-                         _umask, iter_leaves, nest, restore_orbax)
+from convert import common
+from convert.common import (STATE_DIR, ConversionReport, Plan, Target, iter_leaves, nest,
+                            restore_orbax)
 
 LAYOUTS = ("diffusers", "hunyuan")
 CONFIG_FILE = "hunyuan_config.json"
@@ -504,30 +500,6 @@ def count_reads(src: str | os.PathLike, layout: str, preset) -> int:
 # orbax output
 
 
-@contextlib.contextmanager
-def _atomic_directory(out: Path, overwrite: bool):
-    """Yield a fresh temporary directory next to `out`; on success rename it to `out`
-    (replacing an old `out` only then), on any failure remove it. The same steps as the
-    inline ones of `convert.wan.convert_to_orbax`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result is a normal dir
-    try:
-        yield tmp
-        if out.exists():
-            if not overwrite:
-                raise ValueError(f"output {str(out)!r} appeared while converting")
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / "old")
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def convert_to_orbax(src: str | os.PathLike, layout: str, preset, out: str | os.PathLike, *,
                      dtype=jnp.bfloat16, overwrite: bool = False,
                      progress: Callable[[str], None] | None = None) -> ConversionReport:
@@ -542,46 +514,29 @@ def convert_to_orbax(src: str | os.PathLike, layout: str, preset, out: str | os.
     """
     from svg2_jax.models.hunyuan.config import get_config
 
-    start_rss, t0 = _peak_rss_mb(), time.perf_counter()
+    start_rss, t0 = common.peak_rss_mb(), time.perf_counter()
     config = get_config(preset)
     out = Path(out)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown source layout {layout!r}; expected one of {LAYOUTS}")
-    if out.exists() and not overwrite:
-        raise ValueError(f"output {str(out)!r} already exists (pass overwrite=True / --overwrite)")
+    common.check_output(out, overwrite)
     _, abstract = abstract_hunyuan_state(config, dtype)
     with open_source(src) as raw:
         source = layout_view(raw, layout, config)
         plan = make_plan(source, layout, config, abstract)
-        with _atomic_directory(out, overwrite) as tmp:
-            # as in convert.wan: host jax arrays, so orbax does not stage a second copy
-            cpu = jax.devices("cpu")[0]
-            flat = {}
-            for path, array in iter_leaves(source, plan, progress):
-                flat[path] = jax.device_put(array, cpu)
-                del array
-            nbytes = sum(a.nbytes for a in flat.values())
-            _save_orbax(tmp / STATE_DIR, nest(flat))
-            del flat
-            meta = dict(format=FORMAT, version=1, config=config.to_diffusers(),
-                        param_dtype=np.dtype(dtype).name, source=str(src), layout=layout,
-                        ignored_keys=plan.ignored)
-            with open(tmp / CONFIG_FILE, "w") as f:
-                json.dump(meta, f, indent=1)
-    peak = _peak_rss_mb()
+        meta = dict(format=FORMAT, version=1, config=config.to_diffusers(),
+                    param_dtype=np.dtype(dtype).name, source=str(src), layout=layout,
+                    ignored_keys=plan.ignored)
+        nbytes = common.write_checkpoint(out, overwrite, source, plan, meta, CONFIG_FILE,
+                                         progress)
+    peak = common.peak_rss_mb()
     return ConversionReport(layout, len(plan.reads), plan.ignored, nbytes,
                             time.perf_counter() - t0, peak, peak - start_rss)
 
 
 def read_orbax_meta(path: str | os.PathLike) -> dict | None:
     """The `hunyuan_config.json` of one of our orbax checkpoints, or None if `path` is not one."""
-    path = Path(path)
-    meta_file = path / CONFIG_FILE
-    if not (path.is_dir() and meta_file.is_file() and (path / STATE_DIR).is_dir()):
-        return None
-    with open(meta_file) as f:
-        meta = json.load(f)
-    return meta if meta.get("format") == FORMAT else None
+    return common.read_orbax_meta(path, CONFIG_FILE, FORMAT)
 
 
 __all__ = ["CONFIG_FILE", "LAYOUTS", "OfficialLayoutSource", "TorchCheckpointSource",

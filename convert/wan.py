@@ -32,26 +32,23 @@ peaks at 3.6 GiB RSS.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from convert import common
+from convert.common import STATE_DIR, ConversionReport, Plan, Target, iter_leaves, nest
+from convert.common import restore_orbax  # noqa: F401  (part of this module's API)
 from convert.safetensors_io import SafetensorsSource
 
 LAYOUTS = ("diffusers", "wan")
 CONFIG_FILE = "wan_config.json"
-STATE_DIR = "state"
 FORMAT = "svg2-jax-wan"
 
 # The Wan2.1 transformer entries of diffusers' single_file_utils
@@ -118,18 +115,6 @@ def detect_layout(keys) -> str | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """Where one source tensor goes. path: our parameter path; layer: index on the
-    stacked layer axis (None: unstacked); transform: "copy", "transpose" (Linear) or
-    "conv" (Conv3d patch embedding); source_shape: the tensor shape the source must have."""
-
-    path: tuple[str, ...]
-    layer: int | None
-    transform: str
-    source_shape: tuple[int, ...]
-
-
 def _diffusers_name(path: tuple[str, ...]) -> tuple[str, str]:
     """Our parameter path (without the block index) -> (diffusers dotted name, transform)."""
     *modules, leaf = path
@@ -169,20 +154,6 @@ def expected_keys(config, abstract_state) -> dict[str, Target]:
         else:
             out[name] = Target(path, None, transform, src_shape)
     return out
-
-
-@dataclasses.dataclass
-class Plan:
-    """A validated mapping from source keys to our parameters.
-
-    reads: source key -> Target; leaves: our path -> (shape, dtype) of each parameter
-    (stacked); ignored: source keys skipped on purpose (diffusers ignores them too).
-    """
-
-    layout: str
-    reads: dict[str, Target]
-    leaves: dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]
-    ignored: list[str]
 
 
 def make_plan(source: SafetensorsSource, layout: str, config, abstract_state) -> Plan:
@@ -232,38 +203,6 @@ def _describe(config) -> str:
             f"image_dim={config.image_dim})")
 
 
-def _to_ours(tensor: np.ndarray, target: Target) -> np.ndarray:
-    if target.transform == "transpose":
-        return tensor.T
-    if target.transform == "conv":
-        return tensor.reshape(tensor.shape[0], -1).T
-    return tensor
-
-
-def iter_leaves(source: SafetensorsSource, plan: Plan,
-                progress: Callable[[str], None] | None = None
-                ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """Yield (our path, filled numpy array in the parameter's dtype), one parameter at a
-    time. A stacked parameter is filled layer by layer in one preallocated buffer; each
-    source tensor is read, cast into place and dropped. `progress(key)` after each read."""
-    by_leaf: dict[tuple[str, ...], list[tuple[str, Target]]] = {}
-    for key, target in plan.reads.items():
-        by_leaf.setdefault(target.path, []).append((key, target))
-    for path, (shape, dtype) in plan.leaves.items():
-        buf = np.empty(shape, dtype)
-        for key, target in by_leaf[path]:
-            value = _to_ours(source.read(key), target)
-            if target.layer is None:
-                buf[...] = value
-            else:
-                buf[target.layer] = value
-            del value
-            if progress is not None:
-                progress(key)
-        yield path, buf
-        del buf  # before the next allocation: the consumer may have copied it already
-
-
 def abstract_wan_state(config, dtype):
     """(graphdef, abstract state) of a model with `dtype` activations and weights."""
     from svg2_jax.models.wan.model import WanTransformer3DModel
@@ -271,36 +210,6 @@ def abstract_wan_state(config, dtype):
     model = nnx.eval_shape(lambda: WanTransformer3DModel(
         config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
     return nnx.split(model)
-
-
-def nest(flat: dict[tuple[str, ...], object]) -> dict:
-    """{("a", "b"): x} -> {"a": {"b": x}} (the pure-dict form of an nnx.State)."""
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = value
-    return out
-
-
-@dataclasses.dataclass
-class ConversionReport:
-    layout: str
-    tensors: int
-    ignored: list[str]
-    bytes_written: int
-    seconds: float
-    peak_rss_mb: float
-    peak_rss_increase_mb: float
-
-
-def _peak_rss_mb() -> float:
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
 
 
 def convert_to_orbax(src: str | os.PathLike, layout: str, preset, out: str | os.PathLike, *,
@@ -317,103 +226,23 @@ def convert_to_orbax(src: str | os.PathLike, layout: str, preset, out: str | os.
     """
     from svg2_jax.models.wan.config import get_config
 
-    start_rss, t0 = _peak_rss_mb(), time.perf_counter()
+    start_rss, t0 = common.peak_rss_mb(), time.perf_counter()
     config = get_config(preset)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"output {str(out)!r} already exists (pass overwrite=True / --overwrite)")
+    common.check_output(out, overwrite)
     _, abstract = abstract_wan_state(config, dtype)
     with SafetensorsSource(src) as source:
         plan = make_plan(source, layout, config, abstract)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result is a normal dir
-        try:
-            # Each finished parameter becomes a host (CPU) jax array right away: orbax
-            # writes jax arrays without staging a copy of the whole tree (it does copy
-            # numpy trees), so the process holds one copy of the weights plus one leaf.
-            cpu = jax.devices("cpu")[0]
-            flat = {}
-            for path, array in iter_leaves(source, plan, progress):
-                flat[path] = jax.device_put(array, cpu)
-                del array
-            nbytes = sum(a.nbytes for a in flat.values())
-            _save_orbax(tmp / STATE_DIR, nest(flat))
-            del flat
-            meta = dict(format=FORMAT, version=1, config=config.to_diffusers(),
-                        param_dtype=np.dtype(dtype).name, source=str(src), layout=layout,
-                        ignored_keys=plan.ignored)
-            with open(tmp / CONFIG_FILE, "w") as f:
-                json.dump(meta, f, indent=1)
-            if out.exists():  # overwrite: move the old one aside only now that the new is done
-                trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                os.rename(out, trash / "old")
-                os.rename(tmp, out)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    peak = _peak_rss_mb()
+        meta = dict(format=FORMAT, version=1, config=config.to_diffusers(),
+                    param_dtype=np.dtype(dtype).name, source=str(src), layout=layout,
+                    ignored_keys=plan.ignored)
+        nbytes = common.write_checkpoint(out, overwrite, source, plan, meta, CONFIG_FILE,
+                                         progress)
+    peak = common.peak_rss_mb()
     return ConversionReport(layout, len(plan.reads), plan.ignored, nbytes,
                             time.perf_counter() - t0, peak, peak - start_rss)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _save_orbax(path: Path, tree: dict, concurrent_gb: int = 1):
-    """Synchronous orbax PyTree save (OCDBT, uncompressed).
-
-    Measured on a 1.3B-shaped state (2.65 GB bf16): orbax's default zstd compression
-    buffers ~1.8 GB on top of the weights while writing and retains much of it; without
-    compression the save adds nothing measurable (and is 3x faster). Random-looking bf16
-    weights barely compress anyway. The host-transfer limit keeps device->host staging
-    to about `concurrent_gb` at a time when the arrays live on an accelerator.
-    """
-    import orbax.checkpoint as ocp
-
-    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=concurrent_gb,
-                                          save_device_host_concurrent_gb=concurrent_gb,
-                                          use_compression=False)
-    with ocp.Checkpointer(handler) as checkpointer:
-        checkpointer.save(path.absolute(), args=ocp.args.PyTreeSave(tree))
-
-
 def read_orbax_meta(path: str | os.PathLike) -> dict | None:
     """The `wan_config.json` of one of our orbax checkpoints, or None if `path` is not one."""
-    path = Path(path)
-    meta_file = path / CONFIG_FILE
-    if not (path.is_dir() and meta_file.is_file() and (path / STATE_DIR).is_dir()):
-        return None
-    with open(meta_file) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        return None
-    return meta
-
-
-def restore_orbax(path: str | os.PathLike, abstract_state, sharding=None):
-    """Restore `state/` into arrays shaped and typed like `abstract_state` (cast on read);
-    returns the pure nested dict. sharding: a jax Sharding for every array, or None."""
-    import orbax.checkpoint as ocp
-
-    def target(var):
-        return jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sharding or _default_sharding())
-
-    flat = {tuple(str(p) for p in k): target(v) for k, v in nnx.to_flat_state(abstract_state)}
-    tree = nest(flat)
-    handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=1)
-    with ocp.Checkpointer(handler) as checkpointer:
-        return checkpointer.restore(
-            (Path(path) / STATE_DIR).absolute(),
-            args=ocp.args.PyTreeRestore(tree, restore_args=jax.tree.map(
-                lambda t: ocp.ArrayRestoreArgs(dtype=t.dtype, sharding=t.sharding), tree)))
-
-
-def _default_sharding():
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return common.read_orbax_meta(path, CONFIG_FILE, FORMAT)
