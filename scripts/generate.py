@@ -371,5 +371,11 @@ def main(argv=None):
     return report
 
 
-if __name__ == "__main__":
+def cli():
+    """Console entry point: exit status 0 on success (main() returns the report dict)."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    cli()

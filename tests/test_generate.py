@@ -102,3 +102,9 @@ def test_hunyuan_text_file_and_unsupported_flags(tmp_path):
     with pytest.raises(SystemExit, match="scheduler euler"):
         generate.main(["--family", "hunyuan", "--out", str(tmp_path / "x.mp4"),
                        "--scheduler", "unipc"])
+
+
+def test_console_entry_point_exits_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["svg2-generate", "--out", str(tmp_path / "c.mp4"),
+                                     "--steps", "2", "--attention", "dense", "--no-progress"])
+    assert generate.cli() == 0
