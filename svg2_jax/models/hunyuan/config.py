@@ -12,8 +12,9 @@ import json
 import math
 import os
 
-# Keys of a diffusers config.json that describe the file, not the architecture.
-_DIFFUSERS_META_KEYS = ("_class_name", "_diffusers_version", "_name_or_path")
+from svg2_jax.models import config_io
+from svg2_jax.models.config_io import pos_int
+
 DIFFUSERS_CLASS = "HunyuanVideoTransformer3DModel"
 IMAGE_CONDITION_TYPES = (None, "latent_concat")
 
@@ -72,7 +73,7 @@ class HunyuanVideoConfig:
         for name in ("in_channels", "out_channels", "num_attention_heads", "attention_head_dim",
                      "num_layers", "num_single_layers", "num_refiner_layers", "patch_size",
                      "patch_size_t", "text_embed_dim", "pooled_projection_dim"):
-            if not _pos_int(getattr(self, name)):
+            if not pos_int(getattr(self, name)):
                 problems.append(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if self.qk_norm != "rms_norm":
             problems.append(f"qk_norm must be 'rms_norm' (the only q/k norm built here), got "
@@ -82,10 +83,10 @@ class HunyuanVideoConfig:
         if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
             problems.append(f"rope_theta must be > 0, got {self.rope_theta!r}")
         axes = self.rope_axes_dim
-        if len(axes) != 3 or not all(_pos_int(a) and a % 2 == 0 for a in axes):
+        if len(axes) != 3 or not all(pos_int(a) and a % 2 == 0 for a in axes):
             problems.append(f"rope_axes_dim must be 3 positive even ints (rotated pairs per "
                             f"axis x 2), got {axes!r}")
-        elif _pos_int(self.attention_head_dim) and sum(axes) != self.attention_head_dim:
+        elif pos_int(self.attention_head_dim) and sum(axes) != self.attention_head_dim:
             problems.append(f"rope_axes_dim {axes} must sum to attention_head_dim="
                             f"{self.attention_head_dim} (every channel is rotated)")
         if not isinstance(self.guidance_embeds, bool):
@@ -124,20 +125,11 @@ class HunyuanVideoConfig:
     @classmethod
     def from_diffusers(cls, config: dict) -> "HunyuanVideoConfig":
         """From a diffusers config dict (`config.json`); unknown keys are an error."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        config = {k: v for k, v in config.items() if k not in _DIFFUSERS_META_KEYS}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(f"HunyuanVideoConfig.from_diffusers: unknown config keys {unknown}")
-        return cls(**config)
+        return config_io.from_diffusers(cls, config)
 
     def to_diffusers(self) -> dict:
         """Keyword arguments for diffusers' `HunyuanVideoTransformer3DModel(**config)`."""
         return dataclasses.asdict(self)
-
-
-def _pos_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x > 0
 
 
 # Source, checked against diffusers 0.42.1: the defaults of

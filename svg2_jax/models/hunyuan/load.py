@@ -3,7 +3,6 @@ diffusers checkpoint, or an official HunyuanVideo checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from svg2_jax.layer_attention import DenseAttention
+from svg2_jax.models import config_io
 from svg2_jax.models.hunyuan.config import DIFFUSERS_CLASS, HunyuanVideoConfig, get_config
 from svg2_jax.models.hunyuan.model import HunyuanVideoTransformer3DModel
 
@@ -93,20 +93,8 @@ def load(path: str | os.PathLike, preset: str | HunyuanVideoConfig, dtype=jnp.bf
 
 
 def _check_config(want: HunyuanVideoConfig, have: HunyuanVideoConfig, where: str):
-    if want != have:
-        diff = [f"{k}: checkpoint {getattr(have, k)!r}, requested {getattr(want, k)!r}"
-                for k in want.__dataclass_fields__ if getattr(want, k) != getattr(have, k)]
-        raise ValueError(f"HunyuanVideo config of {where} differs from the requested preset: "
-                         + "; ".join(diff))
+    config_io.check_config(want, have, where, "HunyuanVideo")
 
 
 def _check_diffusers_config(config: HunyuanVideoConfig, path: Path):
-    """A diffusers transformer directory carries config.json: it must match the preset."""
-    config_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
-    if not config_file.is_file():
-        return
-    with open(config_file) as f:
-        raw = json.load(f)
-    if raw.get("_class_name") != DIFFUSERS_CLASS:
-        return
-    _check_config(config, HunyuanVideoConfig.from_diffusers(raw), str(config_file))
+    config_io.check_diffusers_config(config, path, DIFFUSERS_CLASS, "HunyuanVideo")

@@ -12,8 +12,8 @@ import json
 import math
 import os
 
-# Keys of a diffusers config.json that describe the file, not the architecture.
-_DIFFUSERS_META_KEYS = ("_class_name", "_diffusers_version", "_name_or_path")
+from svg2_jax.models import config_io
+from svg2_jax.models.config_io import pos_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +63,12 @@ class WanConfig:
         # lists from JSON become tuples so the config stays hashable (jit-static)
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
         problems = []
-        if len(self.patch_size) != 3 or not all(_pos_int(p) for p in self.patch_size):
+        if len(self.patch_size) != 3 or not all(pos_int(p) for p in self.patch_size):
             problems.append(f"patch_size must be 3 positive ints, got {self.patch_size!r}")
         for name in ("num_attention_heads", "attention_head_dim", "in_channels",
                      "out_channels", "text_dim", "freq_dim", "ffn_dim", "num_layers",
                      "rope_max_seq_len"):
-            if not _pos_int(getattr(self, name)):
+            if not pos_int(getattr(self, name)):
                 problems.append(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if self.qk_norm != "rms_norm_across_heads":
             problems.append(f"qk_norm must be 'rms_norm_across_heads' (the only q/k norm "
@@ -76,7 +76,7 @@ class WanConfig:
         if not self.eps > 0:
             problems.append(f"eps must be > 0, got {self.eps!r}")
         d = self.attention_head_dim
-        if _pos_int(d) and (d % 2 or d < 6):
+        if pos_int(d) and (d % 2 or d < 6):
             # WanRotaryPosEmbed splits D into t = D - 4 (D // 6) and h = w = 2 (D // 6)
             # rotated pairs' worth of channels: all even (and non-empty) iff D is even, >= 6
             problems.append(f"attention_head_dim={d} must be even and >= 6 (rotary split "
@@ -89,7 +89,7 @@ class WanConfig:
                             f"dim ({self.inner_dim}): the image features are projected to it "
                             "before the image key/value projections")
         if self.pos_embed_seq_len is not None and (
-                self.image_dim is None or not _pos_int(self.pos_embed_seq_len)
+                self.image_dim is None or not pos_int(self.pos_embed_seq_len)
                 or self.pos_embed_seq_len % 2):
             problems.append("pos_embed_seq_len needs an image model and must be a positive even "
                             f"int (2 x image tokens), got {self.pos_embed_seq_len!r}")
@@ -111,22 +111,13 @@ class WanConfig:
     @classmethod
     def from_diffusers(cls, config: dict) -> "WanConfig":
         """From a diffusers config dict (`config.json`); unknown keys are an error."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        config = {k: v for k, v in config.items() if k not in _DIFFUSERS_META_KEYS}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(f"WanConfig.from_diffusers: unknown config keys {unknown}")
-        return cls(**config)
+        return config_io.from_diffusers(cls, config)
 
     def to_diffusers(self) -> dict:
         """Keyword arguments for diffusers' `WanTransformer3DModel(**config)`."""
         out = dataclasses.asdict(self)
         out["patch_size"] = tuple(self.patch_size)
         return out
-
-
-def _pos_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x > 0
 
 
 # Sources, checked against diffusers 0.42.1:
