@@ -82,8 +82,21 @@ def _check_inputs(q, k, v, cache, config: SVG2Config):
                 f"{want_k} (same batch, heads, head dim and cluster counts)")
 
 
-def _resolve(config: SVG2Config):
-    backend = "jax" if config.backend == "auto" else config.backend
+def is_hopper() -> bool:
+    """Whether the default device is an sm_90 GPU (what the Pallas kernel targets)."""
+    dev = jax.devices()[0]
+    return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
+
+
+def _resolve(config: SVG2Config, dtype=None, head_dim=None):
+    backend = config.backend
+    if backend == "auto":
+        from pallas_kernels.sparse_flash_mgpu import supports
+        backend = "pallas" if (is_hopper() and supports(dtype, head_dim)) else "jax"
+    elif backend == "pallas" and not is_hopper():
+        raise ValueError(
+            "SVG2Config.backend='pallas' needs a Hopper (sm_90) GPU; this device is "
+            f"{jax.devices()[0].device_kind!r}. Use backend='jax' (exact, portable) instead.")
     kmeans_impl = config.kmeans_impl
     if kmeans_impl == "auto":
         kmeans_impl = "pallas" if jax.default_backend() == "gpu" else "xla"
@@ -163,7 +176,7 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
 def svg2_core(qn, kn, vn, cache, config: SVG2Config, key, scale):
     """The algorithm on per-head problems: qn: [N, Sq, D]; kn, vn: [N, Sk, D] ->
     (out [N, Sq, D], lse [N, Sq], q KMeansResult, k KMeansResult, selected [N, QC, KC])."""
-    backend, kmeans_impl = _resolve(config)
+    backend, kmeans_impl = _resolve(config, qn.dtype, qn.shape[-1])
     qk, kk = _cluster(qn, kn, cache, config, key, kmeans_impl)
     selected = select_clusters(qk.centroids, kk.centroids, kk.sizes, config.top_p,
                                config.min_k_clusters)
@@ -172,12 +185,33 @@ def svg2_core(qn, kn, vn, cache, config: SVG2Config, key, scale):
                                                 scale)
         return on, lse, qk, kk, selected
     q_order, k_order = cluster_order(qk.labels), cluster_order(kk.labels)
+    if backend in ("pallas", "pallas_reference"):
+        on, lse = _pallas_sparse(qn, kn, vn, q_order, k_order, qk.sizes, kk.sizes, selected,
+                                 scale, config, reference=backend == "pallas_reference")
+        return on, lse, qk, kk, selected
     sorted_q_labels = jnp.take_along_axis(qk.labels, q_order, axis=-1)
     sorted_k_labels = jnp.take_along_axis(kk.labels, k_order, axis=-1)
     o_perm, lse_perm = sparse_attention_chunked(
         permute(qn, q_order), permute(kn, k_order), permute(vn, k_order), sorted_q_labels,
         sorted_k_labels, selected, scale, config.q_tile)
     return (unpermute(o_perm, q_order), unpermute(lse_perm, q_order), qk, kk, selected)
+
+
+def _pallas_sparse(qn, kn, vn, q_order, k_order, q_sizes, k_sizes, selected, scale,
+                   config: SVG2Config, reference: bool = False):
+    """The Hopper kernel's path: padded permuted layout, work list, kernel, slots back
+    to token order. reference=True runs the kernel's pure-JAX twin (CPU tests)."""
+    from pallas_kernels import sparse_flash_mgpu as sf
+    from pallas_kernels import sparse_worklist as wl
+    tuning = config.kernel_config
+    (_, sq, _), sk = qn.shape, kn.shape[1]
+    work = wl.build_work_list(q_sizes, k_sizes, selected, sq, sk, tuning)
+    q_idx = wl.padded_index(q_order, q_sizes, wl.q_padded_len(sq, q_sizes.shape[1], tuning))
+    k_idx = wl.padded_index(k_order, k_sizes, wl.k_padded_len(sk, k_sizes.shape[1], tuning))
+    qp, kp, vp = permute(qn, q_idx), permute(kn, k_idx), permute(vn, k_idx)
+    run = sf.sparse_flash_attention_reference if reference else sf.sparse_flash_attention
+    out_slots, lse_slots = run(qp, kp, vp, work, scale=scale, config=tuning)
+    return sf.gather_rows(out_slots, lse_slots, work, q_order)
 
 
 def _stats(density, qk, kk, selected, b):

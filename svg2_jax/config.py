@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-Backend = Literal["auto", "jax", "masked_dense"]
+Backend = Literal["auto", "pallas", "pallas_reference", "jax", "masked_dense"]
 KMeansImpl = Literal["auto", "xla", "pallas"]
 
-BACKENDS = ("auto", "jax", "masked_dense")
+BACKENDS = ("auto", "pallas", "pallas_reference", "jax", "masked_dense")
 KMEANS_IMPLS = ("auto", "xla", "pallas")
 
 
@@ -32,11 +32,15 @@ class SVG2Config:
       kmeans_iters_cold: iterations when there is no cache (random init).
       kmeans_iters_warm: iterations when warm-started from the cache.
       kmeans_tol: early stop when the largest centroid shift (L2) is below it.
-      backend: sparse attention implementation. "jax": exact, chunked over query
-        tiles, never materialises S x S (O(S^2) work: a portable reference, not the
-        fast path). "masked_dense": the full S x S masked attention, for tests on
-        small inputs only. "auto": the fastest available ("jax" until the Pallas
-        Hopper kernel lands).
+      backend: sparse attention implementation. "pallas": the Hopper (sm_90)
+        variable-block sparse flash-attention kernel (`pallas_kernels/
+        sparse_flash_mgpu.py`), work proportional to the selected blocks; bf16/fp16,
+        head dim 64 or 128. "jax": exact, chunked over query tiles, never
+        materialises S x S (O(S^2) work: a portable reference, not the fast path).
+        "masked_dense": the full S x S masked attention, for tests on small inputs
+        only. "pallas_reference": the kernel's pure-JAX twin on the same padded layout
+        and work list (tests of that path on any device). "auto": "pallas" on a Hopper GPU with bf16/fp16 inputs and a supported
+        head dim, "jax" otherwise.
       kmeans_impl: "xla" (chunked matmul + argmin, then segment_sum), "pallas" (the
         fused Triton assignment kernel, which never writes the [S, K] distances, then
         segment_sum; GPU only), "auto" (pallas on GPU, the fastest measured there, see
@@ -45,6 +49,8 @@ class SVG2Config:
         B * H * q_tile * S floats).
       kmeans_chunk: tokens per chunk in the XLA k-means assignment (bounds the
         distance matrix to N * kmeans_chunk * K floats).
+      kernel_block_kv, kernel_box_rows, kernel_stages: the "pallas" backend's
+        SparseTuningConfig (key rows per step, rows per TMA box, pipeline stages).
     """
 
     num_q_clusters: int = 300
@@ -58,6 +64,9 @@ class SVG2Config:
     kmeans_impl: KMeansImpl = "auto"
     q_tile: int = 256
     kmeans_chunk: int = 8192
+    kernel_block_kv: int = 128
+    kernel_box_rows: int = 16
+    kernel_stages: int = 2
 
     def __post_init__(self):
         for name in ("num_q_clusters", "num_k_clusters", "kmeans_iters_cold",
@@ -74,9 +83,17 @@ class SVG2Config:
             raise ValueError(f"SVG2Config.kmeans_tol must be >= 0, got {self.kmeans_tol!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"SVG2Config.backend must be one of {BACKENDS}, got {self.backend!r}")
+        self.kernel_config  # raises on bad kernel_* settings
         if self.kmeans_impl not in KMEANS_IMPLS:
             raise ValueError(
                 f"SVG2Config.kmeans_impl must be one of {KMEANS_IMPLS}, got {self.kmeans_impl!r}")
+
+    @property
+    def kernel_config(self):
+        """The "pallas" backend's tile sizes (validated when it is built)."""
+        from pallas_kernels.sparse_worklist import SparseTuningConfig
+        return SparseTuningConfig(block_kv=self.kernel_block_kv, box_rows=self.kernel_box_rows,
+                                  max_concurrent_steps=self.kernel_stages)
 
     @property
     def min_k_clusters(self) -> int:

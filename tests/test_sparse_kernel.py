@@ -1,0 +1,291 @@
+"""The Hopper sparse flash-attention kernel's work list (CPU), its pure-JAX twin (CPU,
+against an independent numpy attention), the whole `pallas` path of svg2_attention
+through the twin (CPU), and the kernel itself against the twin (`gpu`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.sparse_flash_mgpu import (gather_rows, sparse_flash_attention,
+                                              sparse_flash_attention_reference)
+from pallas_kernels.sparse_worklist import (ALIGN, SparseTuningConfig, build_work_list,
+                                            k_padded_len, padded_index, padded_starts,
+                                            q_padded_len, tile_rows)
+from svg2_jax import SVG2Config, svg2_attention
+from svg2_jax.permute import cluster_order, permute
+
+gpu = pytest.mark.gpu
+
+
+# ------------------------------------------------------------------ problem makers
+
+
+def ragged_sizes(rng, total, k, empty_frac=0.25, huge=False):
+    """k cluster sizes summing to total: skewed, some empty, some of size 1, and
+    (huge=True) one cluster holding about half the tokens."""
+    w = rng.random(k) ** 3
+    w[rng.random(k) < empty_frac] = 0
+    if huge:
+        w[rng.integers(k)] = w.sum() + 1e-3
+    if w.sum() == 0:
+        w[0] = 1.0
+    sizes = np.floor(w / w.sum() * total).astype(np.int64)
+    ones = np.flatnonzero(sizes == 0)[:2]
+    sizes[ones] = 1                                      # size-1 clusters
+    sizes[np.argmax(sizes)] += total - sizes.sum()
+    assert sizes.min() >= 0 and sizes.sum() == total
+    return sizes
+
+
+def problem(seed, n=2, sq=300, sk=260, qc=6, kc=11, density=0.5, huge=False):
+    rng = np.random.default_rng(seed)
+    qs = np.stack([ragged_sizes(rng, sq, qc, huge=huge) for _ in range(n)])
+    ks = np.stack([ragged_sizes(rng, sk, kc, huge=huge) for _ in range(n)])
+    sel = rng.random((n, qc, kc)) < density
+    return qs, ks, sel
+
+
+def np_coverage(work, cfg, qs, ks):
+    """[N, Sq, Sk] count of how often the work list computes each (permuted query row,
+    permuted key row) pair, over the real rows of each CTA and the unmasked key rows of
+    each of its tiles. Padded rows are mapped back to permuted rows here."""
+    n, sq, sk = qs.shape[0], int(qs[0].sum()), int(ks[0].sum())
+    qpad, kpad = np.asarray(padded_starts(jnp.array(qs))), np.asarray(padded_starts(jnp.array(ks)))
+    qst = np.concatenate([np.zeros((n, 1), int), np.cumsum(qs, 1)], 1)
+    kst = np.concatenate([np.zeros((n, 1), int), np.cumsum(ks, 1)], 1)
+
+    def unpad(row, pad, st, sizes, p):
+        c = np.flatnonzero((pad[p] <= row) & (row < pad[p] + sizes[p]))
+        assert len(c) == 1, f"padded row {row} is not a real row"
+        return st[p][c[0]] + row - pad[p][c[0]]
+
+    cta = np.asarray(work.cta)
+    ntiles = np.asarray(work.num_kv_tiles)
+    starts = np.asarray(work.kv_start) * ALIGN
+    bits = np.asarray(work.kv_mask).view(np.uint32)
+    t_per = work.tiles_per_cluster
+    cov = np.zeros((n, sq, sk), np.int32)
+    for p, g, q8, rows in cta:
+        if rows == 0:
+            continue
+        keys = []
+        for t in range(ntiles[g]):
+            tau = g * t_per + t
+            for col in range(cfg.block_kv):
+                if (bits[tau, col // 32] >> (col % 32)) & 1:
+                    b, r = divmod(col, cfg.box_rows)
+                    keys.append(unpad(starts[tau, b] + r, kpad, kst, ks, p))
+        for r in range(rows):
+            cov[p, unpad(q8 * ALIGN + r, qpad, qst, qs, p), keys] += 1
+    return cov
+
+
+def np_want(qs, ks, sel):
+    n, sq, sk = qs.shape[0], int(qs[0].sum()), int(ks[0].sum())
+    qst = np.concatenate([np.zeros((n, 1), int), np.cumsum(qs, 1)], 1)
+    kst = np.concatenate([np.zeros((n, 1), int), np.cumsum(ks, 1)], 1)
+    want = np.zeros((n, sq, sk), np.int32)
+    for p in range(n):
+        for a, b in zip(*np.nonzero(sel[p])):
+            want[p, qst[p, a]:qst[p, a + 1], kst[p, b]:kst[p, b + 1]] = 1
+    return want
+
+
+CONFIGS = [SparseTuningConfig(), SparseTuningConfig(block_kv=64, box_rows=8),
+           SparseTuningConfig(block_kv=64, box_rows=32), SparseTuningConfig(block_kv=256)]
+
+
+# ------------------------------------------------------------------ work list (CPU)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"kv{c.block_kv}box{c.box_rows}")
+@pytest.mark.parametrize("seed,density,huge", [(0, 0.5, False), (1, 0.15, False), (2, 1.0, True),
+                                               (3, 0.0, False)])
+def test_work_list_covers_each_selected_pair_exactly_once(cfg, seed, density, huge):
+    qs, ks, sel = problem(seed, density=density, huge=huge)
+    work = jax.jit(build_work_list, static_argnums=(3, 4, 5))(
+        jnp.array(qs), jnp.array(ks), jnp.array(sel), int(qs[0].sum()), int(ks[0].sum()), cfg)
+    np.testing.assert_array_equal(np_coverage(work, cfg, qs, ks), np_want(qs, ks, sel))
+
+
+def test_slots_and_padded_layout():
+    cfg = SparseTuningConfig()
+    qs, ks, sel = problem(4, sq=517, sk=300, qc=9, huge=True)
+    sq = int(qs[0].sum())
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), sq, 300, cfg)
+    slot = np.asarray(work.q_slot)
+    assert len(np.unique(slot)) == slot.size                       # no two rows share a slot
+    cta = np.asarray(work.cta)
+    qpad = np.asarray(padded_starts(jnp.array(qs)))
+    qst = np.concatenate([np.zeros((2, 1), int), np.cumsum(qs, 1)], 1)
+    for p in range(2):
+        for row in range(sq):
+            c = np.searchsorted(qst[p], row, side="right") - 1
+            ci, off = divmod(slot[p, row], cfg.rows_per_cta)
+            assert cta[ci, 0] == p and off < cta[ci, 3]
+            assert cta[ci, 2] * ALIGN + off == qpad[p, c] + row - qst[p, c]
+    # The padded gather puts each permuted row at its cluster's padded start + offset.
+    labels = jnp.array(np.stack([np.repeat(np.arange(9), qs[p]) for p in range(2)]))
+    order = cluster_order(jax.random.permutation(jax.random.PRNGKey(0), labels, axis=1,
+                                                 independent=True))
+    idx = np.asarray(padded_index(order, jnp.array(qs), q_padded_len(sq, 9, cfg)))
+    assert idx.shape[1] % ALIGN == 0
+    for p in range(2):
+        for c in range(9):
+            np.testing.assert_array_equal(idx[p, qpad[p, c]:qpad[p, c] + qs[p, c]],
+                                          np.asarray(order)[p, qst[p, c]:qst[p, c + 1]])
+    computed, real = tile_rows(work, cfg)
+    want_real = np_want(qs, ks, sel).sum(axis=(1, 2))
+    np.testing.assert_array_equal(np.asarray(real), want_real)
+    assert np.all(np.asarray(computed) >= want_real)
+
+
+def test_tuning_config_errors():
+    for bad in (dict(block_q=128), dict(box_rows=4), dict(block_kv=48), dict(block_kv=512),
+                dict(max_concurrent_steps=1)):
+        with pytest.raises(ValueError, match="SparseTuningConfig"):
+            SparseTuningConfig(**bad)
+    with pytest.raises(ValueError, match="kernel_box_rows|SparseTuningConfig"):
+        SVG2Config(kernel_box_rows=12)
+
+
+# ------------------------------------------------------------------ the twin (CPU)
+
+
+def padded_inputs(seed, qs, ks, d=128, dtype=jnp.float32, cfg=SparseTuningConfig()):
+    rng = np.random.default_rng(seed)
+    n, sq, sk = qs.shape[0], int(qs[0].sum()), int(ks[0].sum())
+    q = jnp.array(rng.standard_normal((n, sq, d)), dtype)
+    k = jnp.array(rng.standard_normal((n, sk, d)), dtype)
+    v = jnp.array(rng.standard_normal((n, sk, d)), dtype)
+    ident = lambda s: jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (n, s))
+    qi = padded_index(ident(sq), jnp.array(qs), q_padded_len(sq, qs.shape[1], cfg))
+    ki = padded_index(ident(sk), jnp.array(ks), k_padded_len(sk, ks.shape[1], cfg))
+    return (q, k, v), (permute(q, qi), permute(k, ki), permute(v, ki)), ident(sq)
+
+
+def np_attention(q, k, v, mask, scale):
+    """float64 masked softmax attention; rows with no key -> 0 and lse -inf."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    s = np.einsum("nqd,nkd->nqk", q, k) * scale
+    s = np.where(mask, s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = np.exp(s - m)
+    l = p.sum(-1, keepdims=True)
+    o = np.einsum("nqk,nkd->nqd", p, v) / np.where(l > 0, l, 1)
+    with np.errstate(divide="ignore"):
+        lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1)), -np.inf)[..., 0]
+    return o, lse
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=lambda c: f"kv{c.block_kv}box{c.box_rows}")
+def test_reference_twin_equals_numpy(cfg):
+    qs, ks, sel = problem(5, density=0.4)
+    qs[0, np.argmax(qs[0] > 0)] += 0  # keep sizes as drawn
+    sel[0, :2] = False                 # query clusters with nothing selected -> zeros
+    (q, k, v), (qp, kp, vp), ident = padded_inputs(6, qs, ks, cfg=cfg)
+    sq, sk = q.shape[1], k.shape[1]
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), sq, sk, cfg)
+    o_slots, lse_slots = sparse_flash_attention_reference(qp, kp, vp, work, scale=0.3, config=cfg)
+    out, lse = gather_rows(o_slots, lse_slots, work, ident)
+    want_o, want_lse = np_attention(q, k, v, np_want(qs, ks, sel) > 0, 0.3)
+    np.testing.assert_allclose(np.asarray(out), want_o, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(lse), want_lse, atol=2e-5, rtol=1e-5)
+    empty_rows = np_want(qs, ks, sel).sum(-1) == 0
+    assert empty_rows.any() and np.all(np.asarray(out)[empty_rows] == 0)
+    assert np.all(np.isneginf(np.asarray(lse)[empty_rows]))
+
+
+def test_svg2_pallas_path_through_twin_equals_masked_dense():
+    rng = np.random.default_rng(7)
+    q, k, v = (jnp.array(rng.standard_normal((2, 333, 2, 64)), jnp.float32) for _ in range(3))
+    outs = {}
+    for backend in ("pallas_reference", "masked_dense"):
+        cfg = SVG2Config(num_q_clusters=7, num_k_clusters=19, top_p=0.6, kmeans_iters_cold=4,
+                         backend=backend, kernel_block_kv=64, kernel_box_rows=8)
+        outs[backend], _, stats = svg2_attention(q, k, v, None, cfg)
+    assert float(stats.density.mean()) < 0.95
+    np.testing.assert_allclose(np.asarray(outs["pallas_reference"]),
+                               np.asarray(outs["masked_dense"]), atol=2e-5, rtol=1e-5)
+
+
+def test_pallas_backend_refuses_non_hopper():
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU")
+    x = jnp.ones((1, 64, 1, 64), jnp.bfloat16)
+    with pytest.raises(ValueError, match="Hopper"):
+        svg2_attention(x, x, x, None, SVG2Config(num_q_clusters=2, num_k_clusters=2,
+                                                 backend="pallas"))
+
+
+def test_wrapper_errors():
+    qs, ks, sel = problem(8)
+    cfg = SparseTuningConfig()
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 300, 260, cfg)
+    good = jnp.ones((2, q_padded_len(300, 6, cfg), 128), jnp.bfloat16)
+    kv = jnp.ones((2, k_padded_len(260, 11, cfg), 128), jnp.bfloat16)
+    cases = [((good.astype(jnp.float32), kv, kv), "float16 or bfloat16"),
+             ((good[:, :, :96], kv[:, :, :96], kv[:, :, :96]), "head dim"),
+             ((good[:1], kv[:1], kv[:1]), "problems"),
+             ((good[:, :-3], kv, kv), "multiple of 8"),
+             ((good, kv, kv[:, :, :64]), "do not agree")]
+    for args, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            sparse_flash_attention(*args, work, scale=0.1, config=cfg)
+
+
+# ------------------------------------------------------------------ the kernel (GPU)
+
+
+def _kernel_case(seed, n, sq, sk, qc, kc, density, dtype, cfg, huge=False, d=128):
+    qs, ks, sel = problem(seed, n=n, sq=sq, sk=sk, qc=qc, kc=kc, density=density, huge=huge)
+    (q, k, v), (qp, kp, vp), ident = padded_inputs(seed + 100, qs, ks, d=d, dtype=dtype, cfg=cfg)
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), sq, sk, cfg)
+    got = sparse_flash_attention(qp, kp, vp, work, scale=d ** -0.5, config=cfg)
+    want = sparse_flash_attention_reference(qp.astype(jnp.float32), kp.astype(jnp.float32),
+                                            vp.astype(jnp.float32), work, scale=d ** -0.5,
+                                            config=cfg)
+    out, lse = gather_rows(*got, work, ident)
+    ref_o, ref_lse = gather_rows(*want, work, ident)
+    out, lse, ref_o, ref_lse = (np.asarray(x, np.float32) for x in (out, lse, ref_o, ref_lse))
+    assert not np.isnan(out).any() and not np.isnan(lse).any()
+    err = np.linalg.norm(out - ref_o) / max(np.linalg.norm(ref_o), 1e-30)
+    assert err < 2e-2, err
+    finite = np.isfinite(ref_lse)
+    np.testing.assert_array_equal(np.isfinite(lse), finite)
+    np.testing.assert_allclose(lse[finite], ref_lse[finite], atol=2e-2, rtol=2e-3)
+    empty = np_want(qs, ks, sel).sum(-1) == 0
+    assert np.all(out[empty] == 0)
+
+
+@gpu
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"kv{c.block_kv}box{c.box_rows}")
+def test_kernel_matches_twin_ragged(cfg):
+    _kernel_case(0, 2, 1000, 900, 13, 40, 0.3, jnp.bfloat16, cfg)
+
+
+@gpu
+@pytest.mark.parametrize("case", [
+    dict(seed=1, n=3, sq=517, sk=389, qc=5, kc=17, density=1.0, dtype=jnp.float16),
+    dict(seed=2, n=2, sq=2000, sk=2000, qc=4, kc=30, density=0.2, dtype=jnp.bfloat16, huge=True),
+    dict(seed=3, n=4, sq=301, sk=77, qc=9, kc=12, density=0.5, dtype=jnp.bfloat16),
+    dict(seed=4, n=2, sq=640, sk=640, qc=8, kc=20, density=0.0, dtype=jnp.bfloat16),
+    dict(seed=5, n=2, sq=700, sk=500, qc=10, kc=25, density=0.4, dtype=jnp.bfloat16, d=64),
+], ids=["fp16-dense", "huge-clusters", "short-keys", "nothing-selected", "d64"])
+def test_kernel_matches_twin_edge_cases(case):
+    _kernel_case(cfg=SparseTuningConfig(), **case)
+
+
+@gpu
+def test_svg2_attention_pallas_backend_matches_jax_backend():
+    rng = np.random.default_rng(9)
+    q, k, v = (jnp.array(rng.standard_normal((2, 1500, 3, 128)), jnp.bfloat16) for _ in range(3))
+    outs = {}
+    for backend in ("pallas", "jax"):
+        cfg = SVG2Config(num_q_clusters=12, num_k_clusters=40, top_p=0.8, kmeans_iters_cold=5,
+                         backend=backend)
+        outs[backend], _, _ = svg2_attention(q, k, v, None, cfg)
+    a, b = (np.asarray(outs[x], np.float32) for x in ("pallas", "jax"))
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
