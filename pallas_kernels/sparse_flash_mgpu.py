@@ -29,10 +29,23 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.sparse_worklist import (ALIGN, MASK_WORD_BITS, SparseTuningConfig,
-                                            SparseWorkList, build_work_list)
+                                            SparseWorkList, build_work_list, expand_tiles,
+                                            mask_words)
 
 _DTYPES = (jnp.float16, jnp.bfloat16)
 _HEAD_DIMS = (64, 128)
+# Hopper's opt-in shared memory per block; Mosaic GPU adds ~4 KB (barriers, alignment).
+SMEM_LIMIT = 232448
+_SMEM_OVERHEAD = 4096
+
+
+def smem_bytes(head_dim: int, itemsize: int, config: SparseTuningConfig) -> int:
+    """Shared memory the kernel asks for: two Q/O tiles, the K and V rings, the
+    per-warpgroup lse rows and the per-stage mask words."""
+    return (2 * config.block_q * head_dim * itemsize
+            + 2 * config.max_concurrent_steps * config.block_kv * head_dim * itemsize
+            + 2 * config.block_q * 4 + config.max_concurrent_steps * config.mask_words * 4
+            + _SMEM_OVERHEAD)
 
 
 def supports(dtype, head_dim) -> bool:
@@ -57,6 +70,11 @@ def _check(q, k, v, work: SparseWorkList, config: SparseTuningConfig):
     if q.shape[2] not in _HEAD_DIMS:
         raise ValueError(f"sparse_flash_attention: head dim {q.shape[2]} not supported "
                          f"(one of {_HEAD_DIMS})")
+    need = smem_bytes(q.shape[2], q.dtype.itemsize, config)
+    if need > SMEM_LIMIT:
+        raise ValueError(f"sparse_flash_attention: {config} needs ~{need} bytes of shared "
+                         f"memory at head dim {q.shape[2]}, more than the {SMEM_LIMIT} a "
+                         f"Hopper block has: lower block_kv or max_concurrent_steps")
     n = q.shape[0]
     if work.q_slot.shape[0] != n:
         raise ValueError(f"sparse_flash_attention: work list was built for "
@@ -65,14 +83,9 @@ def _check(q, k, v, work: SparseWorkList, config: SparseTuningConfig):
         if x.shape[1] % ALIGN:
             raise ValueError(f"sparse_flash_attention: padded {name} length {x.shape[1]} must "
                              f"be a multiple of {ALIGN} (use q_padded_len / k_padded_len)")
-    if work.num_kv_tiles.shape[0] % n:
+    if work.total_boxes.shape[0] % n or work.entry_size.shape != work.entry_start.shape:
         raise ValueError("sparse_flash_attention: work list does not match N")
-    if (work.kv_start.shape[1] != config.boxes_per_tile
-            or work.kv_mask.shape[1] != config.mask_words):
-        raise ValueError(f"sparse_flash_attention: work list boxes/mask words "
-                         f"{work.kv_start.shape[1]}/{work.kv_mask.shape[1]} do not match "
-                         f"{config}")
-    for name in ("cta", "num_kv_tiles", "kv_start", "kv_mask", "q_slot"):
+    for name in ("cta", "total_boxes", "entry_start", "entry_size", "q_slot"):
         if getattr(work, name).dtype != jnp.int32:
             raise ValueError(f"sparse_flash_attention: work.{name} must be int32")
 
@@ -96,26 +109,32 @@ def _sparse_flash(q, k, v, work, scale, config):
     dtype = q.dtype
     block_q, block_kv, box = config.block_q, config.block_kv, config.box_rows
     boxes, words, stages = config.boxes_per_tile, config.mask_words, config.max_concurrent_steps
-    tiles_per_cluster = work.tiles_per_cluster
+    num_entries = work.entry_size.shape[1]
     num_ctas = work.cta.shape[0]
     rows_per_cta = config.rows_per_cta
-    log2e = math.log2(math.e)
-    scale_log2 = scale * log2e
+    scale_log2 = scale * math.log2(math.e)
+    box8 = box // ALIGN
 
-    def kernel(q_ref, k_ref, v_ref, cta_ref, ntiles_ref, start_ref, mask_ref, out_ref, lse_ref,
+    def kernel(q_ref, k_ref, v_ref, cta_ref, total_ref, estart_ref, esize_ref, out_ref, lse_ref,
                scoped):
         cta = lax.axis_index("cta")
-        smem_buffers, buffer_barriers, consumed_barriers, schedule_barrier = scoped
+        (smem_buffers, buffer_barriers, consumed_barriers, schedule_barrier,
+         merge_barrier) = scoped
         wg_idx = lax.axis_index("wg")
-        qo_smem2, k_smem, v_smem, lse_smem2 = smem_buffers
+        qo_smem2, k_smem, v_smem, lse_smem2, mask_smem = smem_buffers
         k_barriers, v_barriers, q_barriers = buffer_barriers
         k_consumed, v_consumed = consumed_barriers
         problem = cta_ref[cta, 0]
         group = cta_ref[cta, 1]
         q_first = cta_ref[cta, 2] * ALIGN
         rows = cta_ref[cta, 3]
-        kv_steps = jnp.where(rows > 0, ntiles_ref[group], 0)
-        tile_base = group * tiles_per_cluster
+        total_boxes = jnp.where(rows > 0, total_ref[group], 0)
+        kv_steps = lax.div(total_boxes + (boxes - 1), jnp.int32(boxes))
+        # A CTA whose rows fit one warpgroup tile (a cluster's tail) runs in split mode:
+        # both warpgroups take the same 64 query rows and alternate KV tiles (tile
+        # w, w + 2, ...), and warpgroup 0 merges the two partial softmaxes at the end.
+        # Otherwise each warpgroup owns 64 rows and both consume every tile.
+        split = rows <= block_q
 
         def perform_schedule_barrier():
             plgpu.barrier_arrive(schedule_barrier)
@@ -126,10 +145,20 @@ def _sparse_flash(q, k, v, work, scale, config):
             plgpu.set_max_registers(232, action="increase")
             qo_smem = qo_smem2.at[wg_idx]
             lse_smem = lse_smem2.at[wg_idx]
-            plgpu.copy_gmem_to_smem(
-                q_ref.at[problem, pl.ds(q_first + wg_idx * block_q, block_q)],
-                qo_smem, q_barriers.at[wg_idx])
+            q_row = q_first + jnp.where(split, 0, wg_idx * block_q)
+            plgpu.copy_gmem_to_smem(q_ref.at[problem, pl.ds(q_row, block_q)],
+                                    qo_smem, q_barriers.at[wg_idx])
             plgpu.barrier_wait(q_barriers.at[wg_idx])
+            stride = jnp.where(split, 2, 1)
+            first_tile = jnp.where(split, wg_idx, 0)
+            my_steps = jnp.where(split, lax.div(kv_steps + 1 - wg_idx, jnp.int32(2)), kv_steps)
+
+            def release(barriers, slot):
+                plgpu.barrier_arrive(barriers.at[slot])
+
+                @pl.when(split)
+                def _():  # the other warpgroup never reads this tile
+                    plgpu.barrier_arrive(barriers.at[slot])
 
             m_i = plgpu.layout_cast(jnp.full((block_q,), -jnp.inf, jnp.float32),
                                     plgpu.Layout.WGMMA.reduce(1))
@@ -138,17 +167,18 @@ def _sparse_flash(q, k, v, work, scale, config):
             acc = plgpu.layout_cast(jnp.full((block_q, head_dim), 0, jnp.float32),
                                     plgpu.Layout.WGMMA)
 
-            @pl.when(kv_steps > 0)
+            @pl.when(my_steps > 0)
             def _():
-                plgpu.barrier_wait(k_barriers.at[0])
+                plgpu.barrier_wait(k_barriers.at[lax.rem(first_tile, jnp.int32(stages))])
 
             pl.when(wg_idx == 1)(perform_schedule_barrier)
 
-            def kv_loop(kv_step, carry):
+            def kv_loop(step, carry):
                 acc, m_i, l_i = carry
-                slot = lax.rem(kv_step, jnp.array(stages, kv_step.dtype))
-                tile = tile_base + kv_step
-                mask_words = [mask_ref[tile, w] for w in range(words)]
+                tile = first_tile + step * stride
+                slot = lax.rem(tile, jnp.int32(stages))
+                # Read before releasing the slot: the producer rewrites it next.
+                mask_vals = [mask_smem[slot, w] for w in range(words)]
 
                 def compute_qk(acc_ref):
                     plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
@@ -156,16 +186,16 @@ def _sparse_flash(q, k, v, work, scale, config):
                     return acc_ref[...]
 
                 qk = pl.run_scoped(compute_qk, plgpu.ACC((block_q, block_kv), jnp.float32))
-                plgpu.barrier_arrive(k_consumed.at[slot])
+                release(k_consumed, slot)
 
-                # Keys that are not real (tails of partial boxes, unused box slots)
-                # get -inf: each tile holds at least one real key, so the running max
-                # stays finite and exp2 gives them exactly 0.
+                # Keys that are not real (tails of partial boxes, unused box slots) get
+                # -inf: every tile holds a real key, so the running max stays finite
+                # and exp2 gives them exactly 0.
                 col = plgpu.broadcasted_iota(jnp.int32, (block_kv,), 0,
                                              layout=plgpu.Layout.WGMMA.reduce(0))
-                word = mask_words[-1]
+                word = mask_vals[-1]
                 for w in range(words - 2, -1, -1):
-                    word = jnp.where(col < (w + 1) * MASK_WORD_BITS, mask_words[w], word)
+                    word = jnp.where(col < (w + 1) * MASK_WORD_BITS, mask_vals[w], word)
                 bit = lax.shift_right_logical(word, col & (MASK_WORD_BITS - 1)) & 1
                 bias = jnp.where(bit != 0, jnp.float32(0), jnp.float32(-jnp.inf))
                 qk = qk + lax.broadcast_in_dim(bias, qk.shape, [1])
@@ -178,38 +208,72 @@ def _sparse_flash(q, k, v, work, scale, config):
                 acc *= lax.broadcast_in_dim(alpha, acc.shape, [0])
                 l_i *= alpha
                 p16 = p.astype(dtype)
-
-                def end_softmax_barriers():
-                    plgpu.barrier_arrive(schedule_barrier)
-                    plgpu.barrier_wait(v_barriers.at[slot])
-                    plgpu.barrier_wait(schedule_barrier)
-
                 l_i += p.sum(axis=1)
                 acc, l_i, m_i, p16 = lax.optimization_barrier((acc, l_i, m_i, p16))
-                end_softmax_barriers()
+                plgpu.barrier_arrive(schedule_barrier)
+                plgpu.barrier_wait(v_barriers.at[slot])
+                plgpu.barrier_wait(schedule_barrier)
 
                 def compute_pv(acc_ref):
                     plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
-                    wait_step = kv_step + 1
-                    wait_slot = lax.rem(wait_step, jnp.array(stages, kv_step.dtype))
 
-                    @pl.when(wait_step < kv_steps)
+                    @pl.when(step + 1 < my_steps)
                     def _wait():
-                        plgpu.barrier_wait(k_barriers.at[wait_slot])
+                        nxt = lax.rem(tile + stride, jnp.int32(stages))
+                        plgpu.barrier_wait(k_barriers.at[nxt])
 
                 acc = pl.run_state(compute_pv)(plgpu.ACC.init(acc))
-                plgpu.barrier_arrive(v_consumed.at[slot])
+                release(v_consumed, slot)
                 return acc, m_i, l_i
 
-            acc, m_i, l_i = lax.fori_loop(0, kv_steps, kv_loop, (acc, m_i, l_i))
+            acc, m_i, l_i = lax.fori_loop(0, my_steps, kv_loop, (acc, m_i, l_i))
+
+            # Keep the schedule barrier's arrivals equal: in split mode with an odd
+            # tile count warpgroup 0 ran one step more.
+            @pl.when(split & (wg_idx == 1) & (lax.rem(kv_steps, jnp.int32(2)) == 1))
+            def _():
+                perform_schedule_barrier()
+                perform_schedule_barrier()
+
             pl.when(wg_idx == 0)(perform_schedule_barrier)
 
             # No selected key: l = 0, acc = 0 -> out 0, lse -inf (never 0/0).
             l_safe = jnp.where(l_i == 0, jnp.float32(1), l_i)
-            acc /= lax.broadcast_in_dim(l_safe, (block_q, head_dim), [0])
-            qo_smem[...] = acc.astype(dtype)
-            lse_smem[...] = m_i + jnp.log2(l_i)
-            plgpu.commit_smem()
+            out = acc / lax.broadcast_in_dim(l_safe, (block_q, head_dim), [0])
+            lse = m_i + jnp.log2(l_i)
+
+            @pl.when(split & (wg_idx == 1))
+            def _():
+                qo_smem[...] = out.astype(dtype)
+                lse_smem[...] = lse
+                plgpu.commit_smem()
+                plgpu.barrier_arrive(merge_barrier)
+
+            @pl.when(split & (wg_idx == 0))
+            def _():
+                plgpu.barrier_wait(merge_barrier)
+
+            other_o = plgpu.load(qo_smem2.at[1], (), layout=plgpu.Layout.WGMMA).astype(
+                jnp.float32)
+            other_lse = plgpu.load(lse_smem2.at[1], (), layout=plgpu.Layout.WGMMA.reduce(1))
+            big = jnp.maximum(lse, other_lse)
+            big = jnp.where(big == -jnp.inf, jnp.float32(0), big)
+            w_self, w_other = jnp.exp2(lse - big), jnp.exp2(other_lse - big)
+            total = w_self + w_other
+            merged = (out * lax.broadcast_in_dim(w_self, out.shape, [0])
+                      + other_o * lax.broadcast_in_dim(w_other, out.shape, [0]))
+            merged = merged / lax.broadcast_in_dim(
+                jnp.where(total == 0, jnp.float32(1), total), out.shape, [0])
+            use_merge = split & (wg_idx == 0)
+            out = jnp.where(jnp.broadcast_to(use_merge, out.shape), merged, out)
+            lse = jnp.where(jnp.broadcast_to(use_merge, lse.shape), big + jnp.log2(total), lse)
+
+            @pl.when(~(split & (wg_idx == 1)))
+            def _():
+                qo_smem[...] = out.astype(dtype)
+                lse_smem[...] = lse
+                plgpu.commit_smem()
+
             out_row = cta * rows_per_cta + wg_idx * block_q
             plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[pl.ds(out_row, block_q)])
             plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[pl.ds(out_row, block_q)])
@@ -218,31 +282,61 @@ def _sparse_flash(q, k, v, work, scale, config):
         @pl.when(wg_idx == 2)
         def _memory_wg():
             plgpu.set_max_registers(40, action="decrease")
+            last = jnp.int32(num_entries - 1)
 
-            def fetch(step, slot, src_ref, dst_smem, barriers):
-                tile = tile_base + step
+            def walk(entry, box_in_entry, first_box):
+                """The next `boxes` boxes of the list from (entry, box_in_entry): their
+                first rows // 8, valid row counts, and where the walk stops. Entries
+                entry .. entry + boxes - 1 are all it can touch: load them first."""
+                ents = [jnp.minimum(entry + e, last) for e in range(boxes)]
+                sizes = [esize_ref[group, x] for x in ents]
+                starts = [estart_ref[group, x] for x in ents]
+                rel, j = jnp.int32(0), box_in_entry
+                out_start, out_valid = [], []
                 for b in range(boxes):
-                    start = start_ref[tile, b] * ALIGN
-                    plgpu.copy_gmem_to_smem(src_ref.at[problem, pl.ds(start, box)],
-                                            dst_smem.at[slot, pl.ds(b * box, box)],
-                                            barriers.at[slot])
+                    size, start = sizes[0], starts[0]
+                    for e in range(1, b + 1):
+                        size = jnp.where(rel == e, sizes[e], size)
+                        start = jnp.where(rel == e, starts[e], start)
+                    live = first_box + b < total_boxes
+                    row8 = start + j * box8
+                    out_start.append(jnp.where(live, row8, out_start[0]) if b else row8)
+                    out_valid.append(jnp.where(live, jnp.clip(size - j * box, 0, box), 0))
+                    j = j + 1
+                    advance = j * box >= size
+                    rel = jnp.where(advance, rel + 1, rel)
+                    j = jnp.where(advance, 0, j)
+                return out_start, out_valid, entry + rel, j
 
-            for i in range(stages):
-                @pl.when(i < kv_steps)
+            def fetch(row8s, slot, src_ref, dst_smem, barriers):
+                for b in range(boxes):
+                    plgpu.copy_gmem_to_smem(
+                        src_ref.at[problem, pl.ds(row8s[b] * ALIGN, box)],
+                        dst_smem.at[slot, pl.ds(b * box, box)], barriers.at[slot])
+
+            def body(step, carry):
+                entry, j = carry
+                slot = lax.rem(step, jnp.int32(stages))
+                row8s, valids, entry, j = walk(entry, j, step * boxes)
+
+                @pl.when(step >= stages)
                 def _():
-                    fetch(i, i, k_ref, k_smem, k_barriers)
-                    fetch(i, i, v_ref, v_smem, v_barriers)
+                    plgpu.barrier_wait(k_consumed.at[slot])
 
-            @pl.loop(0, kv_steps - stages)
-            def _kv_loop(kv_step):
-                step = kv_step + stages
-                slot = lax.rem(kv_step, jnp.array(stages, kv_step.dtype))
-                plgpu.barrier_wait(k_consumed.at[slot])
-                fetch(step, slot, k_ref, k_smem, k_barriers)
-                plgpu.barrier_wait(v_consumed.at[slot])
-                fetch(step, slot, v_ref, v_smem, v_barriers)
+                for w, word in enumerate(mask_words(valids, box, words)):
+                    mask_smem[slot, w] = word
+                fetch(row8s, slot, k_ref, k_smem, k_barriers)
 
-    def entry(q_ref, k_ref, v_ref, cta_ref, ntiles_ref, start_ref, mask_ref, out_ref, lse_ref):
+                @pl.when(step >= stages)
+                def _():
+                    plgpu.barrier_wait(v_consumed.at[slot])
+
+                fetch(row8s, slot, v_ref, v_smem, v_barriers)
+                return entry, j
+
+            lax.fori_loop(0, kv_steps, body, (jnp.int32(0), jnp.int32(0)))
+
+    def entry(q_ref, k_ref, v_ref, cta_ref, total_ref, estart_ref, esize_ref, out_ref, lse_ref):
         tiling = plgpu.TilingTransform((8, 64))
         swizzle = plgpu.SwizzleTransform(128)
         scratch = [
@@ -250,9 +344,10 @@ def _sparse_flash(q, k, v, work, scale, config):
             plgpu.SMEM((stages, block_kv, head_dim), dtype, transforms=(tiling, swizzle)),
             plgpu.SMEM((stages, block_kv, head_dim), dtype, transforms=(tiling, swizzle)),
             plgpu.SMEM((2, block_q), jnp.float32),
+            plgpu.SMEM((stages, words), jnp.int32),
         ]
         pl.run_scoped(
-            lambda *args: kernel(q_ref, k_ref, v_ref, cta_ref, ntiles_ref, start_ref, mask_ref,
+            lambda *args: kernel(q_ref, k_ref, v_ref, cta_ref, total_ref, estart_ref, esize_ref,
                                  out_ref, lse_ref, args),
             scratch,
             (plgpu.Barrier(num_arrivals=boxes, num_barriers=stages),
@@ -260,6 +355,7 @@ def _sparse_flash(q, k, v, work, scale, config):
              plgpu.Barrier(num_barriers=2)),
             (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2,
             plgpu.Barrier(num_arrivals=2),
+            plgpu.Barrier(num_arrivals=1),
             collective_axes="wg",
         )
 
@@ -267,37 +363,40 @@ def _sparse_flash(q, k, v, work, scale, config):
     out, lse2 = plgpu.kernel(
         entry,
         out_type=(jax.ShapeDtypeStruct((out_rows, head_dim), dtype),
-                   jax.ShapeDtypeStruct((out_rows,), jnp.float32)),
+                  jax.ShapeDtypeStruct((out_rows,), jnp.float32)),
         grid=(num_ctas,),
         grid_names=("cta",),
         num_threads=3,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
-    )(q, k, v, work.cta, work.num_kv_tiles, work.kv_start, work.kv_mask)
+    )(q, k, v, work.cta, work.total_boxes, work.entry_start, work.entry_size)
     return out, lse2 * jnp.float32(math.log(2.0))
 
 
 def sparse_flash_attention_reference(q, k, v, work: SparseWorkList, *, scale: float,
                                      config: SparseTuningConfig = SparseTuningConfig()):
-    """Pure JAX, the kernel's function from the same work list (same slots, same
-    masks): q [N, Lq, D]; k, v [N, Lk, D] (padded layout) -> (out [C * 2 * block_q, D], lse [...]).
+    """Pure JAX, the kernel's function from the same work list (same slots, same tiles
+    and masks through `expand_tiles`): q [N, Lq, D]; k, v [N, Lk, D] (padded layout) ->
+    (out [C * 2 * block_q, D], lse [C * 2 * block_q]).
 
-    One CTA at a time (lax.map), each over all its tiles at once: for tests."""
-    n, sq, d = q.shape
+    One CTA at a time (lax.map), each over all its query cluster's tiles at once;
+    rows of a CTA past its real rows are computed like the kernel's. For tests."""
+    n, _, d = q.shape
     rpc, box = config.rows_per_cta, config.box_rows
-    tiles = work.tiles_per_cluster
+    num_tiles, kv_start, kv_mask = expand_tiles(work, config, k.shape[1])
+    tiles = kv_start.shape[1]
     col = jnp.arange(config.block_kv)
-    words = jax.lax.bitcast_convert_type(work.kv_mask, jnp.uint32)[:, col // MASK_WORD_BITS]
-    mask_bits = (words >> (col % MASK_WORD_BITS).astype(jnp.uint32)) & 1  # [tiles, block_kv]
-    key_rows = (work.kv_start[:, :, None] * ALIGN + jnp.arange(box)).reshape(-1, config.block_kv)
+    words = jax.lax.bitcast_convert_type(kv_mask, jnp.uint32)[..., col // MASK_WORD_BITS]
+    mask_bits = (words >> (col % MASK_WORD_BITS).astype(jnp.uint32)) & 1  # [G, T, block_kv]
+    key_rows = (kv_start[..., None] * ALIGN + jnp.arange(box)).reshape(
+        kv_start.shape[0], tiles * config.block_kv)
 
     def one(cta):
         problem, g, q0, rows = cta[0], cta[1], cta[2] * ALIGN, cta[3]
         qi = lax.dynamic_slice_in_dim(jnp.pad(q[problem], ((0, rpc), (0, 0))), q0, rpc)
-        t = g * tiles + jnp.arange(tiles)
-        live = (jnp.arange(tiles) < jnp.where(rows > 0, work.num_kv_tiles[g], 0))[:, None]
-        valid = ((mask_bits[t] != 0) & live).reshape(-1)
-        kr = jnp.clip(key_rows[t].reshape(-1), 0, k.shape[1] - 1)
+        live = (jnp.arange(tiles) < jnp.where(rows > 0, num_tiles[g], 0))[:, None]
+        valid = ((mask_bits[g] != 0) & live).reshape(-1)
+        kr = jnp.clip(key_rows[g], 0, k.shape[1] - 1)
         ki, vi = k[problem][kr], v[problem][kr]
         s = jnp.einsum("qd,kd->qk", qi, ki, preferred_element_type=jnp.float32) * scale
         s = jnp.where(valid[None, :], s, -jnp.inf)

@@ -15,18 +15,21 @@ multiples of 8, so starts are stored divided by 8 and multiplied back in the ker
   but belong to nobody: every CTA writes its own slot of the output, rows
   [cta * 2 * block_q, (cta + 1) * 2 * block_q), and the inverse permutation reads each
   token's row from its slot (`q_slot`), so partial tiles never race.
-- **KV tiles.** The selected key clusters of query cluster g, in ascending id order,
-  are cut into boxes of `box_rows` rows (a cluster of r rows gives cdiv(r, box_rows)
-  boxes, the last one partial). `block_kv // box_rows` consecutive boxes make one KV
-  tile, which the kernel's producer assembles in shared memory with one TMA copy per
-  box. Rows of a partial box past its cluster, and box slots past the end of the
-  list, are masked out through a bitmask per tile (bit j of the tile = key row j of
-  the tile is real). Unused box slots copy the tile's first box again, so the
-  shared memory they occupy holds finite values (0 * NaN would poison the output).
+- **KV tiles.** The selected key clusters of query cluster g, in ascending id order
+  (the "entries" of g: padded start // 8 and size of each), are cut into boxes of
+  `box_rows` rows (a cluster of r rows gives cdiv(r, box_rows) boxes, the last one
+  partial). `block_kv // box_rows` consecutive boxes make one KV tile, which the
+  kernel's producer assembles in shared memory with one TMA copy per box, walking the
+  entries itself (so no per-tile array is built). Rows of a partial box past its
+  cluster, and box slots past the end of the list, are masked out through a bitmask
+  per tile (bit j of the tile = key row j of the tile is real), which the producer
+  writes to shared memory beside the tile. Unused box slots copy the tile's first box
+  again, so the shared memory they occupy holds finite values (0 * NaN would poison
+  the output). `expand_tiles` computes the same tiles in JAX (reference and tests).
 
 All shapes are static upper bounds (no host sync): N * (cdiv(Sq, 2 * block_q) + QC)
-CTAs and cdiv(cdiv(Sk, box_rows) + KC, boxes_per_tile) KV tiles per query cluster;
-CTAs with `rows == 0` and tiles past `num_kv_tiles` are never used.
+CTAs (those with `rows == 0` do nothing) and KC entries per query cluster (those past
+the cluster's count are never read).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class SparseTuningConfig:
     """Tile sizes of the sparse kernel.
 
     block_q: query rows per consumer warpgroup (wgmma's M: 64). A CTA holds two.
-    block_kv: key rows per pipeline step (multiple of 32 and of box_rows, <= 256).
+    block_kv: key rows per pipeline step (a multiple of 64, wgmma's K group for the
+      P @ V product, and of box_rows; <= 256).
     box_rows: rows per TMA box, the granularity at which key clusters are fetched:
       a cluster of r rows costs cdiv(r, box_rows) * box_rows rows of work (8, 16 or 32).
     max_concurrent_steps: KV pipeline depth (shared-memory stages, >= 2).
@@ -62,10 +66,10 @@ class SparseTuningConfig:
                              f"got {self.block_q!r}")
         if self.box_rows not in (8, 16, 32):
             raise ValueError(f"SparseTuningConfig.box_rows must be 8, 16 or 32, got {self.box_rows!r}")
-        if (not isinstance(self.block_kv, int) or self.block_kv % MASK_WORD_BITS
-                or self.block_kv % self.box_rows or not 32 <= self.block_kv <= 256):
-            raise ValueError(f"SparseTuningConfig.block_kv must be a multiple of 32 and of "
-                             f"box_rows in [32, 256], got {self.block_kv!r}")
+        if (not isinstance(self.block_kv, int) or self.block_kv % 64
+                or self.block_kv % self.box_rows or not 64 <= self.block_kv <= 256):
+            raise ValueError(f"SparseTuningConfig.block_kv must be a multiple of 64 and of "
+                             f"box_rows in [64, 256], got {self.block_kv!r}")
         if not isinstance(self.max_concurrent_steps, int) or self.max_concurrent_steps < 2:
             raise ValueError(f"SparseTuningConfig.max_concurrent_steps must be an int >= 2, "
                              f"got {self.max_concurrent_steps!r}")
@@ -90,23 +94,18 @@ class SparseWorkList:
 
     cta: [C, 4] (problem n, query cluster g = n * QC + c, first padded query row // 8,
       real rows in this CTA: 0 = unused CTA).
-    num_kv_tiles: [N * QC] KV tiles of each query cluster.
-    kv_start: [N * QC * T, boxes_per_tile] first padded key row of each box, // 8.
-    kv_mask: [N * QC * T, block_kv // 32] bit j % 32 of word j // 32: key row j of the
-      tile is real.
+    total_boxes: [N * QC] boxes in g's list (its KV tiles: cdiv(total, boxes_per_tile)).
+    entry_start: [N * QC, KC] padded first row // 8 of g's i-th selected key cluster.
+    entry_size: [N * QC, KC] its rows (> 0 for i < count; 0 after).
     q_slot: [N, Sq] output row (in [C * 2 * block_q]) of each permuted (unpadded)
       query row.
     """
 
     cta: jax.Array
-    num_kv_tiles: jax.Array
-    kv_start: jax.Array
-    kv_mask: jax.Array
+    total_boxes: jax.Array
+    entry_start: jax.Array
+    entry_size: jax.Array
     q_slot: jax.Array
-
-    @property
-    def tiles_per_cluster(self) -> int:
-        return self.kv_start.shape[0] // self.num_kv_tiles.shape[0]
 
 
 def _cdiv(a, b):
@@ -188,38 +187,49 @@ def _cta_list(q_sizes, seq_q: int, config: SparseTuningConfig):
     return cta.reshape(n * per_n, 4), q_slot
 
 
-def _kv_tiles(k_sizes, selected, seq_k: int, config: SparseTuningConfig):
+def _entries(k_sizes, selected):
+    """Each query cluster's selected non-empty key clusters, compacted in ascending id
+    order without a sort: (entry_start // 8 [N * QC, KC], entry_size [N * QC, KC],
+    total_boxes is computed by the caller)."""
     n, qc, kc = selected.shape
-    box, bpt = config.box_rows, config.boxes_per_tile
-    tiles = _cdiv(_cdiv(seq_k, box) + kc, bpt)
     sel = selected & (k_sizes[:, None, :] > 0)                 # empty clusters: no boxes
-    # Compact each query cluster's selected key clusters (ascending id) without a sort.
     pos = jnp.cumsum(sel, axis=-1, dtype=jnp.int32) - 1
-    count = jnp.sum(sel, axis=-1, dtype=jnp.int32)             # [N, QC]
     ids = jnp.broadcast_to(jnp.arange(kc, dtype=jnp.int32), sel.shape)
-    sel_idx = jax.vmap(lambda pp, s, i: jnp.zeros((kc,), jnp.int32).at[
+    sel_idx = jax.vmap(lambda pp, s, i: jnp.full((kc,), -1, jnp.int32).at[
         jnp.where(s, pp, kc)].set(i, mode="drop"))(
             pos.reshape(-1, kc), sel.reshape(-1, kc), ids.reshape(-1, kc)).reshape(n, qc, kc)
-    live_i = jnp.arange(kc, dtype=jnp.int32) < count[..., None]
-    k_boxes = _cdiv(k_sizes, box)                              # [N, KC]
-    nb = jnp.where(live_i, _gather(k_boxes, sel_idx), 0)       # boxes of each listed cluster
-    first_box = _exclusive_cumsum(nb)                          # [N, QC, KC]
-    total = jnp.sum(nb, axis=-1)                               # [N, QC]
-    num_tiles = _cdiv(total, bpt)
+    live = sel_idx >= 0
+    c = jnp.maximum(sel_idx, 0)
+    start8 = jnp.where(live, _gather(padded_starts(k_sizes) // ALIGN, c), 0)
+    size = jnp.where(live, _gather(k_sizes, c), 0)
+    return start8.reshape(n * qc, kc), size.reshape(n * qc, kc)
 
-    # The listed cluster holding each tile's first box, then walk bpt boxes from there.
+
+def expand_tiles(work: "SparseWorkList", config: SparseTuningConfig, seq_k: int):
+    """The KV tiles the kernel's producer assembles, computed in JAX: (num_tiles [G],
+    kv_start8 [G, T, boxes_per_tile] first padded row // 8 of each box, kv_mask
+    [G, T, block_kv // 32] bitmask words), T = the static bound on tiles per query
+    cluster. The same walk as the kernel: from each tile's first box, step through
+    `boxes_per_tile` boxes of the entry list."""
+    g, kc = work.entry_size.shape
+    box, bpt = config.box_rows, config.boxes_per_tile
+    tiles = _cdiv(_cdiv(seq_k, box) + kc, bpt)
+    nb = _cdiv(work.entry_size, box)                           # [G, KC], 0 past the count
+    first_box = _exclusive_cumsum(nb)
+    total = work.total_boxes
+    num_tiles = _cdiv(total, bpt)
+    # The entry holding each tile's first box: scatter + running max, then walk.
     first_tile = _cdiv(first_box, bpt)
     starts_tile = _cdiv(first_box + nb, bpt) > first_tile      # a tile starts inside it
-    i = _owner(first_tile, starts_tile.astype(jnp.int32), tiles)  # [N, QC, T]
+    i = _owner(first_tile, starts_tile.astype(jnp.int32), tiles)  # [G, T]
     t = jnp.arange(tiles, dtype=jnp.int32)
     j = t * bpt - jnp.take_along_axis(first_box, i, axis=-1)
-    kstart = padded_starts(k_sizes)
     starts, valids = [], []
     for b in range(bpt):
-        live = (t * bpt + b) < total[..., None]
-        c = jnp.take_along_axis(sel_idx, jnp.minimum(i, kc - 1), axis=-1)
-        size_c = _gather(k_sizes, c)
-        start = _gather(kstart, c) + box * j
+        live = (t * bpt + b) < total[:, None]
+        ic = jnp.minimum(i, kc - 1)
+        size_c = jnp.take_along_axis(work.entry_size, ic, axis=-1)
+        start = jnp.take_along_axis(work.entry_start, ic, axis=-1) + (box // ALIGN) * j
         valid = jnp.where(live, jnp.clip(size_c - box * j, 0, box), 0)
         starts.append(jnp.where(live, start, starts[0] if starts else 0))
         valids.append(valid)
@@ -227,24 +237,27 @@ def _kv_tiles(k_sizes, selected, seq_k: int, config: SparseTuningConfig):
         advance = box * j >= size_c
         i = jnp.where(advance, i + 1, i)
         j = jnp.where(advance, 0, j)
-    in_use = t < num_tiles[..., None]
+    in_use = t < num_tiles[:, None]
     kv_start = jnp.where(in_use[..., None], jnp.stack(starts, axis=-1), 0)
-    kv_start = kv_start // ALIGN
+    words = [jnp.where(in_use, w, 0) for w in mask_words(valids, box, config.mask_words)]
+    return num_tiles, kv_start, jnp.stack(words, axis=-1)
 
-    # Bitmask words: box b covers bits [b * box, (b + 1) * box) of the tile.
+
+def mask_words(valids, box: int, num_words: int):
+    """Per-box valid row counts (a list of boxes_per_tile int32 arrays) -> num_words
+    int32 arrays: bit r of box b is bit (b * box + r) % 32 of word (b * box) // 32.
+    Written with the ops the kernel uses on its scalars (no unsigned types)."""
     per_word = MASK_WORD_BITS // box
     words = []
-    for w in range(config.mask_words):
-        word = jnp.zeros(valids[0].shape, jnp.uint32)
+    for w in range(num_words):
+        word = jnp.zeros_like(valids[0])
         for b in range(w * per_word, (w + 1) * per_word):
-            v = valids[b].astype(jnp.uint32)
-            ones = jnp.where(v >= 32, jnp.uint32(0xFFFFFFFF),
-                             (jnp.uint32(1) << jnp.minimum(v, 31)) - jnp.uint32(1))
-            word = word | (ones << jnp.uint32(box * (b - w * per_word)))
-        words.append(jnp.where(in_use, word, jnp.uint32(0)))
-    kv_mask = jax.lax.bitcast_convert_type(jnp.stack(words, axis=-1), jnp.int32)
-    return (num_tiles.reshape(n * qc), kv_start.reshape(n * qc * tiles, bpt),
-            kv_mask.reshape(n * qc * tiles, config.mask_words))
+            v = valids[b]
+            ones = jnp.where(v >= MASK_WORD_BITS, jnp.int32(-1),
+                             jax.lax.shift_left(jnp.int32(1), jnp.minimum(v, 31)) - 1)
+            word = word | jax.lax.shift_left(ones, jnp.int32(box * (b - w * per_word)))
+        words.append(word)
+    return words
 
 
 def build_work_list(q_sizes: jax.Array, k_sizes: jax.Array, selected: jax.Array,
@@ -260,25 +273,25 @@ def build_work_list(q_sizes: jax.Array, k_sizes: jax.Array, selected: jax.Array,
     q_sizes = q_sizes.astype(jnp.int32)
     k_sizes = k_sizes.astype(jnp.int32)
     cta, q_slot = _cta_list(q_sizes, seq_q, config)
-    num_kv_tiles, kv_start, kv_mask = _kv_tiles(k_sizes, selected.astype(bool), seq_k, config)
-    return SparseWorkList(cta=cta, num_kv_tiles=num_kv_tiles, kv_start=kv_start,
-                          kv_mask=kv_mask, q_slot=q_slot)
+    entry_start, entry_size = _entries(k_sizes, selected.astype(bool))
+    total_boxes = jnp.sum(_cdiv(entry_size, config.box_rows), axis=-1, dtype=jnp.int32)
+    return SparseWorkList(cta=cta, total_boxes=total_boxes, entry_start=entry_start,
+                          entry_size=entry_size, q_slot=q_slot)
 
 
 def tile_rows(work: SparseWorkList, config: SparseTuningConfig):
     """Query-key pairs per problem: (computed [N], real [N]) float32, counted the way
-    the kernel spends them: every used KV tile costs block_kv rows for each of the
-    CTA's 2 * block_q query rows. For the wasted-row fraction of a benchmark."""
+    the kernel spends them: every KV tile costs block_kv key rows for each of the
+    CTA's 2 * block_q query rows (block_q in split mode: a tail of <= block_q rows).
+    For the wasted-pair fraction of a benchmark."""
     n = work.q_slot.shape[0]
-    qc = work.num_kv_tiles.shape[0] // n
     problem, g, _, rows = (work.cta[:, i] for i in range(4))
     used = rows > 0
-    tiles = jnp.where(used, work.num_kv_tiles[g], 0)
+    tiles = jnp.where(used, _cdiv(work.total_boxes[g], config.boxes_per_tile), 0)
+    q_rows = jnp.where(rows <= config.block_q, config.block_q, config.rows_per_cta)
     computed = jax.ops.segment_sum(
-        tiles.astype(jnp.float32) * (config.block_kv * config.rows_per_cta), problem, n)
-    bits = jax.lax.population_count(
-        jax.lax.bitcast_convert_type(work.kv_mask, jnp.uint32)).astype(jnp.int32)
-    real_keys = jnp.sum(bits, axis=-1).reshape(n * qc, -1).sum(-1)  # per query cluster
+        tiles.astype(jnp.float32) * q_rows.astype(jnp.float32) * config.block_kv, problem, n)
+    real_keys = jnp.sum(work.entry_size, axis=-1)                  # per query cluster
     real = jax.ops.segment_sum(
         jnp.where(used, rows.astype(jnp.float32) * real_keys[g].astype(jnp.float32), 0.0),
         problem, n)

@@ -20,7 +20,7 @@ timed as a whole and divided.
 
 Usage (GPU machine):
   python -m scripts.bench_kernel --json out.json --png out.png
-  python -m scripts.bench_kernel --shapes 32760x12 --densities 0.1,0.3 --box-rows 8,16
+  python -m scripts.bench_kernel --shapes 32760x12 --densities 0.1,0.3 --tunings 128:16:2,96:16:3
 """
 
 from __future__ import annotations
@@ -188,9 +188,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--densities", default=",".join(map(str, DENSITIES)))
-    ap.add_argument("--block-kv", default="128")
-    ap.add_argument("--box-rows", default="16")
-    ap.add_argument("--stages", default="2")
+    ap.add_argument("--tunings", default="128:16:2",
+                    help="comma-separated block_kv:box_rows:stages kernel configurations")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--kmeans-iters", type=int, default=20)
     ap.add_argument("--json")
@@ -204,9 +203,10 @@ def main(argv=None):
         print("bench_kernel needs a Hopper GPU (the kernel is Mosaic GPU / sm_90)", file=sys.stderr)
         return 2
     from pallas_kernels.sparse_worklist import SparseTuningConfig
-    tunings = [SparseTuningConfig(block_kv=int(kv), box_rows=int(b), max_concurrent_steps=int(st))
-               for kv in args.block_kv.split(",") for b in args.box_rows.split(",")
-               for st in args.stages.split(",")]
+    tunings = []
+    for spec in args.tunings.split(","):
+        kv, b, st = (int(x) for x in spec.split(":"))
+        tunings.append(SparseTuningConfig(block_kv=kv, box_rows=b, max_concurrent_steps=st))
     densities = [float(x) for x in args.densities.split(",")]
     rows = []
     for name in args.shapes.split(","):

@@ -10,8 +10,8 @@ import pytest
 from pallas_kernels.sparse_flash_mgpu import (gather_rows, sparse_flash_attention,
                                               sparse_flash_attention_reference)
 from pallas_kernels.sparse_worklist import (ALIGN, SparseTuningConfig, build_work_list,
-                                            k_padded_len, padded_index, padded_starts,
-                                            q_padded_len, tile_rows)
+                                            expand_tiles, k_padded_len, padded_index,
+                                            padded_starts, q_padded_len, tile_rows)
 from svg2_jax import SVG2Config, svg2_attention
 from svg2_jax.permute import cluster_order, permute
 
@@ -61,21 +61,18 @@ def np_coverage(work, cfg, qs, ks):
         return st[p][c[0]] + row - pad[p][c[0]]
 
     cta = np.asarray(work.cta)
-    ntiles = np.asarray(work.num_kv_tiles)
-    starts = np.asarray(work.kv_start) * ALIGN
-    bits = np.asarray(work.kv_mask).view(np.uint32)
-    t_per = work.tiles_per_cluster
+    ntiles, starts, bits = (np.asarray(x) for x in expand_tiles(work, cfg, sk))
+    starts, bits = starts * ALIGN, bits.view(np.uint32)
     cov = np.zeros((n, sq, sk), np.int32)
     for p, g, q8, rows in cta:
         if rows == 0:
             continue
         keys = []
         for t in range(ntiles[g]):
-            tau = g * t_per + t
             for col in range(cfg.block_kv):
-                if (bits[tau, col // 32] >> (col % 32)) & 1:
+                if (bits[g, t, col // 32] >> (col % 32)) & 1:
                     b, r = divmod(col, cfg.box_rows)
-                    keys.append(unpad(starts[tau, b] + r, kpad, kst, ks, p))
+                    keys.append(unpad(starts[g, t, b] + r, kpad, kst, ks, p))
         for r in range(rows):
             cov[p, unpad(q8 * ALIGN + r, qpad, qst, qs, p), keys] += 1
     return cov
@@ -93,13 +90,18 @@ def np_want(qs, ks, sel):
 
 
 CONFIGS = [SparseTuningConfig(), SparseTuningConfig(block_kv=64, box_rows=8),
-           SparseTuningConfig(block_kv=64, box_rows=32), SparseTuningConfig(block_kv=256)]
+           SparseTuningConfig(block_kv=64, box_rows=32),
+           SparseTuningConfig(block_kv=64, max_concurrent_steps=4)]
 
 
 # ------------------------------------------------------------------ work list (CPU)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"kv{c.block_kv}box{c.box_rows}")
+def cfg_id(c):
+    return f"kv{c.block_kv}box{c.box_rows}st{c.max_concurrent_steps}"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
 @pytest.mark.parametrize("seed,density,huge", [(0, 0.5, False), (1, 0.15, False), (2, 1.0, True),
                                                (3, 0.0, False)])
 def test_work_list_covers_each_selected_pair_exactly_once(cfg, seed, density, huge):
@@ -142,7 +144,7 @@ def test_slots_and_padded_layout():
 
 
 def test_tuning_config_errors():
-    for bad in (dict(block_q=128), dict(box_rows=4), dict(block_kv=48), dict(block_kv=512),
+    for bad in (dict(block_q=128), dict(box_rows=4), dict(block_kv=96), dict(block_kv=512),
                 dict(max_concurrent_steps=1)):
         with pytest.raises(ValueError, match="SparseTuningConfig"):
             SparseTuningConfig(**bad)
@@ -180,7 +182,7 @@ def np_attention(q, k, v, mask, scale):
     return o, lse
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=lambda c: f"kv{c.block_kv}box{c.box_rows}")
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=cfg_id)
 def test_reference_twin_equals_numpy(cfg):
     qs, ks, sel = problem(5, density=0.4)
     qs[0, np.argmax(qs[0] > 0)] += 0  # keep sizes as drawn
@@ -234,6 +236,10 @@ def test_wrapper_errors():
     for args, msg in cases:
         with pytest.raises(ValueError, match=msg):
             sparse_flash_attention(*args, work, scale=0.1, config=cfg)
+    big = SparseTuningConfig(block_kv=256)
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 300, 260, big)
+    with pytest.raises(ValueError, match="shared memory"):
+        sparse_flash_attention(good, kv, kv, work, scale=0.1, config=big)
 
 
 # ------------------------------------------------------------------ the kernel (GPU)
@@ -261,7 +267,7 @@ def _kernel_case(seed, n, sq, sk, qc, kc, density, dtype, cfg, huge=False, d=128
 
 
 @gpu
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"kv{c.block_kv}box{c.box_rows}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
 def test_kernel_matches_twin_ragged(cfg):
     _kernel_case(0, 2, 1000, 900, 13, 40, 0.3, jnp.bfloat16, cfg)
 
