@@ -134,7 +134,7 @@ def _sparse_flash(q, k, v, work, scale, config):
         # both warpgroups take the same 64 query rows and alternate KV tiles (tile
         # w, w + 2, ...), and warpgroup 0 merges the two partial softmaxes at the end.
         # Otherwise each warpgroup owns 64 rows and both consume every tile.
-        split = rows <= block_q
+        split = (rows <= block_q) if config.split_tails else jnp.bool_(False)
 
         def perform_schedule_barrier():
             plgpu.barrier_arrive(schedule_barrier)
@@ -253,9 +253,9 @@ def _sparse_flash(q, k, v, work, scale, config):
             def _():
                 plgpu.barrier_wait(merge_barrier)
 
-            other_o = plgpu.load(qo_smem2.at[1], (), layout=plgpu.Layout.WGMMA).astype(
+            other_o = plgpu.load(qo_smem2.at[1], layout=plgpu.Layout.WGMMA).astype(
                 jnp.float32)
-            other_lse = plgpu.load(lse_smem2.at[1], (), layout=plgpu.Layout.WGMMA.reduce(1))
+            other_lse = plgpu.load(lse_smem2.at[1], layout=plgpu.Layout.WGMMA.reduce(1))
             big = jnp.maximum(lse, other_lse)
             big = jnp.where(big == -jnp.inf, jnp.float32(0), big)
             w_self, w_other = jnp.exp2(lse - big), jnp.exp2(other_lse - big)
@@ -284,13 +284,17 @@ def _sparse_flash(q, k, v, work, scale, config):
             plgpu.set_max_registers(40, action="decrease")
             last = jnp.int32(num_entries - 1)
 
-            def walk(entry, box_in_entry, first_box):
-                """The next `boxes` boxes of the list from (entry, box_in_entry): their
-                first rows // 8, valid row counts, and where the walk stops. Entries
-                entry .. entry + boxes - 1 are all it can touch: load them first."""
+            def load_entries(entry):
+                """Sizes and starts of entries entry .. entry + boxes - 1: all that a
+                tile beginning in `entry` can touch."""
                 ents = [jnp.minimum(entry + e, last) for e in range(boxes)]
-                sizes = [esize_ref[group, x] for x in ents]
-                starts = [estart_ref[group, x] for x in ents]
+                return ([esize_ref[group, x] for x in ents],
+                        [estart_ref[group, x] for x in ents])
+
+            def walk(sizes, starts, box_in_entry, first_box):
+                """The tile's `boxes` boxes from (its first entry, box_in_entry): first
+                rows // 8, valid row counts, and the entry offset and box where the
+                next tile begins."""
                 rel, j = jnp.int32(0), box_in_entry
                 out_start, out_valid = [], []
                 for b in range(boxes):
@@ -306,7 +310,7 @@ def _sparse_flash(q, k, v, work, scale, config):
                     advance = j * box >= size
                     rel = jnp.where(advance, rel + 1, rel)
                     j = jnp.where(advance, 0, j)
-                return out_start, out_valid, entry + rel, j
+                return out_start, out_valid, rel, j
 
             def fetch(row8s, slot, src_ref, dst_smem, barriers):
                 for b in range(boxes):
@@ -315,9 +319,13 @@ def _sparse_flash(q, k, v, work, scale, config):
                         dst_smem.at[slot, pl.ds(b * box, box)], barriers.at[slot])
 
             def body(step, carry):
-                entry, j = carry
+                entry, j, sizes, starts = carry
                 slot = lax.rem(step, jnp.int32(stages))
-                row8s, valids, entry, j = walk(entry, j, step * boxes)
+                row8s, valids, rel, j = walk(sizes, starts, j, step * boxes)
+                entry = entry + rel
+                # Software pipeline: the next tile's entry loads are in flight while
+                # this one waits for its slot and issues its copies.
+                sizes, starts = load_entries(entry)
 
                 @pl.when(step >= stages)
                 def _():
@@ -332,9 +340,10 @@ def _sparse_flash(q, k, v, work, scale, config):
                     plgpu.barrier_wait(v_consumed.at[slot])
 
                 fetch(row8s, slot, v_ref, v_smem, v_barriers)
-                return entry, j
+                return entry, j, sizes, starts
 
-            lax.fori_loop(0, kv_steps, body, (jnp.int32(0), jnp.int32(0)))
+            sizes, starts = load_entries(jnp.int32(0))
+            lax.fori_loop(0, kv_steps, body, (jnp.int32(0), jnp.int32(0), sizes, starts))
 
     def entry(q_ref, k_ref, v_ref, cta_ref, total_ref, estart_ref, esize_ref, out_ref, lse_ref):
         tiling = plgpu.TilingTransform((8, 64))

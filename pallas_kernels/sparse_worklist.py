@@ -53,12 +53,16 @@ class SparseTuningConfig:
     box_rows: rows per TMA box, the granularity at which key clusters are fetched:
       a cluster of r rows costs cdiv(r, box_rows) * box_rows rows of work (8, 16 or 32).
     max_concurrent_steps: KV pipeline depth (shared-memory stages, >= 2).
+    split_tails: a CTA whose query rows fit one 64-row tile (a cluster's tail) lets
+      both warpgroups share those rows and alternate KV tiles, instead of computing a
+      second, empty 64-row tile.
     """
 
     block_q: int = 64
     block_kv: int = 128
     box_rows: int = 16
     max_concurrent_steps: int = 2
+    split_tails: bool = True
 
     def __post_init__(self):
         if self.block_q != 64:
@@ -288,7 +292,8 @@ def tile_rows(work: SparseWorkList, config: SparseTuningConfig):
     problem, g, _, rows = (work.cta[:, i] for i in range(4))
     used = rows > 0
     tiles = jnp.where(used, _cdiv(work.total_boxes[g], config.boxes_per_tile), 0)
-    q_rows = jnp.where(rows <= config.block_q, config.block_q, config.rows_per_cta)
+    q_rows = jnp.where((rows <= config.block_q) & config.split_tails, config.block_q,
+                       config.rows_per_cta)
     computed = jax.ops.segment_sum(
         tiles.astype(jnp.float32) * q_rows.astype(jnp.float32) * config.block_kv, problem, n)
     real_keys = jnp.sum(work.entry_size, axis=-1)                  # per query cluster

@@ -139,6 +139,7 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters):
             waste = 1.0 - float(jnp.sum(real) / jnp.sum(computed))
             row = dict(shape=name, S=s, H=h, QC=qc, KC=kc, block_kv=tuning.block_kv,
                        box_rows=tuning.box_rows, stages=tuning.max_concurrent_steps,
+                       split_tails=tuning.split_tails,
                        target_density=target, density=density, kernel_ms=kernel_ms,
                        layout_ms=layout_ms, dense_ms=dense_ms,
                        efficiency=density * dense_ms / kernel_ms,
@@ -147,17 +148,19 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters):
                        nonfinite=int(jnp.sum(~jnp.isfinite(o_slots.astype(jnp.float32)))))
             rows.append(row)
             print(f"[{name}] kv{tuning.block_kv} box{tuning.box_rows} st{tuning.max_concurrent_steps}"
+                  f"{'' if tuning.split_tails else ' nosplit'}"
                   f" density {density:.3f}: kernel {kernel_ms:.3f} ms, layout {layout_ms:.3f} ms,"
                   f" efficiency {row['efficiency']:.3f}, wasted pairs {waste:.3f}", flush=True)
     return rows
 
 
 def table_markdown(rows) -> str:
-    lines = ["| shape | block_kv / box / stages | density | kernel ms | layout ms | cuDNN dense ms "
+    lines = ["| shape | block_kv / box / stages / split | density | kernel ms | layout ms | cuDNN dense ms "
              "| efficiency | with layout | wasted pairs |", "|" + "---|" * 9]
     for r in rows:
         lines.append(
-            f"| {r['shape']} | {r['block_kv']} / {r['box_rows']} / {r['stages']} | {r['density']:.3f} "
+            f"| {r['shape']} | {r['block_kv']} / {r['box_rows']} / {r['stages']} / "
+            f"{'yes' if r.get('split_tails', True) else 'no'} | {r['density']:.3f} "
             f"| {r['kernel_ms']:.2f} | {r['layout_ms']:.2f} | {r['dense_ms']:.2f} "
             f"| {r['efficiency']:.3f} | {r['efficiency_with_layout']:.3f} "
             f"| {r['wasted_pair_fraction']:.3f} |")
@@ -169,11 +172,12 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    keys = sorted({(r["shape"], r["block_kv"], r["box_rows"], r["stages"]) for r in rows})
-    for key in keys:
-        pts = sorted((r["density"], r["efficiency"]) for r in rows
-                     if (r["shape"], r["block_kv"], r["box_rows"], r["stages"]) == key)
-        ax.plot(*zip(*pts), marker="o", label=f"S,H={key[0]} kv{key[1]} box{key[2]}")
+    ident = lambda r: (r["shape"], r["block_kv"], r["box_rows"], r["stages"],
+                       r.get("split_tails", True))
+    for key in sorted(set(map(ident, rows))):
+        pts = sorted((r["density"], r["efficiency"]) for r in rows if ident(r) == key)
+        ax.plot(*zip(*pts), marker="o", label=f"S,H={key[0]} kv{key[1]} box{key[2]} "
+                f"st{key[3]}{'' if key[4] else ' nosplit'}")
     ax.axhline(0.9, color="gray", ls="--", lw=1, label="target 0.9")
     ax.set_xlabel("density (fraction of query-key pairs computed)")
     ax.set_ylabel("efficiency = density x dense / sparse")
@@ -189,7 +193,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--densities", default=",".join(map(str, DENSITIES)))
     ap.add_argument("--tunings", default="128:16:2",
-                    help="comma-separated block_kv:box_rows:stages kernel configurations")
+                    help="comma-separated block_kv:box_rows:stages[:nosplit] kernel configurations")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--kmeans-iters", type=int, default=20)
     ap.add_argument("--json")
@@ -205,8 +209,10 @@ def main(argv=None):
     from pallas_kernels.sparse_worklist import SparseTuningConfig
     tunings = []
     for spec in args.tunings.split(","):
-        kv, b, st = (int(x) for x in spec.split(":"))
-        tunings.append(SparseTuningConfig(block_kv=kv, box_rows=b, max_concurrent_steps=st))
+        kv, b, st, *flags = spec.split(":")
+        tunings.append(SparseTuningConfig(block_kv=int(kv), box_rows=int(b),
+                                          max_concurrent_steps=int(st),
+                                          split_tails="nosplit" not in flags))
     densities = [float(x) for x in args.densities.split(",")]
     rows = []
     for name in args.shapes.split(","):

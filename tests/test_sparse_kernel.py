@@ -91,14 +91,16 @@ def np_want(qs, ks, sel):
 
 CONFIGS = [SparseTuningConfig(), SparseTuningConfig(block_kv=64, box_rows=8),
            SparseTuningConfig(block_kv=64, box_rows=32),
-           SparseTuningConfig(block_kv=64, max_concurrent_steps=4)]
+           SparseTuningConfig(block_kv=64, max_concurrent_steps=4),
+           SparseTuningConfig(split_tails=False)]
 
 
 # ------------------------------------------------------------------ work list (CPU)
 
 
 def cfg_id(c):
-    return f"kv{c.block_kv}box{c.box_rows}st{c.max_concurrent_steps}"
+    return (f"kv{c.block_kv}box{c.box_rows}st{c.max_concurrent_steps}"
+            + ("" if c.split_tails else "nosplit"))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
