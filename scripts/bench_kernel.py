@@ -71,15 +71,8 @@ def structured_qkv(key, s, h, d=128, centres=1500, noise=0.6):
 def fixed_density_select(q_centroids, k_centroids, k_sizes, density):
     """Per query cluster, key clusters by descending centroid mass until `density` of
     the keys are kept (the crossing cluster included): [N, QC, KC] bool."""
-    from svg2_jax.selection import cluster_mass
-    mass = cluster_mass(q_centroids, k_centroids, k_sizes)
-    order = jnp.argsort(-mass, axis=-1)
-    sizes_sorted = jnp.take_along_axis(
-        jnp.broadcast_to(k_sizes[:, None, :], mass.shape).astype(jnp.float32), order, axis=-1)
-    total = jnp.sum(k_sizes, axis=-1).astype(jnp.float32)[:, None, None]
-    before = (jnp.cumsum(sizes_sorted, axis=-1) - sizes_sorted) / total
-    keep_sorted = (before < density) & (sizes_sorted > 0)
-    return jax.vmap(jax.vmap(lambda o, kp: jnp.zeros_like(kp).at[o].set(kp)))(order, keep_sorted)
+    from svg2_jax.selection import select_by_density
+    return select_by_density(q_centroids, k_centroids, k_sizes, density, 0)
 
 
 def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters):

@@ -12,7 +12,7 @@ from einops import rearrange
 from svg2_jax import kmeans as km
 from svg2_jax.config import SVG2Config
 from svg2_jax.permute import cluster_order, permute, unpermute
-from svg2_jax.selection import block_density, select_clusters
+from svg2_jax.selection import block_density, select_by_density, select_clusters
 from svg2_jax.sparse_attention import sparse_attention_chunked, sparse_attention_masked_dense
 
 
@@ -178,8 +178,12 @@ def svg2_core(qn, kn, vn, cache, config: SVG2Config, key, scale):
     (out [N, Sq, D], lse [N, Sq], q KMeansResult, k KMeansResult, selected [N, QC, KC])."""
     backend, kmeans_impl = _resolve(config, qn.dtype, qn.shape[-1])
     qk, kk = _cluster(qn, kn, cache, config, key, kmeans_impl)
-    selected = select_clusters(qk.centroids, kk.centroids, kk.sizes, config.top_p,
-                               config.min_k_clusters)
+    if config.target_density is None:
+        selected = select_clusters(qk.centroids, kk.centroids, kk.sizes, config.top_p,
+                                   config.min_k_clusters)
+    else:
+        selected = select_by_density(qk.centroids, kk.centroids, kk.sizes,
+                                     config.target_density, config.min_k_clusters)
     if backend == "masked_dense":
         on, lse = sparse_attention_masked_dense(qn, kn, vn, qk.labels, kk.labels, selected,
                                                 scale)

@@ -49,6 +49,9 @@ class SVG2Config:
         B * H * q_tile * S floats).
       kmeans_chunk: tokens per chunk in the XLA k-means assignment (bounds the
         distance matrix to N * kmeans_chunk * K floats).
+      target_density: None (SVG2's top-p rule) or a fixed budget: per query cluster,
+        key clusters by descending mass until this fraction of the keys is kept
+        (`selection.select_by_density`; a control for benchmarks on random weights).
       kernel_block_kv, kernel_box_rows, kernel_stages: the "pallas" backend's
         SparseTuningConfig (key rows per step, rows per TMA box, pipeline stages).
     """
@@ -64,6 +67,7 @@ class SVG2Config:
     kmeans_impl: KMeansImpl = "auto"
     q_tile: int = 256
     kmeans_chunk: int = 8192
+    target_density: float | None = None
     kernel_block_kv: int = 128
     kernel_box_rows: int = 16
     kernel_stages: int = 2
@@ -84,6 +88,9 @@ class SVG2Config:
         if self.backend not in BACKENDS:
             raise ValueError(f"SVG2Config.backend must be one of {BACKENDS}, got {self.backend!r}")
         self.kernel_config  # raises on bad kernel_* settings
+        if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
+            raise ValueError(f"SVG2Config.target_density must be None or in (0, 1], got "
+                             f"{self.target_density!r}")
         if self.kmeans_impl not in KMEANS_IMPLS:
             raise ValueError(
                 f"SVG2Config.kmeans_impl must be one of {KMEANS_IMPLS}, got {self.kmeans_impl!r}")

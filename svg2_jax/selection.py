@@ -52,6 +52,28 @@ def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax
     return keep & nonempty
 
 
+def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
+                      density: float, min_clusters: int) -> jax.Array:
+    """A fixed compute budget instead of top-p: per query cluster, key clusters by
+    descending mass until `density` of the keys are kept (the crossing cluster is kept),
+    never fewer than `min_clusters` non-empty ones. bool [N, QC, KC].
+
+    For controlled benchmarks (random weights do not give trained-model densities) and
+    for budgeted generation; top-p is SVG2's rule."""
+    mass = cluster_mass(q_centroids, k_centroids, k_sizes)
+    nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
+    order = jnp.argsort(-jnp.where(nonempty, mass, -1.0), axis=-1, stable=True)
+    sizes = jnp.take_along_axis(
+        jnp.broadcast_to(k_sizes[:, None, :], mass.shape).astype(jnp.float32), order, axis=-1)
+    total = jnp.sum(k_sizes, axis=-1).astype(jnp.float32)[:, None, None]
+    before = (jnp.cumsum(sizes, axis=-1) - sizes) / total
+    rank = jnp.arange(mass.shape[-1])
+    keep_sorted = (before < density) | (rank < min_clusters)
+    keep = jax.vmap(jax.vmap(lambda o, k: jnp.zeros_like(k).at[o].set(k, unique_indices=True)))(
+        order, keep_sorted)
+    return keep & nonempty
+
+
 def block_density(selected: jax.Array, q_sizes: jax.Array, k_sizes: jax.Array) -> jax.Array:
     """Fraction of query-key token pairs computed. selected: [N, QC, KC];
     q_sizes: [N, QC]; k_sizes: [N, KC] -> [N] float32."""

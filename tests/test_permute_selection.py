@@ -66,3 +66,35 @@ def test_block_density():
     want = np.einsum("nq,nqk,nk->n", qs, sel, ks) / (qs.sum(-1) * ks.sum(-1))
     got = block_density(jnp.asarray(sel), jnp.asarray(qs), jnp.asarray(ks))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+
+
+def test_select_by_density_budget():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from svg2_jax.selection import block_density, cluster_mass, select_by_density
+    rng = np.random.default_rng(3)
+    qc = jnp.array(rng.standard_normal((2, 5, 16)), jnp.float32)
+    kc = jnp.array(rng.standard_normal((2, 40, 16)), jnp.float32)
+    ks = jnp.array(rng.integers(0, 30, (2, 40)), jnp.int32).at[:, 3].set(0)
+    qs = jnp.full((2, 5), 10, jnp.int32)
+    for target in (0.05, 0.2, 0.5, 1.0):
+        sel = np.asarray(select_by_density(qc, kc, ks, target, 0))
+        assert not sel[:, :, 3].any()                          # empty never selected
+        mass = np.asarray(cluster_mass(qc, kc, ks))
+        kept = (sel * np.asarray(ks)[:, None, :]).sum(-1) / np.asarray(ks).sum(-1)[:, None]
+        assert np.all(kept >= min(target, 1.0) - 1e-6)          # budget reached
+        for n in range(2):
+            for q in range(5):
+                # kept clusters are the heaviest ones; dropping the lightest kept one
+                # falls below the budget
+                m_kept = mass[n, q][sel[n, q]]
+                m_drop = mass[n, q][~sel[n, q] & (np.asarray(ks)[n] > 0)]
+                if m_drop.size:
+                    assert m_kept.min() >= m_drop.max()
+                lightest = np.flatnonzero(sel[n, q])[np.argmin(m_kept)]
+                assert kept[n, q] - ks[n, lightest] / np.asarray(ks)[n].sum() < target
+        d = float(jnp.mean(block_density(jnp.asarray(sel), qs, ks)))
+        assert d >= min(target, 1.0) - 1e-6
+    sel = np.asarray(select_by_density(qc, kc, ks, 0.01, 7))
+    assert np.all(sel.sum(-1) >= 7)                              # floor
