@@ -68,14 +68,15 @@ def structured_qkv(key, s, h, d=128, centres=1500, noise=0.6):
     return to(q), to(k), to(v)
 
 
-def fixed_density_select(q_centroids, k_centroids, k_sizes, density):
+def fixed_density_select(q_centroids, k_centroids, k_sizes, density, min_clusters=0):
     """Per query cluster, key clusters by descending centroid mass until `density` of
-    the keys are kept (the crossing cluster included): [N, QC, KC] bool."""
+    the keys are kept (the crossing cluster included), at least `min_clusters`:
+    [N, QC, KC] bool."""
     from svg2_jax.selection import select_by_density
-    return select_by_density(q_centroids, k_centroids, k_sizes, density, 0)
+    return select_by_density(q_centroids, k_centroids, k_sizes, density, min_clusters)
 
 
-def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters):
+def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_clusters=0):
     from pallas_kernels import sparse_flash_mgpu as sf
     from pallas_kernels import sparse_worklist as wl
     from svg2_jax import SVG2Config, svg2_kmeans
@@ -120,7 +121,8 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters):
         kernel = jax.jit(functools.partial(sf.sparse_flash_attention, scale=scale, config=tuning))
         back = jax.jit(sf.gather_rows)
         for target in densities:
-            sel = jax.jit(fixed_density_select)(qcen, kcen, k_sizes, target)
+            sel = jax.jit(fixed_density_select, static_argnums=(3, 4))(
+                qcen, kcen, k_sizes, target, min_clusters)
             density = float(jnp.mean(block_density(sel, q_sizes, k_sizes)))
             args = (qn, kn, vn, q_order, k_order, q_sizes, k_sizes, sel)
             work, qp, kp, vp = layout(*args)
@@ -130,7 +132,9 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters):
                 back, o_slots, lse_slots, work, q_order, reps=reps)
             computed, real = wl.tile_rows(work, tuning)
             waste = 1.0 - float(jnp.sum(real) / jnp.sum(computed))
+            kept = float(jnp.mean(jnp.sum(sel, axis=-1)))
             row = dict(shape=name, S=s, H=h, QC=qc, KC=kc, block_kv=tuning.block_kv,
+                       min_clusters=min_clusters, kept_clusters=kept,
                        box_rows=tuning.box_rows, stages=tuning.max_concurrent_steps,
                        split_tails=tuning.split_tails,
                        target_density=target, density=density, kernel_ms=kernel_ms,
@@ -143,7 +147,8 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters):
             print(f"[{name}] kv{tuning.block_kv} box{tuning.box_rows} st{tuning.max_concurrent_steps}"
                   f"{'' if tuning.split_tails else ' nosplit'}"
                   f" density {density:.3f}: kernel {kernel_ms:.3f} ms, layout {layout_ms:.3f} ms,"
-                  f" efficiency {row['efficiency']:.3f}, wasted pairs {waste:.3f}", flush=True)
+                  f" efficiency {row['efficiency']:.3f}, wasted pairs {waste:.3f},"
+                  f" key clusters kept {kept:.0f} (floor {min_clusters})", flush=True)
     return rows
 
 
@@ -189,6 +194,9 @@ def main(argv=None):
                     help="comma-separated block_kv:box_rows:stages[:nosplit] kernel configurations")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--kmeans-iters", type=int, default=20)
+    ap.add_argument("--min-clusters", default="0",
+                    help="comma-separated floors on kept key clusters per query cluster "
+                         "(SVG2's default is 10%% of KC)")
     ap.add_argument("--json")
     ap.add_argument("--png")
     ap.add_argument("--plot-from", help="only redraw the PNG from a --json file")
@@ -209,7 +217,9 @@ def main(argv=None):
     densities = [float(x) for x in args.densities.split(",")]
     rows = []
     for name in args.shapes.split(","):
-        rows += bench_shape(name, *SHAPES[name], densities, tunings, args.reps, args.kmeans_iters)
+        for floor in args.min_clusters.split(","):
+            rows += bench_shape(name, *SHAPES[name], densities, tunings, args.reps,
+                                args.kmeans_iters, int(floor))
     print(table_markdown(rows))
     meta = dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
                 date=time.strftime("%Y-%m-%d", time.gmtime()), argv=sys.argv[1:])
