@@ -54,6 +54,11 @@ def select(qc, kc, ksizes, top_p, min_count):
 
 def masked_attention(q, k, v, mask, scale):
     """q: [N, Sq, D]; k, v: [N, Sk, D]; mask [N, Sq, Sk] -> [N, Sq, D]; empty rows -> 0."""
+    return masked_attention_lse(q, k, v, mask, scale)[0]
+
+
+def masked_attention_lse(q, k, v, mask, scale):
+    """As masked_attention, also the log-sum-exp [N, Sq] (-inf for empty rows)."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     s = np.einsum("nqd,nkd->nqk", q, k) * scale
     s = np.where(mask, s, -np.inf)
@@ -61,4 +66,6 @@ def masked_attention(q, k, v, mask, scale):
     m = np.where(np.isfinite(m), m, 0.0)
     p = np.exp(s - m)
     l = p.sum(-1, keepdims=True)
-    return np.einsum("nqk,nkd->nqd", p, v) / np.where(l > 0, l, 1.0)
+    with np.errstate(divide="ignore"):
+        lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -np.inf)[..., 0]
+    return np.einsum("nqk,nkd->nqd", p, v) / np.where(l > 0, l, 1.0), lse

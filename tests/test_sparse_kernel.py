@@ -14,6 +14,7 @@ from pallas_kernels.sparse_worklist import (ALIGN, SparseTuningConfig, build_wor
                                             padded_starts, q_padded_len, tile_rows)
 from svg2_jax import SVG2Config, svg2_attention
 from svg2_jax.permute import cluster_order, permute
+from npref import masked_attention_lse
 
 gpu = pytest.mark.gpu
 
@@ -169,21 +170,6 @@ def padded_inputs(seed, qs, ks, d=128, dtype=jnp.float32, cfg=SparseTuningConfig
     return (q, k, v), (permute(q, qi), permute(k, ki), permute(v, ki)), ident(sq)
 
 
-def np_attention(q, k, v, mask, scale):
-    """float64 masked softmax attention; rows with no key -> 0 and lse -inf."""
-    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    s = np.einsum("nqd,nkd->nqk", q, k) * scale
-    s = np.where(mask, s, -np.inf)
-    m = s.max(-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    p = np.exp(s - m)
-    l = p.sum(-1, keepdims=True)
-    o = np.einsum("nqk,nkd->nqd", p, v) / np.where(l > 0, l, 1)
-    with np.errstate(divide="ignore"):
-        lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1)), -np.inf)[..., 0]
-    return o, lse
-
-
 @pytest.mark.parametrize("cfg", CONFIGS[:2], ids=cfg_id)
 def test_reference_twin_equals_numpy(cfg):
     qs, ks, sel = problem(5, density=0.4)
@@ -194,7 +180,7 @@ def test_reference_twin_equals_numpy(cfg):
     work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), sq, sk, cfg)
     o_slots, lse_slots = sparse_flash_attention_reference(qp, kp, vp, work, scale=0.3, config=cfg)
     out, lse = gather_rows(o_slots, lse_slots, work, ident)
-    want_o, want_lse = np_attention(q, k, v, np_want(qs, ks, sel) > 0, 0.3)
+    want_o, want_lse = masked_attention_lse(q, k, v, np_want(qs, ks, sel) > 0, 0.3)
     np.testing.assert_allclose(np.asarray(out), want_o, atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(lse), want_lse, atol=2e-5, rtol=1e-5)
     empty_rows = np_want(qs, ks, sel).sum(-1) == 0
@@ -202,17 +188,25 @@ def test_reference_twin_equals_numpy(cfg):
     assert np.all(np.isneginf(np.asarray(lse)[empty_rows]))
 
 
-def test_svg2_pallas_path_through_twin_equals_masked_dense():
-    rng = np.random.default_rng(7)
-    q, k, v = (jnp.array(rng.standard_normal((2, 333, 2, 64)), jnp.float32) for _ in range(3))
+def backend_outputs(seed, shape, dtype, backends, **config):
+    """svg2_attention on the same random q, k, v with each backend: (outputs, last stats)."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.array(rng.standard_normal(shape), dtype) for _ in range(3))
     outs = {}
-    for backend in ("pallas_reference", "masked_dense"):
-        cfg = SVG2Config(num_q_clusters=7, num_k_clusters=19, top_p=0.6, kmeans_iters_cold=4,
-                         backend=backend, kernel_block_kv=64, kernel_box_rows=8)
-        outs[backend], _, stats = svg2_attention(q, k, v, None, cfg)
+    for backend in backends:
+        outs[backend], _, stats = svg2_attention(q, k, v, None,
+                                                 SVG2Config(backend=backend, **config))
+    return {b: np.asarray(o, np.float32) for b, o in outs.items()}, stats
+
+
+def test_svg2_pallas_path_through_twin_equals_masked_dense():
+    outs, stats = backend_outputs(7, (2, 333, 2, 64), jnp.float32,
+                                  ("pallas_reference", "masked_dense"), num_q_clusters=7,
+                                  num_k_clusters=19, top_p=0.6, kmeans_iters_cold=4,
+                                  kernel_block_kv=64, kernel_box_rows=8)
     assert float(stats.density.mean()) < 0.95
-    np.testing.assert_allclose(np.asarray(outs["pallas_reference"]),
-                               np.asarray(outs["masked_dense"]), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(outs["pallas_reference"], outs["masked_dense"], atol=2e-5,
+                               rtol=1e-5)
 
 
 def test_pallas_backend_refuses_non_hopper():
@@ -288,12 +282,8 @@ def test_kernel_matches_twin_edge_cases(case):
 
 @gpu
 def test_svg2_attention_pallas_backend_matches_jax_backend():
-    rng = np.random.default_rng(9)
-    q, k, v = (jnp.array(rng.standard_normal((2, 1500, 3, 128)), jnp.bfloat16) for _ in range(3))
-    outs = {}
-    for backend in ("pallas", "jax"):
-        cfg = SVG2Config(num_q_clusters=12, num_k_clusters=40, top_p=0.8, kmeans_iters_cold=5,
-                         backend=backend)
-        outs[backend], _, _ = svg2_attention(q, k, v, None, cfg)
-    a, b = (np.asarray(outs[x], np.float32) for x in ("pallas", "jax"))
+    outs, _ = backend_outputs(9, (2, 1500, 3, 128), jnp.bfloat16, ("pallas", "jax"),
+                              num_q_clusters=12, num_k_clusters=40, top_p=0.8,
+                              kmeans_iters_cold=5)
+    a, b = outs["pallas"], outs["jax"]
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
