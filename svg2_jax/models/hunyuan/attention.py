@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from svg2_jax.models.hunyuan.layers import EPS
-from svg2_jax.models.wan.embeddings import apply_rotary_emb
-from svg2_jax.models.wan.layers import RMSNorm, linear
+from svg2_jax.models.common.embeddings import apply_rotary_emb
+from svg2_jax.models.common.layers import RMSNorm, linear
 
 
 def _heads(x: jax.Array, heads: int) -> jax.Array:

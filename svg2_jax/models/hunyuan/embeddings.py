@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from svg2_jax.models.wan.embeddings import TimestepEmbedding, get_timestep_embedding, patchify
-from svg2_jax.models.wan.layers import linear
+from svg2_jax.models.common.embeddings import TimestepEmbedding, get_timestep_embedding, patchify
+from svg2_jax.models.common.layers import linear
 
 # diffusers' `Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)`
 TIME_PROJ_DIM = 256

@@ -1,6 +1,6 @@
 """Small HunyuanVideo building blocks: the AdaLN variants, the SiLU MLP, modulation.
 
-Shared with Wan (`svg2_jax.models.wan.layers`): `linear`, `FP32LayerNorm`, `RMSNorm`,
+Shared with Wan (`svg2_jax.models.common.layers`): `linear`, `FP32LayerNorm`, `RMSNorm`,
 `FeedForward` (GELU-tanh). Precision as in the Wan model: norms compute in float32, the
 AdaLN shift/scale/gate are applied in float32 and the gated residual sums happen in
 float32 before casting back to the activation dtype; matmuls run in `dtype`.
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from svg2_jax.models.wan.layers import FP32LayerNorm, linear
+from svg2_jax.models.common.layers import FP32LayerNorm, linear
 
 # diffusers builds every HunyuanVideo LayerNorm and RMSNorm with eps 1e-6
 EPS = 1e-6

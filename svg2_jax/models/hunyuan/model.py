@@ -53,7 +53,7 @@ from svg2_jax.models.hunyuan.layers import (EPS, AdaLayerNormContinuous, AdaLaye
                                             AdaLayerNormZeroSingle, gated_residual, modulate,
                                             scan_blocks, stacked_blocks)
 from svg2_jax.models.hunyuan.refiner import HunyuanVideoTokenRefiner
-from svg2_jax.models.wan.layers import FeedForward, FP32LayerNorm, linear
+from svg2_jax.models.common.layers import FeedForward, FP32LayerNorm, linear
 
 
 class HunyuanVideoTransformerBlock(nnx.Module):

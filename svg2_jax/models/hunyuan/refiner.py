@@ -18,7 +18,7 @@ from svg2_jax.models.hunyuan.attention import HunyuanVideoRefinerAttention, refi
 from svg2_jax.models.hunyuan.embeddings import HunyuanVideoConditionEmbedding
 from svg2_jax.models.hunyuan.layers import (EPS, HunyuanVideoAdaNorm, SiLUFeedForward,
                                             gated_residual, scan_blocks, stacked_blocks)
-from svg2_jax.models.wan.layers import FP32LayerNorm, linear
+from svg2_jax.models.common.layers import FP32LayerNorm, linear
 
 # diffusers' HunyuanVideoTokenRefiner is built with its default mlp_ratio=4.0 (the model's
 # own mlp_ratio is not passed to it)

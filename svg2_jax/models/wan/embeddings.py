@@ -1,4 +1,4 @@
-"""Wan's input embeddings: timestep, text, CLIP image, patches and 3-D rotary positions.
+"""Wan's input embeddings: timestep + text + CLIP image conditioning and 3-D rotary positions.
 
 Mirrors diffusers' `WanTimeTextImageEmbedding`, `WanImageEmbedding` and
 `WanRotaryPosEmbed` (diffusers 0.42.1, `models/transformers/transformer_wan.py`).
@@ -13,39 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from svg2_jax.models.common.embeddings import TimestepEmbedding, get_timestep_embedding
+from svg2_jax.models.common.layers import FeedForward, FP32LayerNorm, linear
 from svg2_jax.models.wan.config import WanConfig
-from svg2_jax.models.wan.layers import FeedForward, FP32LayerNorm, linear
-
-
-def get_timestep_embedding(timesteps: jax.Array, embedding_dim: int, flip_sin_to_cos: bool,
-                           downscale_freq_shift: float, max_period: int = 10000) -> jax.Array:
-    """Sinusoidal embedding, the same float32 operations as diffusers' function of that name.
-
-    timesteps: [B] (fractional allowed) -> [B, embedding_dim] float32.
-    """
-    half = embedding_dim // 2
-    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
-    exponent = exponent / (half - downscale_freq_shift)
-    emb = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
-    emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=-1)
-    if flip_sin_to_cos:
-        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
-    if embedding_dim % 2:
-        emb = jnp.pad(emb, ((0, 0), (0, 1)))
-    return emb
-
-
-class TimestepEmbedding(nnx.Module):
-    """linear_1 -> SiLU -> linear_2, in float32 (diffusers keeps `time_embedder` in fp32)."""
-
-    def __init__(self, in_channels: int, time_embed_dim: int, *, rngs: nnx.Rngs):
-        f32 = dict(dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
-        self.linear_1 = linear(in_channels, time_embed_dim, **f32)
-        self.linear_2 = linear(time_embed_dim, time_embed_dim, **f32)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, in_channels] -> [B, time_embed_dim] float32."""
-        return self.linear_2(jax.nn.silu(self.linear_1(x.astype(jnp.float32))))
 
 
 class PixArtAlphaTextProjection(nnx.Module):
@@ -122,28 +92,6 @@ class WanTimeTextImageEmbedding(nnx.Module):
         return temb, timestep_proj, text, image
 
 
-def patchify(x: jax.Array, patch_size: tuple[int, int, int]) -> jax.Array:
-    """[B, C, F, H, W] -> [B, F'*H'*W', C*p_t*p_h*p_w], tokens in (f, h, w) order and
-    features in (c, p_t, p_h, p_w) order: the flattening of diffusers' Conv3d weight, so
-    the strided Conv3d is exactly a Linear on these rows."""
-    b, c, f, h, w = x.shape
-    pt, ph, pw = patch_size
-    x = x.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
-    x = x.transpose(0, 2, 4, 6, 1, 3, 5, 7)
-    return x.reshape(b, (f // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
-
-
-def unpatchify(x: jax.Array, grid: tuple[int, int, int], patch_size: tuple[int, int, int]):
-    """[B, S, p_t*p_h*p_w*C] (features in (p_t, p_h, p_w, c) order, as diffusers'
-    `proj_out`) -> [B, C, F'*p_t, H'*p_h, W'*p_w]."""
-    b = x.shape[0]
-    f, h, w = grid
-    pt, ph, pw = patch_size
-    x = x.reshape(b, f, h, w, pt, ph, pw, -1)
-    x = x.transpose(0, 7, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, x.shape[1], f * pt, h * ph, w * pw)
-
-
 def rope_dims(attention_head_dim: int) -> tuple[int, int, int]:
     """(t, h, w) parts of the head dim: h = w = 2 * (D // 6), t = the rest."""
     h = w = 2 * (attention_head_dim // 6)
@@ -178,14 +126,3 @@ def rotary_embedding(attention_head_dim: int, grid: tuple[int, int, int],
             jnp.concatenate(sin, axis=-1).reshape(s, -1))
 
 
-def apply_rotary_emb(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) in float32, return x.dtype.
-
-    x: [B, S, H, D]; cos, sin: [S, D/2].
-    """
-    b, s, h, d = x.shape
-    xf = x.astype(jnp.float32).reshape(b, s, h, d // 2, 2)
-    x1, x2 = xf[..., 0], xf[..., 1]
-    c, sn = cos[None, :, None, :], sin[None, :, None, :]
-    out = jnp.stack([x1 * c - x2 * sn, x1 * sn + x2 * c], axis=-1)
-    return out.reshape(b, s, h, d).astype(x.dtype)

@@ -45,9 +45,9 @@ from flax import nnx
 from svg2_jax.layer_attention import DenseAttention
 from svg2_jax.models.wan.attention import WanCrossAttention, WanSelfAttention
 from svg2_jax.models.wan.config import WanConfig
-from svg2_jax.models.wan.embeddings import (WanTimeTextImageEmbedding, patchify,
-                                            rotary_embedding, unpatchify)
-from svg2_jax.models.wan.layers import FeedForward, FP32LayerNorm, linear
+from svg2_jax.models.common.embeddings import patchify, unpatchify
+from svg2_jax.models.common.layers import FeedForward, FP32LayerNorm, linear
+from svg2_jax.models.wan.embeddings import WanTimeTextImageEmbedding, rotary_embedding
 
 
 class WanTransformerBlock(nnx.Module):

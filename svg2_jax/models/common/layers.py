@@ -1,4 +1,5 @@
-"""Small building blocks shared by the Wan modules (diffusers' names, NNX modules).
+"""Small building blocks shared by the Wan and HunyuanVideo modules (diffusers' names,
+NNX modules).
 
 Precision follows diffusers: norms compute in float32 (diffusers' `FP32LayerNorm`; the
 q/k `RMSNorm`s are kept in float32 too, as the official Wan `WanRMSNorm` does); matmuls run

@@ -1,0 +1,1 @@
+"""NNX building blocks shared by the model families (Wan, HunyuanVideo)."""
