@@ -100,8 +100,16 @@ def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: Spars
     return _sparse_flash(q, k, v, work, float(scale), config)
 
 
-@jax.jit(static_argnames=("scale", "config"))
-def _sparse_flash(q, k, v, work, scale, config):
+ABLATIONS = (None, "no_mask_store", "no_walk")
+
+
+@jax.jit(static_argnames=("scale", "config", "ablation"))
+def _sparse_flash(q, k, v, work, scale, config, ablation=None):
+    """ablation (timing experiments only, wrong results): "no_mask_store" = the
+    producer writes no mask words; "no_walk" = neither, and its boxes are the first
+    entry's rows (no entry loads, no walk). See scripts/bench_kernel.py --ablations."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}")
     import jax.experimental.pallas as pl
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
@@ -321,18 +329,23 @@ def _sparse_flash(q, k, v, work, scale, config):
             def body(step, carry):
                 entry, j, sizes, starts = carry
                 slot = lax.rem(step, jnp.int32(stages))
-                row8s, valids, rel, j = walk(sizes, starts, j, step * boxes)
-                entry = entry + rel
-                # Software pipeline: the next tile's entry loads are in flight while
-                # this one waits for its slot and issues its copies.
-                sizes, starts = load_entries(entry)
+                if ablation == "no_walk":
+                    row8s = [starts[0] + b * box8 for b in range(boxes)]
+                    valids = None
+                else:
+                    row8s, valids, rel, j = walk(sizes, starts, j, step * boxes)
+                    entry = entry + rel
+                    # Software pipeline: the next tile's entry loads are in flight while
+                    # this one waits for its slot and issues its copies.
+                    sizes, starts = load_entries(entry)
 
                 @pl.when(step >= stages)
                 def _():
                     plgpu.barrier_wait(k_consumed.at[slot])
 
-                for w, word in enumerate(mask_words(valids, box, words)):
-                    mask_smem[slot, w] = word
+                if ablation is None:
+                    for w, word in enumerate(mask_words(valids, box, words)):
+                        mask_smem[slot, w] = word
                 fetch(row8s, slot, k_ref, k_smem, k_barriers)
 
                 @pl.when(step >= stages)

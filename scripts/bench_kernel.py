@@ -76,7 +76,8 @@ def fixed_density_select(q_centroids, k_centroids, k_sizes, density, min_cluster
     return select_by_density(q_centroids, k_centroids, k_sizes, density, min_clusters)
 
 
-def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_clusters=0):
+def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_clusters=0,
+                ablations=()):
     from pallas_kernels import sparse_flash_mgpu as sf
     from pallas_kernels import sparse_worklist as wl
     from svg2_jax import SVG2Config, svg2_kmeans
@@ -130,6 +131,14 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
             o_slots, lse_slots = kernel(qp, kp, vp, work)
             layout_ms = timeit(layout, *args, reps=reps) + timeit(
                 back, o_slots, lse_slots, work, q_order, reps=reps)
+            for ab in ablations:  # timing-only kernel variants (wrong results)
+                fn = jax.jit(functools.partial(sf._sparse_flash, scale=scale, config=tuning,
+                                               ablation=ab))
+                ab_ms = timeit(fn, qp, kp, vp, work, reps=reps)
+                print(f"[{name}] ablation {ab}: kernel {ab_ms:.3f} ms (shipped {kernel_ms:.3f})",
+                      flush=True)
+                rows.append(dict(shape=name, ablation=ab, density=density, kernel_ms=ab_ms,
+                                 shipped_kernel_ms=kernel_ms))
             computed, real = wl.tile_rows(work, tuning)
             waste = 1.0 - float(jnp.sum(real) / jnp.sum(computed))
             kept = float(jnp.mean(jnp.sum(sel, axis=-1)))
@@ -172,6 +181,7 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     ident = lambda r: (r["shape"], r["block_kv"], r["box_rows"], r["stages"],
                        r.get("split_tails", True))
+    rows = [r for r in rows if "ablation" not in r]
     for key in sorted(set(map(ident, rows))):
         pts = sorted((r["density"], r["efficiency"]) for r in rows if ident(r) == key)
         ax.plot(*zip(*pts), marker="o", label=f"S,H={key[0]} kv{key[1]} box{key[2]} "
@@ -197,6 +207,8 @@ def main(argv=None):
     ap.add_argument("--min-clusters", default="0",
                     help="comma-separated floors on kept key clusters per query cluster "
                          "(SVG2's default is 10%% of KC)")
+    ap.add_argument("--ablations", default="",
+                    help="also time timing-only kernel variants: no_mask_store,no_walk")
     ap.add_argument("--json")
     ap.add_argument("--png")
     ap.add_argument("--plot-from", help="only redraw the PNG from a --json file")
@@ -219,8 +231,9 @@ def main(argv=None):
     for name in args.shapes.split(","):
         for floor in args.min_clusters.split(","):
             rows += bench_shape(name, *SHAPES[name], densities, tunings, args.reps,
-                                args.kmeans_iters, int(floor))
-    print(table_markdown(rows))
+                                args.kmeans_iters, int(floor),
+                                [a for a in args.ablations.split(",") if a])
+    print(table_markdown([r for r in rows if "ablation" not in r]))
     meta = dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
                 date=time.strftime("%Y-%m-%d", time.gmtime()), argv=sys.argv[1:])
     if args.json:
