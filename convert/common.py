@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -192,6 +193,36 @@ def write_checkpoint(out: Path, overwrite: bool, source, plan: Plan, meta: dict,
         with open(tmp / config_file, "w") as f:
             json.dump(meta, f, indent=1)
     return nbytes
+
+
+@dataclasses.dataclass
+class ConversionRun:
+    """One conversion's clock, peak-memory baseline and output:
+    `run = ConversionRun.start(out, overwrite)`, then `run.write(...)` returns the report."""
+
+    out: Path
+    overwrite: bool
+    start_rss: float
+    t0: float
+
+    @classmethod
+    def start(cls, out: Path, overwrite: bool) -> "ConversionRun":
+        check_output(out, overwrite)
+        return cls(out, overwrite, peak_rss_mb(), time.perf_counter())
+
+    def write(self, source, plan: Plan, *, config, dtype, src, layout: str, fmt: str,
+              config_file: str, progress: Callable[[str], None] | None = None
+              ) -> ConversionReport:
+        """Stream the plan into the checkpoint with the metadata both formats share
+        (architecture in diffusers' keys, weight dtype, source, layout, ignored keys)."""
+        meta = dict(format=fmt, version=1, config=config.to_diffusers(),
+                    param_dtype=np.dtype(dtype).name, source=str(src), layout=layout,
+                    ignored_keys=plan.ignored)
+        nbytes = write_checkpoint(self.out, self.overwrite, source, plan, meta, config_file,
+                                  progress)
+        peak = peak_rss_mb()
+        return ConversionReport(layout, len(plan.reads), plan.ignored, nbytes,
+                                time.perf_counter() - self.t0, peak, peak - self.start_rss)
 
 
 def read_orbax_meta(path: str | os.PathLike, config_file: str, fmt: str) -> dict | None:

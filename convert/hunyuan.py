@@ -39,7 +39,6 @@ checkpoint (e.g. next to "module"), reported in `Plan.ignored` and the output's 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -514,24 +513,16 @@ def convert_to_orbax(src: str | os.PathLike, layout: str, preset, out: str | os.
     """
     from svg2_jax.models.hunyuan.config import get_config
 
-    start_rss, t0 = common.peak_rss_mb(), time.perf_counter()
     config = get_config(preset)
-    out = Path(out)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown source layout {layout!r}; expected one of {LAYOUTS}")
-    common.check_output(out, overwrite)
+    run = common.ConversionRun.start(Path(out), overwrite)
     _, abstract = abstract_hunyuan_state(config, dtype)
     with open_source(src) as raw:
         source = layout_view(raw, layout, config)
-        plan = make_plan(source, layout, config, abstract)
-        meta = dict(format=FORMAT, version=1, config=config.to_diffusers(),
-                    param_dtype=np.dtype(dtype).name, source=str(src), layout=layout,
-                    ignored_keys=plan.ignored)
-        nbytes = common.write_checkpoint(out, overwrite, source, plan, meta, CONFIG_FILE,
-                                         progress)
-    peak = common.peak_rss_mb()
-    return ConversionReport(layout, len(plan.reads), plan.ignored, nbytes,
-                            time.perf_counter() - t0, peak, peak - start_rss)
+        return run.write(source, make_plan(source, layout, config, abstract), config=config,
+                         dtype=dtype, src=src, layout=layout, fmt=FORMAT,
+                         config_file=CONFIG_FILE, progress=progress)
 
 
 def read_orbax_meta(path: str | os.PathLike) -> dict | None:
