@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from shared_fixtures import torch_layout
 from test_wan_helpers import TINY, official_state_dict, same_params, torch, torch_model
 
 from convert.cli import main as cli_main
@@ -115,19 +116,7 @@ def test_existing_output_needs_overwrite(ckpt, tmp_path):
 
 
 def _torch_layout(ours: dict) -> dict:
-    """Our flat parameters -> diffusers keys in torch layout (the inverse transform)."""
-    out = {}
-    _, abstract = abstract_wan_state(CFG, jnp.float32)
-    for key, target in expected_keys(CFG, abstract).items():
-        value = ours[".".join(target.path)]
-        if target.layer is not None:
-            value = value[target.layer]
-        if target.transform == "transpose":
-            value = value.T
-        elif target.transform == "conv":
-            value = value.T.reshape(target.source_shape)
-        out[key] = value
-    return out
+    return torch_layout(ours, expected_keys(CFG, abstract_wan_state(CFG, jnp.float32)[1]))
 
 
 def test_round_trip_diffusers_orbax_load_is_exact(ckpt, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from shared_fixtures import make_saved_fixture
 from test_hunyuan_helpers import (TEXT_LEN, TEXT_LENGTHS, TINY, inputs, jax_args, jax_forward,
                                   official_state_dict, rel_err, same_params, torch,
                                   torch_forward, torch_model)
@@ -20,21 +21,7 @@ from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel, hunyuan_forw
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """kind -> (diffusers model, its directory, reference output on `inputs(config)`)."""
-    cache = {}
-
-    def get(kind):
-        if kind not in cache:
-            config = TINY[kind]
-            model = torch_model(config)
-            path = tmp_path_factory.mktemp(kind) / "transformer"
-            model.save_pretrained(path, safe_serialization=True)
-            cache[kind] = (model, path, torch_forward(model, inputs(config)))
-        return cache[kind]
-
-    return get
+saved = make_saved_fixture(TINY, torch_model, torch_forward, inputs)
 
 
 @pytest.mark.parametrize("kind", list(TINY))
