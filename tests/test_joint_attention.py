@@ -47,14 +47,18 @@ def test_keep_everything_equals_dense_masked_attention():
     assert cache.k_centroids.shape == (B, H, 9, D)
 
 
-def test_sparse_joint_attention_equals_numpy_with_the_same_selection():
-    """Video queries: selected video clusters + real text; text queries: everything real."""
+@pytest.mark.parametrize("backend", ["jax", "pallas_reference"])
+def test_sparse_joint_attention_equals_numpy_with_the_same_selection(backend):
+    """Video queries: selected video clusters + real text; text queries: everything real.
+    pallas_reference: the Hopper kernel's path (padded layout, work list, output slots,
+    lse merged with the text part) through the kernel's pure-JAX twin."""
     from svg2_jax import kmeans as km
     from svg2_jax.selection import select_clusters
 
     q, k, v = qkv(2)
     cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, top_p=0.5, min_kc_ratio=0.2,
-                     kmeans_iters_cold=3)
+                     kmeans_iters_cold=3, backend=backend, kernel_block_kv=64,
+                     kernel_box_rows=8)
     out, _, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, jax.random.PRNGKey(4),
                                          num_text=T)
     # Rebuild the clustering with the documented cold start (same key split) and build the
