@@ -75,6 +75,13 @@ def parse_args(argv=None):
     g.add_argument("--kc", type=int, default=None, help="key clusters (default 1000; tiny: 48)")
     g.add_argument("--top-p", type=float, default=0.9)
     g.add_argument("--min-kc-ratio", type=float, default=0.10)
+    g.add_argument("--target-density", type=float, default=None,
+                   help="instead of top-p, keep per query cluster the heaviest key "
+                   "clusters up to this fraction of the keys (a fixed compute budget)")
+    g.add_argument("--sparse-backend", default="auto",
+                   choices=("auto", "pallas", "jax", "pallas_reference"),
+                   help="SVG2 sparse attention: auto = the Hopper kernel on sm_90 GPUs, "
+                   "else the exact pure-JAX path")
     g.add_argument("--kmeans-iters-cold", type=int, default=50)
     g.add_argument("--kmeans-iters-warm", type=int, default=2)
     g.add_argument("--dense-fraction", type=float, default=None,
@@ -152,6 +159,20 @@ def encode_prompt(prompt: str, encoder_path: str, max_length: int = 512):
     return h.numpy()
 
 
+def sparse_backend(args) -> str | None:
+    """The sparse attention implementation SVG2 layers will run (None for dense)."""
+    if args.attention != "svg2":
+        return None
+    if args.sparse_backend != "auto":
+        return args.sparse_backend
+    return "pallas (Hopper kernel)" if is_hopper() else "jax (exact, O(S^2))"
+
+
+def is_hopper() -> bool:
+    from svg2_jax.attention import is_hopper as hopper
+    return hopper()
+
+
 def build_attention(args, jax):
     from svg2_jax import SVG2Config
     from svg2_jax.layer_attention import DenseAttention, SVG2Attention
@@ -161,7 +182,11 @@ def build_attention(args, jax):
         return DenseAttention(dense_impl)
     cfg = SVG2Config(num_q_clusters=args.qc, num_k_clusters=args.kc, top_p=args.top_p,
                      min_kc_ratio=args.min_kc_ratio, kmeans_iters_cold=args.kmeans_iters_cold,
-                     kmeans_iters_warm=args.kmeans_iters_warm)
+                     kmeans_iters_warm=args.kmeans_iters_warm,
+                     target_density=args.target_density, backend=args.sparse_backend)
+    if cfg.backend == "pallas" and not is_hopper():
+        raise ValueError("--sparse-backend pallas needs a Hopper (sm_90) GPU; this device is "
+                         f"{jax.devices()[0].device_kind!r} (use auto or jax)")
     layers = tuple(int(x) for x in args.dense_layers.split(",") if x.strip())
     return SVG2Attention(cfg, dense_layers=layers, seed=args.seed,
                          dense_implementation=dense_impl)
@@ -355,7 +380,9 @@ def main(argv=None):
                       "kmeans_iters_cold": args.kmeans_iters_cold,
                       "kmeans_iters_warm": args.kmeans_iters_warm,
                       "kmeans_during_warmup": args.kmeans_during_warmup,
-                      "shared_cfg_cache": not args.separate_cfg_cache},
+                      "shared_cfg_cache": not args.separate_cfg_cache,
+                      "target_density": args.target_density,
+                      "sparse_backend": sparse_backend(args)},
         "timings_s": {"load": round(load_s, 3), "compile": round(compile_s, 3),
                       "sample": round(sample_s, 3), "device": str(jax.devices()[0])},
         "density_mean_sparse_steps": (float(per_step_layer[n_dense:].mean())

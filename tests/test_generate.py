@@ -23,6 +23,14 @@ def test_tiny_model_end_to_end(tmp_path):
     assert lat.shape == (1, 16, 5, 16, 24) and np.isfinite(lat).all()
 
 
+def test_fixed_density_budget(tmp_path):
+    report = generate.main(["--out", str(tmp_path / "b.mp4"), "--steps", "4",
+                            "--target-density", "0.3", "--no-progress"])
+    assert report["attention"]["target_density"] == 0.3
+    assert report["attention"]["sparse_backend"].startswith("jax")
+    assert 0.2 < report["density_mean_sparse_steps"] < 1.0
+
+
 def test_dense_attention_and_euler(tmp_path):
     report = generate.main(["--out", str(tmp_path / "d.mp4"), "--attention", "dense",
                             "--scheduler", "euler", "--steps", "3", "--no-progress"])
@@ -35,6 +43,10 @@ def test_dense_attention_and_euler(tmp_path):
     (["--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
     (["--qc", "600"], "fewer than the clusters"),
     (["--top-p", "1.5"], "top_p"),
+    (["--target-density", "0"], "target_density"),
+    pytest.param(["--sparse-backend", "pallas"], "Hopper",
+                 marks=pytest.mark.skipif(__import__("jax").default_backend() == "gpu",
+                                          reason="on a GPU machine this may be a Hopper")),
     (["--text-embeddings", "/nonexistent.npy"], "not found"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, match):
