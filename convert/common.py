@@ -174,6 +174,18 @@ def save_orbax(path: Path, tree: dict, concurrent_gb: int = 1):
         checkpointer.save(path.absolute(), args=ocp.args.PyTreeSave(tree))
 
 
+def to_device_tree(source, plan: Plan, device, progress: Callable[[str], None] | None = None):
+    """Stream `plan` from `source` straight onto `device` (a device or a sharding): each
+    parameter goes to the device as soon as it is complete, so the host never holds the
+    whole model twice (jax.device_put, not jnp.asarray, which stages an extra host copy).
+    -> the nested pure dict of device arrays."""
+    flat = {}
+    for path, array in iter_leaves(source, plan, progress):
+        flat[path] = jax.device_put(array, device)
+        del array
+    return nest(flat)
+
+
 def write_checkpoint(out: Path, overwrite: bool, source, plan: Plan, meta: dict,
                      config_file: str, progress: Callable[[str], None] | None = None) -> int:
     """Stream `plan` from `source` into an orbax checkpoint directory `out` (`state/` plus

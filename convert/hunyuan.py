@@ -28,8 +28,7 @@ Diffusers keys then map onto our parameter paths: module names are diffusers' (s
 go to index i of their stacked parameters.
 
 Strictness, streaming and atomic writes are the Wan converter's (`convert.common`, whose
-`Target`, `Plan`, `iter_leaves`, `nest`, `restore_orbax` and orbax writer this module
-uses): every missing key, unexpected key and shape mismatch is listed in one ValueError
+`Target`, `Plan`, streaming reader, orbax writer and restore this module uses): every missing key, unexpected key and shape mismatch is listed in one ValueError
 before any tensor is read; tensors are read one at a time into one preallocated buffer per
 (stacked) parameter; the output directory appears only when complete. Nothing is skipped
 silently: the only keys not converted are the other top-level entries of a wrapped torch
@@ -42,15 +41,13 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from convert.safetensors_io import SafetensorsSource
 from convert import common
-from convert.common import (STATE_DIR, ConversionReport, Plan, Target, iter_leaves, nest,
-                            restore_orbax)
+from convert.common import ConversionReport, Plan, Target
 
 LAYOUTS = ("diffusers", "hunyuan")
 CONFIG_FILE = "hunyuan_config.json"
@@ -533,4 +530,4 @@ def read_orbax_meta(path: str | os.PathLike) -> dict | None:
 __all__ = ["CONFIG_FILE", "LAYOUTS", "OfficialLayoutSource", "TorchCheckpointSource",
            "abstract_hunyuan_state", "convert_to_orbax", "count_reads", "detect_layout",
            "expected_keys", "layout_view", "make_plan", "official_to_diffusers", "open_source",
-           "read_orbax_meta", "restore_orbax"]
+           "read_orbax_meta"]

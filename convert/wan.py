@@ -42,8 +42,7 @@ import numpy as np
 from flax import nnx
 
 from convert import common
-from convert.common import STATE_DIR, ConversionReport, Plan, Target, iter_leaves, nest
-from convert.common import restore_orbax  # noqa: F401  (part of this module's API)
+from convert.common import ConversionReport, Plan, Target
 from convert.safetensors_io import SafetensorsSource
 
 LAYOUTS = ("diffusers", "wan")

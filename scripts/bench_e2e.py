@@ -31,7 +31,6 @@ Usage (GPU machine):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import statistics

@@ -772,7 +772,6 @@ def machine() -> str:
 
 
 def write_doc(res, meta, command, wall_s, plot_note, path=DOC_PATH):
-    a = res["attention"]
     grid = meta["grid"]
     wan_q, wan_k = WAN_720P["S"] / WAN_720P["QC"], WAN_720P["S"] / WAN_720P["KC"]
     checks = res["api_checks"]

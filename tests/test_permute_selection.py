@@ -69,7 +69,6 @@ def test_block_density():
 
 
 def test_select_by_density_budget():
-    import jax
     import jax.numpy as jnp
     import numpy as np
     from svg2_jax.selection import block_density, cluster_mass, select_by_density

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 # Keys of a diffusers config.json that describe the file, not the architecture.
@@ -44,3 +45,19 @@ def check_diffusers_config(config, path: Path, class_name: str, family: str):
     if raw.get("_class_name") != class_name:
         return
     check_config(config, type(config).from_diffusers(raw), str(config_file), family)
+
+
+def get_config(preset, cls, presets: dict, family: str):
+    """A preset name, an instance of `cls` (returned as is), or a path to a diffusers
+    config.json -> `cls`; a clear ValueError otherwise."""
+    if isinstance(preset, cls):
+        return preset
+    if isinstance(preset, str) and preset in presets:
+        return presets[preset]
+    if isinstance(preset, (str, os.PathLike)) and str(preset).endswith(".json"):
+        if not os.path.isfile(preset):
+            raise ValueError(f"config file {os.fspath(preset)!r} does not exist")
+        with open(preset) as f:
+            return cls.from_diffusers(json.load(f))
+    raise ValueError(f"unknown {family} preset {preset!r}; known presets: {sorted(presets)} "
+                     f"(or pass a {cls.__name__} or a path to a diffusers config.json)")

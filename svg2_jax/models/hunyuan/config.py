@@ -148,17 +148,7 @@ PRESETS: dict[str, HunyuanVideoConfig] = {
 def get_config(preset: "str | HunyuanVideoConfig | os.PathLike") -> HunyuanVideoConfig:
     """A preset name, a HunyuanVideoConfig (returned as is), or a path to a diffusers
     config.json."""
-    if isinstance(preset, HunyuanVideoConfig):
-        return preset
-    if isinstance(preset, str) and preset in PRESETS:
-        return PRESETS[preset]
-    if isinstance(preset, (str, os.PathLike)) and str(preset).endswith(".json"):
-        if not os.path.isfile(preset):
-            raise ValueError(f"config file {os.fspath(preset)!r} does not exist")
-        with open(preset) as f:
-            return HunyuanVideoConfig.from_diffusers(json.load(f))
-    raise ValueError(f"unknown HunyuanVideo preset {preset!r}; known presets: {sorted(PRESETS)} "
-                     "(or pass a HunyuanVideoConfig or a path to a diffusers config.json)")
+    return config_io.get_config(preset, HunyuanVideoConfig, PRESETS, "HunyuanVideo")
 
 
 def is_hunyuan_config(preset) -> bool:

@@ -45,6 +45,7 @@ def load(path: str | os.PathLike, preset: str | HunyuanVideoConfig, dtype=jnp.bf
         preset is unknown or disagrees with the checkpoint, or keys / shapes do not match
         (all listed in one message).
     """
+    from convert import common
     from convert import hunyuan as ch
 
     config = get_config(preset)
@@ -65,7 +66,7 @@ def load(path: str | os.PathLike, preset: str | HunyuanVideoConfig, dtype=jnp.bf
     if meta is not None:
         _check_config(config, HunyuanVideoConfig.from_diffusers(meta["config"]),
                       f"{path}/{ch.CONFIG_FILE}")
-        pure = ch.restore_orbax(path, abstract, sharding)
+        pure = common.restore_orbax(path, abstract, sharding)
     else:
         _check_diffusers_config(config, path)
         try:
@@ -82,12 +83,7 @@ def load(path: str | os.PathLike, preset: str | HunyuanVideoConfig, dtype=jnp.bf
                                  f"(first keys: {sorted(raw.keys())[:5]})")
             source = ch.layout_view(raw, layout, config)
             plan = ch.make_plan(source, layout, config, abstract)
-            flat = {}
-            for leaf_path, array in ch.iter_leaves(source, plan, progress):
-                # to the device as soon as complete: the host never holds the model twice
-                flat[leaf_path] = jax.device_put(array, sharding or jax.devices()[0])
-                del array
-        pure = ch.nest(flat)
+            pure = common.to_device_tree(source, plan, sharding or jax.devices()[0], progress)
     nnx.replace_by_pure_dict(abstract, pure)
     return nnx.merge(graphdef, abstract)
 

@@ -8,7 +8,6 @@ Field names and defaults follow the keys of diffusers' `WanTransformer3DModel` c
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
@@ -144,14 +143,4 @@ PRESETS: dict[str, WanConfig] = {
 
 def get_config(preset: "str | WanConfig | os.PathLike") -> WanConfig:
     """A preset name, a WanConfig (returned as is), or a path to a diffusers config.json."""
-    if isinstance(preset, WanConfig):
-        return preset
-    if isinstance(preset, str) and preset in PRESETS:
-        return PRESETS[preset]
-    if isinstance(preset, (str, os.PathLike)) and str(preset).endswith(".json"):
-        if not os.path.isfile(preset):
-            raise ValueError(f"config file {os.fspath(preset)!r} does not exist")
-        with open(preset) as f:
-            return WanConfig.from_diffusers(json.load(f))
-    raise ValueError(f"unknown Wan preset {preset!r}; known presets: {sorted(PRESETS)} "
-                     "(or pass a WanConfig or a path to a diffusers config.json)")
+    return config_io.get_config(preset, WanConfig, PRESETS, "Wan")

@@ -45,6 +45,7 @@ def load(path: str | os.PathLike, preset: str | WanConfig, dtype=jnp.bfloat16, m
         is unknown or disagrees with the checkpoint, or keys / shapes do not match (all
         listed in one message).
     """
+    from convert import common
     from convert import wan as cw
     from convert.safetensors_io import SafetensorsSource
 
@@ -66,14 +67,14 @@ def load(path: str | os.PathLike, preset: str | WanConfig, dtype=jnp.bfloat16, m
     meta = cw.read_orbax_meta(path)
     if meta is not None:
         _check_config(config, WanConfig.from_diffusers(meta["config"]), f"{path}/{cw.CONFIG_FILE}")
-        pure = cw.restore_orbax(path, abstract, sharding)
+        pure = common.restore_orbax(path, abstract, sharding)
     else:
         _check_diffusers_config(config, path)
         try:
             source = SafetensorsSource(path)
         except ValueError as e:
             raise ValueError(f"no Wan checkpoint at {str(path)!r}: not an svg2-convert orbax "
-                             f"directory ({cw.CONFIG_FILE} + {cw.STATE_DIR}/), and not "
+                             f"directory ({cw.CONFIG_FILE} + {common.STATE_DIR}/), and not "
                              f"safetensors ({e})") from None
         with source:
             layout = cw.detect_layout(source.keys())
@@ -82,14 +83,7 @@ def load(path: str | os.PathLike, preset: str | WanConfig, dtype=jnp.bfloat16, m
                                  "diffusers nor the official Wan2.1 transformer layout (first "
                                  f"keys: {sorted(source.keys())[:5]})")
             plan = cw.make_plan(source, layout, config, abstract)
-            flat = {}
-            for leaf_path, array in cw.iter_leaves(source, plan, progress):
-                # move each parameter to the device as soon as it is complete, so the host
-                # never holds the whole model twice
-                # (jax.device_put, not jnp.asarray: the latter stages an extra host copy)
-                flat[leaf_path] = jax.device_put(array, sharding or jax.devices()[0])
-                del array
-        pure = cw.nest(flat)
+            pure = common.to_device_tree(source, plan, sharding or jax.devices()[0], progress)
     nnx.replace_by_pure_dict(abstract, pure)
     return nnx.merge(graphdef, abstract)
 
