@@ -68,21 +68,13 @@ def structured_qkv(key, s, h, d=128, centres=1500, noise=0.6):
     return to(q), to(k), to(v)
 
 
-def fixed_density_select(q_centroids, k_centroids, k_sizes, density, min_clusters=0):
-    """Per query cluster, key clusters by descending centroid mass until `density` of
-    the keys are kept (the crossing cluster included), at least `min_clusters`:
-    [N, QC, KC] bool."""
-    from svg2_jax.selection import select_by_density
-    return select_by_density(q_centroids, k_centroids, k_sizes, density, min_clusters)
-
-
 def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_clusters=0,
                 ablations=()):
     from pallas_kernels import sparse_flash_mgpu as sf
     from pallas_kernels import sparse_worklist as wl
     from svg2_jax import SVG2Config, svg2_kmeans
     from svg2_jax.permute import cluster_order, permute
-    from svg2_jax.selection import block_density
+    from svg2_jax.selection import block_density, select_by_density
 
     d = 128
     q, k, v = structured_qkv(jax.random.PRNGKey(0), s, h, d)
@@ -122,7 +114,7 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
         kernel = jax.jit(functools.partial(sf.sparse_flash_attention, scale=scale, config=tuning))
         back = jax.jit(sf.gather_rows)
         for target in densities:
-            sel = jax.jit(fixed_density_select, static_argnums=(3, 4))(
+            sel = jax.jit(select_by_density, static_argnums=(3, 4))(
                 qcen, kcen, k_sizes, target, min_clusters)
             density = float(jnp.mean(block_density(sel, q_sizes, k_sizes)))
             args = (qn, kn, vn, q_order, k_order, q_sizes, k_sizes, sel)
@@ -162,6 +154,7 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
 
 
 def table_markdown(rows) -> str:
+    rows = [r for r in rows if "ablation" not in r]  # those are printed as they run
     lines = ["| shape | block_kv / box / stages / split | density | kernel ms | layout ms | cuDNN dense ms "
              "| efficiency | with layout | wasted pairs |", "|" + "---|" * 9]
     for r in rows:
@@ -233,7 +226,7 @@ def main(argv=None):
             rows += bench_shape(name, *SHAPES[name], densities, tunings, args.reps,
                                 args.kmeans_iters, int(floor),
                                 [a for a in args.ablations.split(",") if a])
-    print(table_markdown([r for r in rows if "ablation" not in r]))
+    print(table_markdown(rows))
     meta = dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
                 date=time.strftime("%Y-%m-%d", time.gmtime()), argv=sys.argv[1:])
     if args.json:

@@ -39,8 +39,8 @@ class SVG2Config:
         materialises S x S (O(S^2) work: a portable reference, not the fast path).
         "masked_dense": the full S x S masked attention, for tests on small inputs
         only. "pallas_reference": the kernel's pure-JAX twin on the same padded layout
-        and work list (tests of that path on any device). "auto": "pallas" on a Hopper GPU with bf16/fp16 inputs and a supported
-        head dim, "jax" otherwise.
+        and work list (tests of that path on any device). "auto": "pallas" on a Hopper
+        GPU with bf16/fp16 inputs and a supported head dim, "jax" otherwise.
       kmeans_impl: "xla" (chunked matmul + argmin, then segment_sum), "pallas" (the
         fused Triton assignment kernel, which never writes the [S, K] distances, then
         segment_sum; GPU only), "auto" (pallas on GPU, the fastest measured there, see

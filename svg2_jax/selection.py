@@ -24,6 +24,24 @@ def cluster_mass(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Ar
     return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
+def _keep_heaviest(mass, nonempty, amount, budget: float, min_clusters: int):
+    """Per query cluster, key clusters by descending mass while the `amount` taken
+    before each one is below `budget` (so the crossing cluster is kept), and never fewer
+    than `min_clusters`; empty clusters sort last and are never kept. mass, amount:
+    [N, QC, KC]; nonempty: bool [N, QC, KC] -> bool [N, QC, KC]."""
+    # Empty clusters sort after every non-empty one, even one whose mass underflowed to 0.
+    order = jnp.argsort(-jnp.where(nonempty, mass, -1.0), axis=-1, stable=True)
+    sorted_amount = jnp.take_along_axis(amount, order, axis=-1)
+    before = jnp.cumsum(sorted_amount, axis=-1) - sorted_amount
+    rank = jnp.arange(mass.shape[-1])
+    keep_sorted = (before < budget) | (rank < min_clusters)
+    # Scatter back to cluster order (a second argsort to invert `order` costs as much
+    # as the first).
+    keep = jax.vmap(jax.vmap(lambda o, k: jnp.zeros_like(k).at[o].set(k, unique_indices=True)))(
+        order, keep_sorted)
+    return keep & nonempty
+
+
 def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
                     top_p: float, min_clusters: int) -> jax.Array:
     """Which key clusters each query cluster attends to: bool [N, QC, KC].
@@ -38,18 +56,7 @@ def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax
     nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
     if top_p >= 1.0:
         return nonempty
-    # Empty clusters sort after every non-empty one, even one whose mass underflowed to 0.
-    key = jnp.where(nonempty, mass, -1.0)
-    order = jnp.argsort(-key, axis=-1, stable=True)
-    sorted_mass = jnp.take_along_axis(mass, order, axis=-1)
-    mass_before = jnp.cumsum(sorted_mass, axis=-1) - sorted_mass
-    rank = jnp.arange(mass.shape[-1])
-    keep_sorted = (mass_before < top_p) | (rank < min_clusters)
-    # Scatter back to cluster order (a second argsort to invert `order` costs as much
-    # as the first).
-    keep = jax.vmap(jax.vmap(lambda o, k: jnp.zeros_like(k).at[o].set(k, unique_indices=True)))(
-        order, keep_sorted)
-    return keep & nonempty
+    return _keep_heaviest(mass, nonempty, mass, top_p, min_clusters)
 
 
 def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
@@ -62,16 +69,9 @@ def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: j
     for budgeted generation; top-p is SVG2's rule."""
     mass = cluster_mass(q_centroids, k_centroids, k_sizes)
     nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
-    order = jnp.argsort(-jnp.where(nonempty, mass, -1.0), axis=-1, stable=True)
-    sizes = jnp.take_along_axis(
-        jnp.broadcast_to(k_sizes[:, None, :], mass.shape).astype(jnp.float32), order, axis=-1)
-    total = jnp.sum(k_sizes, axis=-1).astype(jnp.float32)[:, None, None]
-    before = (jnp.cumsum(sizes, axis=-1) - sizes) / total
-    rank = jnp.arange(mass.shape[-1])
-    keep_sorted = (before < density) | (rank < min_clusters)
-    keep = jax.vmap(jax.vmap(lambda o, k: jnp.zeros_like(k).at[o].set(k, unique_indices=True)))(
-        order, keep_sorted)
-    return keep & nonempty
+    fraction = k_sizes.astype(jnp.float32) / jnp.sum(k_sizes, axis=-1, keepdims=True)
+    return _keep_heaviest(mass, nonempty, jnp.broadcast_to(fraction[:, None, :], mass.shape),
+                          density, min_clusters)
 
 
 def block_density(selected: jax.Array, q_sizes: jax.Array, k_sizes: jax.Array) -> jax.Array:

@@ -12,6 +12,7 @@ from flax import nnx
 
 from test_hunyuan_helpers import TINY, forward_args, inputs, jax_args, jax_forward
 
+from convert.common import nest
 from svg2_jax import SVG2Config
 from svg2_jax.layer_attention import DenseAttention, SVG2Attention
 from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel, hunyuan_forward
@@ -40,19 +41,9 @@ def random_model(config, seed=0):
             x *= 0.1
         flat[path] = jnp.asarray(x)
     state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, _nest(flat))
+    nnx.replace_by_pure_dict(state, nest(flat))
     nnx.update(model, state)
     return model
-
-
-def _nest(flat):
-    out = {}
-    for path, value in flat.items():
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = value
-    return out
 
 
 @pytest.fixture(scope="module")
