@@ -93,7 +93,8 @@ def _check(q, k, v, work: SparseWorkList, config: SparseTuningConfig):
 def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: SparseWorkList, *,
                            scale: float, config: SparseTuningConfig = SparseTuningConfig()):
     """Sparse attention of the work list on Hopper: q [N, Lq, D]; k, v [N, Lk, D]
-    (padded permuted layout) -> (out [C * 2 * block_q, D] in q.dtype, lse [C * 2 * block_q] float32).
+    (padded permuted layout) -> (out [C * 2 * block_q, D] in q.dtype,
+    lse [C * 2 * block_q] float32).
 
     A query row with no selected key gets out = 0 and lse = -inf."""
     _check(q, k, v, work, config)
@@ -261,6 +262,9 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
             def _():
                 plgpu.barrier_wait(merge_barrier)
 
+            # Every warpgroup computes the merge (pl.when cannot return values); outside
+            # split mode warpgroup 1's buffers may be mid-write and the select below
+            # discards what was read.
             other_o = plgpu.load(qo_smem2.at[1], layout=plgpu.Layout.WGMMA).astype(
                 jnp.float32)
             other_lse = plgpu.load(lse_smem2.at[1], layout=plgpu.Layout.WGMMA.reduce(1))
