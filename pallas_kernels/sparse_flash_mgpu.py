@@ -8,8 +8,10 @@ cluster and walks that cluster's KV tiles, each tile assembled in shared memory 
 `box_rows`-row TMA boxes of the selected key clusters, with the rows that are not
 real keys masked through a per-tile bitmask.
 
-Layout: q [N, Lq, D], k and v [N, Lk, D] in the padded permuted layout of the work
-list (clusters contiguous, each starting at a multiple of 8 rows; `padded_index`), N =
+Layout: q [N, Lq, D] in the padded permuted layout of the work list (query clusters
+contiguous, each starting at a multiple of 8 rows; `padded_index`), k and v [N, Lk, D]
+in the key layout (key clusters contiguous, unpadded, slack at the end;
+`key_layout_index`), N =
 batch x heads. Output: one slot of 2 * block_q rows per CTA, out [C * 2 * block_q, D]
 and the log-sum-exp lse [C * 2 * block_q] (natural log); `gather_rows` brings them
 back to token order.
@@ -30,13 +32,14 @@ from jax import lax
 
 from pallas_kernels.sparse_worklist import (ALIGN, MASK_WORD_BITS, SparseTuningConfig,
                                             SparseWorkList, build_work_list, expand_tiles,
-                                            mask_words)
+                                            mask_words, run_box)
 
 _DTYPES = (jnp.float16, jnp.bfloat16)
 _HEAD_DIMS = (64, 128)
-# Hopper's opt-in shared memory per block; Mosaic GPU adds ~4 KB (barriers, alignment).
+# Hopper's opt-in shared memory per block; Mosaic GPU adds ~1.6 KB (barriers, alignment;
+# no reduction scratch: the kernel's row reductions stay inside warps).
 SMEM_LIMIT = 232448
-_SMEM_OVERHEAD = 4096
+_SMEM_OVERHEAD = 2048
 
 
 def smem_bytes(head_dim: int, itemsize: int, config: SparseTuningConfig) -> int:
@@ -81,8 +84,8 @@ def _check(q, k, v, work: SparseWorkList, config: SparseTuningConfig):
                          f"{work.q_slot.shape[0]} problems, q has {n}")
     for name, x in (("q", q), ("k", k)):
         if x.shape[1] % ALIGN:
-            raise ValueError(f"sparse_flash_attention: padded {name} length {x.shape[1]} must "
-                             f"be a multiple of {ALIGN} (use q_padded_len / k_padded_len)")
+            raise ValueError(f"sparse_flash_attention: {name} layout length {x.shape[1]} must "
+                             f"be a multiple of {ALIGN} (use q_padded_len / k_layout_len)")
     if work.total_boxes.shape[0] % n or work.entry_size.shape != work.entry_start.shape:
         raise ValueError("sparse_flash_attention: work list does not match N")
     for name in ("cta", "total_boxes", "entry_start", "entry_size", "q_slot"):
@@ -93,7 +96,7 @@ def _check(q, k, v, work: SparseWorkList, config: SparseTuningConfig):
 def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: SparseWorkList, *,
                            scale: float, config: SparseTuningConfig = SparseTuningConfig()):
     """Sparse attention of the work list on Hopper: q [N, Lq, D]; k, v [N, Lk, D]
-    (padded permuted layout) -> (out [C * 2 * block_q, D] in q.dtype,
+    (key layout) -> (out [C * 2 * block_q, D] in q.dtype,
     lse [C * 2 * block_q] float32).
 
     A query row with no selected key gets out = 0 and lse = -inf."""
@@ -101,16 +104,21 @@ def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: Spars
     return _sparse_flash(q, k, v, work, float(scale), config)
 
 
-ABLATIONS = (None, "no_mask_store", "no_walk")
+ABLATIONS = ("no_mask_store", "no_walk", "one_copy", "no_mask_add")
 
 
 @jax.jit(static_argnames=("scale", "config", "ablation"))
 def _sparse_flash(q, k, v, work, scale, config, ablation=None):
-    """ablation (timing experiments only, wrong results): "no_mask_store" = the
-    producer writes no mask words; "no_walk" = neither, and its boxes are the first
-    entry's rows (no entry loads, no walk). See scripts/bench_kernel.py --ablations."""
-    if ablation not in ABLATIONS:
+    """ablation (timing experiments only, wrong results): None, or "+"-joined flags of
+    ABLATIONS: "no_mask_store" = the producer writes no mask words; "no_walk" = neither,
+    and its boxes are the first entry's rows (no entry loads, no walk); "one_copy" = K
+    and V tiles arrive by one block_kv-row TMA copy each instead of one per box;
+    "no_mask_add" = consumers add no mask. See scripts/bench_kernel.py --ablations."""
+    flags = set(ablation.split("+")) if ablation else set()
+    if not flags <= set(ABLATIONS):
         raise ValueError(f"unknown ablation {ablation!r}")
+    if "no_walk" in flags:
+        flags.add("no_mask_store")
     import jax.experimental.pallas as pl
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
@@ -165,9 +173,10 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
             def release(barriers, slot):
                 plgpu.barrier_arrive(barriers.at[slot])
 
-                @pl.when(split)
-                def _():  # the other warpgroup never reads this tile
-                    plgpu.barrier_arrive(barriers.at[slot])
+                if stages % 2 == 0:
+                    @pl.when(split)
+                    def _():  # the other warpgroup never reads this tile
+                        plgpu.barrier_arrive(barriers.at[slot])
 
             m_i = plgpu.layout_cast(jnp.full((block_q,), -jnp.inf, jnp.float32),
                                     plgpu.Layout.WGMMA.reduce(1))
@@ -176,9 +185,26 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
             acc = plgpu.layout_cast(jnp.full((block_q, head_dim), 0, jnp.float32),
                                     plgpu.Layout.WGMMA)
 
+            def wait_tile(barriers, consumed, tile):
+                """Wait for `tile` in `barriers`. A barrier's phase is tracked per thread,
+                flipping at each wait, so a warpgroup must wait on every phase of every
+                slot it reads. In split mode the two warpgroups alternate tiles: with an
+                even number of stages their slots are disjoint (the reader releases for
+                both); with an odd number they share slots, so each also waits for the
+                other's preceding tile (issued earlier: nearly free) and releases it,
+                which keeps the producer from refilling a slot whose phase a warpgroup
+                has not seen yet."""
+                if stages % 2:
+                    @pl.when(split & (tile >= 1))
+                    def _():
+                        prev = lax.rem(tile - 1, jnp.int32(stages))
+                        plgpu.barrier_wait(barriers.at[prev])
+                        plgpu.barrier_arrive(consumed.at[prev])
+                plgpu.barrier_wait(barriers.at[lax.rem(tile, jnp.int32(stages))])
+
             @pl.when(my_steps > 0)
             def _():
-                plgpu.barrier_wait(k_barriers.at[lax.rem(first_tile, jnp.int32(stages))])
+                wait_tile(k_barriers, k_consumed, first_tile)
 
             pl.when(wg_idx == 1)(perform_schedule_barrier)
 
@@ -207,7 +233,8 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                     word = jnp.where(col < (w + 1) * MASK_WORD_BITS, mask_vals[w], word)
                 bit = lax.shift_right_logical(word, col & (MASK_WORD_BITS - 1)) & 1
                 bias = jnp.where(bit != 0, jnp.float32(0), jnp.float32(-jnp.inf))
-                qk = qk + lax.broadcast_in_dim(bias, qk.shape, [1])
+                if "no_mask_add" not in flags:
+                    qk = qk + lax.broadcast_in_dim(bias, qk.shape, [1])
 
                 # m is kept scaled by scale * log2(e) so that p is one FMA + exp2.
                 m_ij = jnp.maximum(m_i, qk.max(axis=1) * scale_log2)
@@ -220,7 +247,7 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                 l_i += p.sum(axis=1)
                 acc, l_i, m_i, p16 = lax.optimization_barrier((acc, l_i, m_i, p16))
                 plgpu.barrier_arrive(schedule_barrier)
-                plgpu.barrier_wait(v_barriers.at[slot])
+                wait_tile(v_barriers, v_consumed, tile)
                 plgpu.barrier_wait(schedule_barrier)
 
                 def compute_pv(acc_ref):
@@ -228,8 +255,7 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
 
                     @pl.when(step + 1 < my_steps)
                     def _wait():
-                        nxt = lax.rem(tile + stride, jnp.int32(stages))
-                        plgpu.barrier_wait(k_barriers.at[nxt])
+                        wait_tile(k_barriers, k_consumed, tile + stride)
 
                 acc = pl.run_state(compute_pv)(plgpu.ACC.init(acc))
                 release(v_consumed, slot)
@@ -305,26 +331,32 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
 
             def walk(sizes, starts, box_in_entry, first_box):
                 """The tile's `boxes` boxes from (its first entry, box_in_entry): first
-                rows // 8, valid row counts, and the entry offset and box where the
-                next tile begins."""
+                rows // 8, real rows [lo, hi) of each, and the entry offset and box where
+                the next tile begins."""
                 rel, j = jnp.int32(0), box_in_entry
-                out_start, out_valid = [], []
+                out_start, out_lo, out_hi = [], [], []
                 for b in range(boxes):
                     size, start = sizes[0], starts[0]
                     for e in range(1, b + 1):
                         size = jnp.where(rel == e, sizes[e], size)
                         start = jnp.where(rel == e, starts[e], start)
                     live = first_box + b < total_boxes
-                    row8 = start + j * box8
+                    row8, lo, hi, last_box = run_box(start, size, j, box)
                     out_start.append(jnp.where(live, row8, out_start[0]) if b else row8)
-                    out_valid.append(jnp.where(live, jnp.clip(size - j * box, 0, box), 0))
-                    j = j + 1
-                    advance = j * box >= size
-                    rel = jnp.where(advance, rel + 1, rel)
-                    j = jnp.where(advance, 0, j)
-                return out_start, out_valid, rel, j
+                    out_lo.append(jnp.where(live, lo, 0))
+                    out_hi.append(jnp.where(live, hi, 0))
+                    rel = jnp.where(last_box, rel + 1, rel)
+                    j = jnp.where(last_box, 0, j + 1)
+                return out_start, (out_lo, out_hi), rel, j
 
             def fetch(row8s, slot, src_ref, dst_smem, barriers):
+                if "one_copy" in flags:
+                    plgpu.copy_gmem_to_smem(
+                        src_ref.at[problem, pl.ds(row8s[0] * ALIGN, block_kv)],
+                        dst_smem.at[slot], barriers.at[slot])
+                    for _ in range(boxes - 1):
+                        plgpu.barrier_arrive(barriers.at[slot])
+                    return
                 for b in range(boxes):
                     plgpu.copy_gmem_to_smem(
                         src_ref.at[problem, pl.ds(row8s[b] * ALIGN, box)],
@@ -333,8 +365,9 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
             def body(step, carry):
                 entry, j, sizes, starts = carry
                 slot = lax.rem(step, jnp.int32(stages))
-                if ablation == "no_walk":
-                    row8s = [starts[0] + b * box8 for b in range(boxes)]
+                if "no_walk" in flags:
+                    row8s = [lax.shift_right_logical(starts[0], jnp.int32(3)) + b * box8
+                             for b in range(boxes)]
                     valids = None
                 else:
                     row8s, valids, rel, j = walk(sizes, starts, j, step * boxes)
@@ -343,13 +376,17 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                     # this one waits for its slot and issues its copies.
                     sizes, starts = load_entries(entry)
 
+                # The words are computed before waiting for the slot: only the stores
+                # must wait.
+                word_vals = ([] if "no_mask_store" in flags
+                             else mask_words(*valids, box, words))
+
                 @pl.when(step >= stages)
                 def _():
                     plgpu.barrier_wait(k_consumed.at[slot])
 
-                if ablation is None:
-                    for w, word in enumerate(mask_words(valids, box, words)):
-                        mask_smem[slot, w] = word
+                for w, word in enumerate(word_vals):
+                    mask_smem[slot, w] = word
                 fetch(row8s, slot, k_ref, k_smem, k_barriers)
 
                 @pl.when(step >= stages)
@@ -394,7 +431,7 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
         grid_names=("cta",),
         num_threads=3,
         thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
+        compiler_params=plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0),
     )(q, k, v, work.cta, work.total_boxes, work.entry_start, work.entry_size)
     return out, lse2 * jnp.float32(math.log(2.0))
 
@@ -402,7 +439,7 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
 def sparse_flash_attention_reference(q, k, v, work: SparseWorkList, *, scale: float,
                                      config: SparseTuningConfig = SparseTuningConfig()):
     """Pure JAX, the kernel's function from the same work list (same slots, same tiles
-    and masks through `expand_tiles`): q [N, Lq, D]; k, v [N, Lk, D] (padded layout) ->
+    and masks through `expand_tiles`): q [N, Lq, D]; k, v [N, Lk, D] (the layouts) ->
     (out [C * 2 * block_q, D], lse [C * 2 * block_q]).
 
     One CTA at a time (lax.map), each over all its query cluster's tiles at once;

@@ -1,13 +1,17 @@
 """Work lists of the Hopper sparse flash-attention kernel, built on device by jitted JAX.
 
-The kernel (`pallas_kernels/sparse_flash_mgpu.py`) works on a *padded* permuted
-layout: per problem n (one batch x head), query cluster c owns rows
-[qstart[c], qstart[c] + q_sizes[c]) and key cluster c' owns rows
-[kstart[c'], kstart[c'] + k_sizes[c']), where every cluster starts at a multiple of
-ALIGN = 8 rows (the rows in between are padding: any finite value). TMA copies into
-the (8, 64)-tiled shared memory that wgmma reads need row offsets that are provably
-multiples of 8, so starts are stored divided by 8 and multiplied back in the kernel.
-`padded_index` gives the gather that builds this layout from token order.
+The kernel (`pallas_kernels/sparse_flash_mgpu.py`) works on permuted layouts, per
+problem n (one batch x head):
+
+- **Queries: padded.** Query cluster c owns rows [qstart[c], qstart[c] + q_sizes[c])
+  with every cluster starting at a multiple of ALIGN = 8 rows (the rows in between are
+  padding: any finite value). TMA copies into the (8, 64)-tiled shared memory that
+  wgmma reads need row offsets that are provably multiples of 8, so starts are stored
+  divided by 8 and multiplied back in the kernel. `padded_index` gives the gather.
+- **Keys: contiguous.** Key clusters follow each other without padding (in the order
+  the caller chose: `co_selection_order` puts clusters that the same query clusters
+  select next to each other), plus `box_rows` rows of slack at the end
+  (`key_layout_index`).
 
 - **CTAs.** A CTA computes `2 * block_q` query rows of one query cluster (one
   `block_q` tile per consumer warpgroup; both share one stream of keys). A cluster of
@@ -15,17 +19,19 @@ multiples of 8, so starts are stored divided by 8 and multiplied back in the ker
   but belong to nobody: every CTA writes its own slot of the output, rows
   [cta * 2 * block_q, (cta + 1) * 2 * block_q), and the inverse permutation reads each
   token's row from its slot (`q_slot`), so partial tiles never race.
-- **KV tiles.** The selected key clusters of query cluster g, in ascending id order
-  (the "entries" of g: padded start // 8 and size of each), are cut into boxes of
-  `box_rows` rows (a cluster of r rows gives cdiv(r, box_rows) boxes, the last one
-  partial). `block_kv // box_rows` consecutive boxes make one KV tile, which the
-  kernel's producer assembles in shared memory with one TMA copy per box, walking the
-  entries itself (so no per-tile array is built). Rows of a partial box past its
-  cluster, and box slots past the end of the list, are masked out through a bitmask
-  per tile (bit j of the tile = key row j of the tile is real), which the producer
-  writes to shared memory beside the tile. Unused box slots copy the tile's first box
-  again, so the shared memory they occupy holds finite values (0 * NaN would poison
-  the output). `expand_tiles` computes the same tiles in JAX (reference and tests).
+- **KV tiles.** The selected key clusters of query cluster g that are adjacent in the
+  key layout merge into *runs*; the
+  runs in layout order are the "entries" of g (first key row and rows of each). A run
+  from row r is cut into boxes of `box_rows` rows starting at the 8-aligned row
+  8 * (r // 8) (the r % 8 rows before it are masked), and `block_kv // box_rows`
+  consecutive boxes make one KV tile, which the kernel's producer assembles in shared
+  memory with one TMA copy per box, walking the entries itself (so no per-tile array
+  is built). Rows of a box outside its run, and box slots past the end of the list,
+  are masked out through a bitmask per tile (bit j of the tile = key row j of the
+  tile is real), which the producer writes to shared memory beside the tile. Unused
+  box slots copy the tile's first box again, so the shared memory they occupy holds
+  finite values (0 * NaN would poison the output). `expand_tiles` computes the same
+  tiles in JAX (reference and tests).
 
 All shapes are static upper bounds (no host sync): N * (cdiv(Sq, 2 * block_q) + QC)
 CTAs (those with `rows == 0` do nothing) and KC entries per query cluster (those past
@@ -60,7 +66,7 @@ class SparseTuningConfig:
 
     block_q: int = 64
     block_kv: int = 128
-    box_rows: int = 16
+    box_rows: int = 32
     max_concurrent_steps: int = 2
     split_tails: bool = True
 
@@ -98,8 +104,9 @@ class SparseWorkList:
 
     cta: [C, 4] (problem n, query cluster g = n * QC + c, first padded query row // 8,
       real rows in this CTA: 0 = unused CTA).
-    total_boxes: [N * QC] boxes in g's list (its KV tiles: cdiv(total, boxes_per_tile)).
-    entry_start: [N * QC, KC] padded first row // 8 of g's i-th selected key cluster.
+    total_boxes: [N * QC] boxes in g's list, sum of cdiv(start % 8 + size, box_rows)
+      over its entries (its KV tiles: cdiv(total, boxes_per_tile)).
+    entry_start: [N * QC, KC] first key row of g's i-th run of selected key clusters.
     entry_size: [N * QC, KC] its rows (> 0 for i < count; 0 after).
     q_slot: [N, Sq] output row (in [C * 2 * block_q]) of each permuted (unpadded)
       query row.
@@ -130,8 +137,31 @@ def q_padded_len(seq_q: int, num_q_clusters: int, config: "SparseTuningConfig") 
     return padded_len(seq_q, num_q_clusters, config.rows_per_cta)
 
 
-def k_padded_len(seq_k: int, num_k_clusters: int, config: "SparseTuningConfig") -> int:
-    return padded_len(seq_k, num_k_clusters, config.box_rows)
+def k_layout_len(seq_k: int, config: "SparseTuningConfig") -> int:
+    """Static length of the key layout: the keys, then slack for the last box's reads."""
+    return _round_up(seq_k + config.box_rows, ALIGN)
+
+
+def key_layout_index(order: jax.Array, length: int) -> jax.Array:
+    """The gather that builds the key layout: order [N, S] (permuted row p holds token
+    order[n, p]) -> [N, length] int32; the slack rows repeat token order[n, 0] (finite,
+    always masked)."""
+    n, s = order.shape
+    filler = jnp.broadcast_to(order[:, :1], (n, length - s))
+    return jnp.concatenate([order, filler], axis=1).astype(jnp.int32)
+
+
+def co_selection_order(mass: jax.Array, k_sizes: jax.Array) -> jax.Array:
+    """An order of the key clusters that puts clusters selected by the same query
+    clusters next to each other, so that they merge into runs (fewer partial boxes):
+    by the query cluster that weighs each key cluster most, heaviest first within
+    one query cluster; empty clusters last. mass: [N, QC, KC] (each query cluster's
+    distribution over key clusters, `selection.cluster_mass`); k_sizes: [N, KC] ->
+    [N, KC] int32, position i of the layout holds key cluster order[n, i]."""
+    best = jnp.argmax(mass, axis=1).astype(jnp.float32)         # [N, KC]
+    weight = jnp.max(mass, axis=1)                              # in [0, 1]
+    key = jnp.where(k_sizes > 0, 2.0 * best + (1.0 - weight), jnp.inf)
+    return jnp.argsort(key, axis=-1, stable=True).astype(jnp.int32)
 
 
 def padded_starts(sizes: jax.Array) -> jax.Array:
@@ -192,33 +222,56 @@ def _cta_list(q_sizes, seq_q: int, config: SparseTuningConfig):
 
 
 def _entries(k_sizes, selected):
-    """Each query cluster's selected non-empty key clusters, compacted in ascending id
-    order without a sort: (entry_start // 8 [N * QC, KC], entry_size [N * QC, KC],
-    total_boxes is computed by the caller)."""
+    """Each query cluster's runs of adjacent selected non-empty key clusters, compacted
+    in layout order without a sort: (entry_start [N * QC, KC] first key row,
+    entry_size [N * QC, KC]). An empty cluster between two selected ones splits their
+    run (correct, one more partial box); `co_selection_order` puts empty clusters last."""
     n, qc, kc = selected.shape
-    sel = selected & (k_sizes[:, None, :] > 0)                 # empty clusters: no boxes
-    pos = jnp.cumsum(sel, axis=-1, dtype=jnp.int32) - 1
-    ids = jnp.broadcast_to(jnp.arange(kc, dtype=jnp.int32), sel.shape)
-    sel_idx = jax.vmap(lambda pp, s, i: jnp.full((kc,), -1, jnp.int32).at[
-        jnp.where(s, pp, kc)].set(i, mode="drop"))(
-            pos.reshape(-1, kc), sel.reshape(-1, kc), ids.reshape(-1, kc)).reshape(n, qc, kc)
-    live = sel_idx >= 0
-    c = jnp.maximum(sel_idx, 0)
-    start8 = jnp.where(live, _gather(padded_starts(k_sizes) // ALIGN, c), 0)
-    size = jnp.where(live, _gather(k_sizes, c), 0)
-    return start8.reshape(n * qc, kc), size.reshape(n * qc, kc)
+    size = jnp.broadcast_to(k_sizes[:, None, :], selected.shape)
+    sel = selected & (size > 0)                                # empty clusters: no rows
+    off = jnp.zeros((n, qc, 1), bool)
+    begin = sel & ~jnp.concatenate([off, sel[..., :-1]], axis=2)
+    end = sel & ~jnp.concatenate([sel[..., 1:], off], axis=2)
+    start = jnp.broadcast_to(_exclusive_cumsum(k_sizes)[:, None, :], selected.shape)
+
+    def compact(flags, values):
+        pos = jnp.where(flags, jnp.cumsum(flags, axis=-1, dtype=jnp.int32) - 1, kc)
+        return jax.vmap(lambda p, v: jnp.zeros((kc,), jnp.int32).at[p].set(v, mode="drop"))(
+            pos.reshape(-1, kc), values.reshape(-1, kc))
+
+    first = compact(begin, start)
+    last = compact(end, start + size)
+    return first, last - first
+
+
+def run_box(start, size, j, box: int):
+    """Box j of the run of key rows [start, start + size), boxes of `box` rows laid from
+    the 8-aligned row below start: (its first row // 8, its first real row, the end of
+    its real rows (rows in [lo, hi) are keys), whether it is the run's last box).
+    Scalars (the kernel's producer) or arrays (expand_tiles) alike."""
+    lead = jax.lax.bitwise_and(start, jnp.int32(ALIGN - 1))
+    span = lead + size
+    row8 = jax.lax.shift_right_logical(start, jnp.int32(3)) + j * (box // ALIGN)
+    lo = jnp.where(j == 0, lead, 0)
+    hi = jnp.clip(span - j * box, 0, box)
+    return row8, lo, hi, (j + 1) * box >= span
+
+
+def run_boxes(size, start, box: int):
+    """Boxes of each run: size, start [...] -> [...] int32."""
+    return _cdiv(jax.lax.bitwise_and(start, jnp.int32(ALIGN - 1)) + size, box)
 
 
 def expand_tiles(work: "SparseWorkList", config: SparseTuningConfig, seq_k: int):
     """The KV tiles the kernel's producer assembles, computed in JAX: (num_tiles [G],
-    kv_start8 [G, T, boxes_per_tile] first padded row // 8 of each box, kv_mask
+    kv_start8 [G, T, boxes_per_tile] first key row // 8 of each box, kv_mask
     [G, T, block_kv // 32] bitmask words), T = the static bound on tiles per query
     cluster. The same walk as the kernel: from each tile's first box, step through
     `boxes_per_tile` boxes of the entry list."""
     g, kc = work.entry_size.shape
     box, bpt = config.box_rows, config.boxes_per_tile
-    tiles = _cdiv(_cdiv(seq_k, box) + kc, bpt)
-    nb = _cdiv(work.entry_size, box)                           # [G, KC], 0 past the count
+    tiles = _cdiv(_cdiv(seq_k, box) + 2 * kc, bpt)
+    nb = jnp.where(work.entry_size > 0, run_boxes(work.entry_size, work.entry_start, box), 0)
     first_box = _exclusive_cumsum(nb)
     total = work.total_boxes
     num_tiles = _cdiv(total, bpt)
@@ -228,46 +281,47 @@ def expand_tiles(work: "SparseWorkList", config: SparseTuningConfig, seq_k: int)
     i = _owner(first_tile, starts_tile.astype(jnp.int32), tiles)  # [G, T]
     t = jnp.arange(tiles, dtype=jnp.int32)
     j = t * bpt - jnp.take_along_axis(first_box, i, axis=-1)
-    starts, valids = [], []
+    starts, los, his = [], [], []
     for b in range(bpt):
         live = (t * bpt + b) < total[:, None]
         ic = jnp.minimum(i, kc - 1)
-        size_c = jnp.take_along_axis(work.entry_size, ic, axis=-1)
-        start = jnp.take_along_axis(work.entry_start, ic, axis=-1) + (box // ALIGN) * j
-        valid = jnp.where(live, jnp.clip(size_c - box * j, 0, box), 0)
-        starts.append(jnp.where(live, start, starts[0] if starts else 0))
-        valids.append(valid)
-        j = j + 1
-        advance = box * j >= size_c
-        i = jnp.where(advance, i + 1, i)
-        j = jnp.where(advance, 0, j)
+        row8, lo, hi, last = run_box(jnp.take_along_axis(work.entry_start, ic, axis=-1),
+                                     jnp.take_along_axis(work.entry_size, ic, axis=-1), j, box)
+        starts.append(jnp.where(live, row8, starts[0] if starts else 0))
+        los.append(jnp.where(live, lo, 0))
+        his.append(jnp.where(live, hi, 0))
+        i = jnp.where(last, i + 1, i)
+        j = jnp.where(last, 0, j + 1)
     in_use = t < num_tiles[:, None]
     kv_start = jnp.where(in_use[..., None], jnp.stack(starts, axis=-1), 0)
-    words = [jnp.where(in_use, w, 0) for w in mask_words(valids, box, config.mask_words)]
+    words = [jnp.where(in_use, w, 0) for w in mask_words(los, his, box, config.mask_words)]
     return num_tiles, kv_start, jnp.stack(words, axis=-1)
 
 
-def mask_words(valids, box: int, num_words: int):
-    """Per-box valid row counts (a list of boxes_per_tile int32 arrays) -> num_words
+def mask_words(los, his, box: int, num_words: int):
+    """Per-box real rows [lo, hi) (lists of boxes_per_tile int32 arrays) -> num_words
     int32 arrays: bit r of box b is bit (b * box + r) % 32 of word (b * box) // 32.
     Written with the ops the kernel uses on its scalars (no unsigned types)."""
     per_word = MASK_WORD_BITS // box
+
+    def ones(v):  # the low v bits, v in [0, 32]
+        return jnp.where(v >= MASK_WORD_BITS, jnp.int32(-1),
+                         jax.lax.shift_left(jnp.int32(1), jnp.minimum(v, 31)) - 1)
+
     words = []
     for w in range(num_words):
-        word = jnp.zeros_like(valids[0])
+        word = jnp.zeros_like(his[0])
         for b in range(w * per_word, (w + 1) * per_word):
-            v = valids[b]
-            ones = jnp.where(v >= MASK_WORD_BITS, jnp.int32(-1),
-                             jax.lax.shift_left(jnp.int32(1), jnp.minimum(v, 31)) - 1)
-            word = word | jax.lax.shift_left(ones, jnp.int32(box * (b - w * per_word)))
+            bits = ones(his[b]) & ~ones(los[b])
+            word = word | jax.lax.shift_left(bits, jnp.int32(box * (b - w * per_word)))
         words.append(word)
     return words
 
 
 def build_work_list(q_sizes: jax.Array, k_sizes: jax.Array, selected: jax.Array,
                     seq_q: int, seq_k: int, config: SparseTuningConfig) -> SparseWorkList:
-    """q_sizes: [N, QC]; k_sizes: [N, KC] int cluster sizes (permuted layout: clusters
-    in ascending id order); selected: [N, QC, KC] bool -> SparseWorkList.
+    """q_sizes: [N, QC]; k_sizes: [N, KC] int cluster sizes (clusters in layout order);
+    selected: [N, QC, KC] bool (key clusters in the same order) -> SparseWorkList.
 
     Jit-friendly (static shapes, no sort); seq_q / seq_k are the permuted lengths."""
     n, qc = q_sizes.shape
@@ -278,7 +332,9 @@ def build_work_list(q_sizes: jax.Array, k_sizes: jax.Array, selected: jax.Array,
     k_sizes = k_sizes.astype(jnp.int32)
     cta, q_slot = _cta_list(q_sizes, seq_q, config)
     entry_start, entry_size = _entries(k_sizes, selected.astype(bool))
-    total_boxes = jnp.sum(_cdiv(entry_size, config.box_rows), axis=-1, dtype=jnp.int32)
+    total_boxes = jnp.sum(jnp.where(entry_size > 0, run_boxes(entry_size, entry_start,
+                                                              config.box_rows), 0),
+                          axis=-1, dtype=jnp.int32)
     return SparseWorkList(cta=cta, total_boxes=total_boxes, entry_start=entry_start,
                           entry_size=entry_size, q_slot=q_slot)
 

@@ -7,26 +7,29 @@ k-means (cold, `--kmeans-iters`), and for each target density selects, per query
 cluster, the key clusters of largest centroid mass until that fraction of the keys is
 kept (a fixed-density control: top-p at trained-model densities needs a trained
 model). Then it times:
-  kernel    the sparse kernel alone on the padded permuted layout,
-  layout    work-list build + padded gathers of q, k, v + output back to token order,
+  kernel    the sparse kernel alone on its layouts (`svg2_jax.attention.pallas_layout`),
+  layout    key cluster order + work-list build + gathers of q, k, v into the layouts +
+            output back to token order,
   dense     cuDNN (jax.nn.dot_product_attention(implementation="cudnn")),
 and reports efficiency = density x dense / kernel (the issue's figure of merit; 1.0 =
 the kernel computes the selected pairs as fast as cuDNN computes all pairs) and the
-wasted fraction of computed (query row, key row) pairs (Q tails of 64-row tiles, K
-tails of box_rows-row boxes, empty box slots).
+wasted fraction of computed (query row, key row) pairs (Q tails of 64-row tiles, key
+rows of partial box_rows-row boxes outside their runs, empty box slots).
 
 Times are medians of `--reps` back-to-back launches (dispatch overlapped), each run
 timed as a whole and divided.
 
 Usage (GPU machine):
   python -m scripts.bench_kernel --json out.json --png out.png
-  python -m scripts.bench_kernel --shapes 32760x12 --densities 0.1,0.3 --tunings 128:16:2,96:16:3
+  python -m scripts.bench_kernel --shapes 32760x12 --densities 0.1,0.3 --tunings 128:16:2,128:32:3 \
+      --key-orders co_selection,label
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import statistics
 import sys
@@ -69,11 +72,12 @@ def structured_qkv(key, s, h, d=128, centres=1500, noise=0.6):
 
 
 def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_clusters=0,
-                ablations=()):
+                ablations=(), key_orders=("co_selection",)):
     from pallas_kernels import sparse_flash_mgpu as sf
     from pallas_kernels import sparse_worklist as wl
     from svg2_jax import SVG2Config, svg2_kmeans
-    from svg2_jax.permute import cluster_order, permute
+    from svg2_jax.attention import pallas_layout
+    from svg2_jax.kmeans import KMeansResult
     from svg2_jax.selection import block_density, select_by_density
 
     d = 128
@@ -99,26 +103,20 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
     kcen = rearrange(cache.k_centroids, "b h c d -> (b h) c d")
     q_lab, q_sizes = labels_and_sizes(qn, qcen)
     k_lab, k_sizes = labels_and_sizes(kn, kcen)
-    q_order, k_order = cluster_order(q_lab), cluster_order(k_lab)
+    zero = jnp.zeros((), jnp.int32)
+    qres = KMeansResult(q_lab, qcen, q_sizes, zero, zero.astype(jnp.float32))
+    kres = KMeansResult(k_lab, kcen, k_sizes, zero, zero.astype(jnp.float32))
     rows = []
-    for tuning in tunings:
-        lq, lk = wl.q_padded_len(s, qc, tuning), wl.k_padded_len(s, kc, tuning)
-
-        @jax.jit
-        def layout(qn, kn, vn, q_order, k_order, q_sizes, k_sizes, selected):
-            work = wl.build_work_list(q_sizes, k_sizes, selected, s, s, tuning)
-            qi = wl.padded_index(q_order, q_sizes, lq)
-            ki = wl.padded_index(k_order, k_sizes, lk)
-            return work, permute(qn, qi), permute(kn, ki), permute(vn, ki)
-
+    for tuning, key_order in itertools.product(tunings, key_orders):
+        layout = jax.jit(functools.partial(pallas_layout, tuning=tuning, key_order=key_order))
         kernel = jax.jit(functools.partial(sf.sparse_flash_attention, scale=scale, config=tuning))
         back = jax.jit(sf.gather_rows)
         for target in densities:
             sel = jax.jit(select_by_density, static_argnums=(3, 4))(
                 qcen, kcen, k_sizes, target, min_clusters)
             density = float(jnp.mean(block_density(sel, q_sizes, k_sizes)))
-            args = (qn, kn, vn, q_order, k_order, q_sizes, k_sizes, sel)
-            work, qp, kp, vp = layout(*args)
+            args = (qn, kn, vn, qres, kres, sel)
+            work, qp, kp, vp, q_order = layout(*args)
             kernel_ms = timeit(kernel, qp, kp, vp, work, reps=reps)
             o_slots, lse_slots = kernel(qp, kp, vp, work)
             layout_ms = timeit(layout, *args, reps=reps) + timeit(
@@ -129,14 +127,15 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
                 ab_ms = timeit(fn, qp, kp, vp, work, reps=reps)
                 print(f"[{name}] ablation {ab}: kernel {ab_ms:.3f} ms (shipped {kernel_ms:.3f})",
                       flush=True)
-                rows.append(dict(shape=name, ablation=ab, density=density, kernel_ms=ab_ms,
-                                 shipped_kernel_ms=kernel_ms))
+                rows.append(dict(shape=name, ablation=ab, key_order=key_order, density=density,
+                                 kernel_ms=ab_ms, shipped_kernel_ms=kernel_ms))
             computed, real = wl.tile_rows(work, tuning)
             waste = 1.0 - float(jnp.sum(real) / jnp.sum(computed))
             kept = float(jnp.mean(jnp.sum(sel, axis=-1)))
             row = dict(shape=name, S=s, H=h, QC=qc, KC=kc, block_kv=tuning.block_kv,
                        min_clusters=min_clusters, kept_clusters=kept,
                        box_rows=tuning.box_rows, stages=tuning.max_concurrent_steps,
+                       key_order=key_order,
                        split_tails=tuning.split_tails,
                        target_density=target, density=density, kernel_ms=kernel_ms,
                        layout_ms=layout_ms, dense_ms=dense_ms,
@@ -146,7 +145,7 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
                        nonfinite=int(jnp.sum(~jnp.isfinite(o_slots.astype(jnp.float32)))))
             rows.append(row)
             print(f"[{name}] kv{tuning.block_kv} box{tuning.box_rows} st{tuning.max_concurrent_steps}"
-                  f"{'' if tuning.split_tails else ' nosplit'}"
+                  f"{'' if tuning.split_tails else ' nosplit'} keys by {key_order}"
                   f" density {density:.3f}: kernel {kernel_ms:.3f} ms, layout {layout_ms:.3f} ms,"
                   f" efficiency {row['efficiency']:.3f}, wasted pairs {waste:.3f},"
                   f" key clusters kept {kept:.0f} (floor {min_clusters})", flush=True)
@@ -155,12 +154,13 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
 
 def table_markdown(rows) -> str:
     rows = [r for r in rows if "ablation" not in r]  # those are printed as they run
-    lines = ["| shape | block_kv / box / stages / split | density | kernel ms | layout ms | cuDNN dense ms "
-             "| efficiency | with layout | wasted pairs |", "|" + "---|" * 9]
+    lines = ["| shape | block_kv / box / stages / split | key order | density | kernel ms | layout ms | cuDNN dense ms "
+             "| efficiency | with layout | wasted pairs |", "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['block_kv']} / {r['box_rows']} / {r['stages']} / "
-            f"{'yes' if r.get('split_tails', True) else 'no'} | {r['density']:.3f} "
+            f"{'yes' if r.get('split_tails', True) else 'no'} "
+            f"| {r.get('key_order', 'label (padded)')} | {r['density']:.3f} "
             f"| {r['kernel_ms']:.2f} | {r['layout_ms']:.2f} | {r['dense_ms']:.2f} "
             f"| {r['efficiency']:.3f} | {r['efficiency_with_layout']:.3f} "
             f"| {r['wasted_pair_fraction']:.3f} |")
@@ -173,12 +173,12 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     ident = lambda r: (r["shape"], r["block_kv"], r["box_rows"], r["stages"],
-                       r.get("split_tails", True))
+                       r.get("split_tails", True), r.get("key_order", "label (padded)"))
     rows = [r for r in rows if "ablation" not in r]
     for key in sorted(set(map(ident, rows))):
         pts = sorted((r["density"], r["efficiency"]) for r in rows if ident(r) == key)
         ax.plot(*zip(*pts), marker="o", label=f"S,H={key[0]} kv{key[1]} box{key[2]} "
-                f"st{key[3]}{'' if key[4] else ' nosplit'}")
+                f"st{key[3]}{'' if key[4] else ' nosplit'} {key[5]}")
     ax.axhline(0.9, color="gray", ls="--", lw=1, label="target 0.9")
     ax.set_xlabel("density (fraction of query-key pairs computed)")
     ax.set_ylabel("efficiency = density x dense / sparse")
@@ -193,13 +193,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--densities", default=",".join(map(str, DENSITIES)))
-    ap.add_argument("--tunings", default="128:16:2",
+    ap.add_argument("--tunings", default="128:32:2",
                     help="comma-separated block_kv:box_rows:stages[:nosplit] kernel configurations")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--kmeans-iters", type=int, default=20)
     ap.add_argument("--min-clusters", default="0",
                     help="comma-separated floors on kept key clusters per query cluster "
                          "(SVG2's default is 10%% of KC)")
+    ap.add_argument("--key-orders", default="co_selection",
+                    help="comma-separated key cluster layouts: co_selection (the library's), "
+                         "label")
     ap.add_argument("--ablations", default="",
                     help="also time timing-only kernel variants: no_mask_store,no_walk")
     ap.add_argument("--json")
@@ -225,7 +228,8 @@ def main(argv=None):
         for floor in args.min_clusters.split(","):
             rows += bench_shape(name, *SHAPES[name], densities, tunings, args.reps,
                                 args.kmeans_iters, int(floor),
-                                [a for a in args.ablations.split(",") if a])
+                                [a for a in args.ablations.split(",") if a],
+                                args.key_orders.split(","))
     print(table_markdown(rows))
     meta = dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
                 date=time.strftime("%Y-%m-%d", time.gmtime()), argv=sys.argv[1:])

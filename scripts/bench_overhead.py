@@ -134,7 +134,7 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
     # out (everything SVG2 adds around the kernel, in one jit).
     if jax.devices()[0].device_kind and "H" in jax.devices()[0].device_kind:
         from pallas_kernels import sparse_flash_mgpu as sf
-        from pallas_kernels import sparse_worklist as wl
+        from svg2_jax.attention import pallas_layout
         from svg2_jax.selection import select_by_density
         impl = "pallas" if "pallas" in results else next(iter(results))
         rq, rk = results[impl]
@@ -159,11 +159,7 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
             b = km.kmeans(kn_, rearrange(c.k_centroids, "b h c d -> (b h) c d"), 2, 1e-4,
                           impl=impl)
             sel_ = select_by_density(a.centroids, b.centroids, b.sizes, 0.13, int(0.1 * kc))
-            qo, ko = cluster_order(a.labels), cluster_order(b.labels)
-            work = wl.build_work_list(a.sizes, b.sizes, sel_, s, s, tuning)
-            qi = wl.padded_index(qo, a.sizes, wl.q_padded_len(s, qc, tuning))
-            ki = wl.padded_index(ko, b.sizes, wl.k_padded_len(s, kc, tuning))
-            qp, kp, vp = permute(qn_, qi), permute(kn_, ki), permute(vn_, ki)
+            work, qp, kp, vp, qo = pallas_layout(qn_, kn_, vn_, a, b, sel_, tuning)
             slots = work.cta.shape[0] * tuning.rows_per_cta
             fake = (kp[0, :1, :1] + vp[0, :1, :1] + qp[0, :1, :1]).astype(jnp.float32)
             o, lse = sf.gather_rows(jnp.zeros((slots, d), q.dtype) + fake.astype(q.dtype),

@@ -11,8 +11,9 @@ from einops import rearrange
 
 from svg2_jax import kmeans as km
 from svg2_jax.config import SVG2Config
-from svg2_jax.permute import cluster_order, permute, unpermute
-from svg2_jax.selection import block_density, select_by_density, select_clusters
+from svg2_jax.kmeans import KMeansResult
+from svg2_jax.permute import cluster_order, inverse_order, permute, unpermute
+from svg2_jax.selection import block_density, cluster_mass, select_by_density, select_clusters
 from svg2_jax.sparse_attention import sparse_attention_chunked, sparse_attention_masked_dense
 
 
@@ -188,11 +189,11 @@ def svg2_core(qn, kn, vn, cache, config: SVG2Config, key, scale):
         on, lse = sparse_attention_masked_dense(qn, kn, vn, qk.labels, kk.labels, selected,
                                                 scale)
         return on, lse, qk, kk, selected
-    q_order, k_order = cluster_order(qk.labels), cluster_order(kk.labels)
     if backend in ("pallas", "pallas_reference"):
-        on, lse = _pallas_sparse(qn, kn, vn, q_order, k_order, qk.sizes, kk.sizes, selected,
-                                 scale, config, reference=backend == "pallas_reference")
+        on, lse = _pallas_sparse(qn, kn, vn, qk, kk, selected, scale, config,
+                                 reference=backend == "pallas_reference")
         return on, lse, qk, kk, selected
+    q_order, k_order = cluster_order(qk.labels), cluster_order(kk.labels)
     sorted_q_labels = jnp.take_along_axis(qk.labels, q_order, axis=-1)
     sorted_k_labels = jnp.take_along_axis(kk.labels, k_order, axis=-1)
     o_perm, lse_perm = sparse_attention_chunked(
@@ -201,18 +202,44 @@ def svg2_core(qn, kn, vn, cache, config: SVG2Config, key, scale):
     return (unpermute(o_perm, q_order), unpermute(lse_perm, q_order), qk, kk, selected)
 
 
-def _pallas_sparse(qn, kn, vn, q_order, k_order, q_sizes, k_sizes, selected, scale,
-                   config: SVG2Config, reference: bool = False):
-    """The Hopper kernel's path: padded permuted layout, work list, kernel, slots back
-    to token order. reference=True runs the kernel's pure-JAX twin (CPU tests)."""
-    from pallas_kernels import sparse_flash_mgpu as sf
+def pallas_layout(qn, kn, vn, qk: KMeansResult, kk: KMeansResult, selected, tuning,
+                  key_order: str = "co_selection"):
+    """The Hopper kernel's inputs from the clustering: qn [N, Sq, D]; kn, vn [N, Sk, D];
+    k-means results of queries and keys; selected [N, QC, KC] -> (work list, q in the
+    padded layout, k and v in the key layout, q_order [N, Sq]).
+
+    key_order "co_selection" lays key clusters out in `co_selection_order` (those the
+    same query clusters select sit together and merge into runs); "label" in label order
+    (for benchmarks)."""
     from pallas_kernels import sparse_worklist as wl
-    tuning = config.kernel_config
     (_, sq, _), sk = qn.shape, kn.shape[1]
-    work = wl.build_work_list(q_sizes, k_sizes, selected, sq, sk, tuning)
-    q_idx = wl.padded_index(q_order, q_sizes, wl.q_padded_len(sq, q_sizes.shape[1], tuning))
-    k_idx = wl.padded_index(k_order, k_sizes, wl.k_padded_len(sk, k_sizes.shape[1], tuning))
-    qp, kp, vp = permute(qn, q_idx), permute(kn, k_idx), permute(vn, k_idx)
+    if key_order == "co_selection":
+        mass = cluster_mass(qk.centroids, kk.centroids, kk.sizes)
+        k_perm = wl.co_selection_order(mass, kk.sizes)         # layout position -> cluster
+    elif key_order == "label":
+        k_perm = jnp.broadcast_to(jnp.arange(kk.sizes.shape[1], dtype=jnp.int32),
+                                  kk.sizes.shape)
+    else:
+        raise ValueError(f"pallas_layout: key_order must be 'co_selection' or 'label', "
+                         f"got {key_order!r}")
+    k_rank = inverse_order(k_perm)                              # cluster -> layout position
+    q_order = cluster_order(qk.labels)
+    k_order = cluster_order(jnp.take_along_axis(k_rank, kk.labels, axis=-1))
+    k_sizes = jnp.take_along_axis(kk.sizes, k_perm, axis=-1)
+    selected = jnp.take_along_axis(selected, k_perm[:, None, :], axis=-1)
+    work = wl.build_work_list(qk.sizes, k_sizes, selected, sq, sk, tuning)
+    q_idx = wl.padded_index(q_order, qk.sizes, wl.q_padded_len(sq, qk.sizes.shape[1], tuning))
+    k_idx = wl.key_layout_index(k_order, wl.k_layout_len(sk, tuning))
+    return work, permute(qn, q_idx), permute(kn, k_idx), permute(vn, k_idx), q_order
+
+
+def _pallas_sparse(qn, kn, vn, qk, kk, selected, scale, config: SVG2Config,
+                   reference: bool = False):
+    """The Hopper kernel's path: layouts, work list, kernel, slots back to token order.
+    reference=True runs the kernel's pure-JAX twin (CPU tests)."""
+    from pallas_kernels import sparse_flash_mgpu as sf
+    tuning = config.kernel_config
+    work, qp, kp, vp, q_order = pallas_layout(qn, kn, vn, qk, kk, selected, tuning)
     run = sf.sparse_flash_attention_reference if reference else sf.sparse_flash_attention
     out_slots, lse_slots = run(qp, kp, vp, work, scale=scale, config=tuning)
     return sf.gather_rows(out_slots, lse_slots, work, q_order)

@@ -69,7 +69,7 @@ class SVG2Config:
     kmeans_chunk: int = 8192
     target_density: float | None = None
     kernel_block_kv: int = 128
-    kernel_box_rows: int = 16
+    kernel_box_rows: int = 32
     kernel_stages: int = 2
 
     def __post_init__(self):

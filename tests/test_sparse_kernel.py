@@ -10,8 +10,9 @@ import pytest
 from pallas_kernels.sparse_flash_mgpu import (gather_rows, sparse_flash_attention,
                                               sparse_flash_attention_reference)
 from pallas_kernels.sparse_worklist import (ALIGN, SparseTuningConfig, build_work_list,
-                                            expand_tiles, k_padded_len, padded_index,
-                                            padded_starts, q_padded_len, tile_rows)
+                                            co_selection_order, expand_tiles, k_layout_len,
+                                            key_layout_index, padded_index, padded_starts,
+                                            q_padded_len, tile_rows)
 from svg2_jax import SVG2Config, svg2_attention
 from svg2_jax.permute import cluster_order, permute
 from npref import masked_attention_lse
@@ -50,11 +51,11 @@ def problem(seed, n=2, sq=300, sk=260, qc=6, kc=11, density=0.5, huge=False):
 def np_coverage(work, cfg, qs, ks):
     """[N, Sq, Sk] count of how often the work list computes each (permuted query row,
     permuted key row) pair, over the real rows of each CTA and the unmasked key rows of
-    each of its tiles. Padded rows are mapped back to permuted rows here."""
+    each of its tiles. Padded query rows are mapped back to permuted rows here; the key
+    layout is the permuted keys themselves."""
     n, sq, sk = qs.shape[0], int(qs[0].sum()), int(ks[0].sum())
-    qpad, kpad = np.asarray(padded_starts(jnp.array(qs))), np.asarray(padded_starts(jnp.array(ks)))
+    qpad = np.asarray(padded_starts(jnp.array(qs)))
     qst = np.concatenate([np.zeros((n, 1), int), np.cumsum(qs, 1)], 1)
-    kst = np.concatenate([np.zeros((n, 1), int), np.cumsum(ks, 1)], 1)
 
     def unpad(row, pad, st, sizes, p):
         c = np.flatnonzero((pad[p] <= row) & (row < pad[p] + sizes[p]))
@@ -73,7 +74,9 @@ def np_coverage(work, cfg, qs, ks):
             for col in range(cfg.block_kv):
                 if (bits[g, t, col // 32] >> (col % 32)) & 1:
                     b, r = divmod(col, cfg.box_rows)
-                    keys.append(unpad(starts[g, t, b] + r, kpad, kst, ks, p))
+                    assert starts[g, t, b] + r < sk, "a masked-in key row past the keys"
+                    keys.append(starts[g, t, b] + r)
+        assert len(keys) == len(set(keys)), "a key row twice in one query cluster's tiles"
         for r in range(rows):
             cov[p, unpad(q8 * ALIGN + r, qpad, qst, qs, p), keys] += 1
     return cov
@@ -93,7 +96,8 @@ def np_want(qs, ks, sel):
 CONFIGS = [SparseTuningConfig(), SparseTuningConfig(block_kv=64, box_rows=8),
            SparseTuningConfig(block_kv=64, box_rows=32),
            SparseTuningConfig(block_kv=64, max_concurrent_steps=4),
-           SparseTuningConfig(split_tails=False)]
+           SparseTuningConfig(split_tails=False), SparseTuningConfig(box_rows=16),
+           SparseTuningConfig(max_concurrent_steps=3, box_rows=16)]
 
 
 # ------------------------------------------------------------------ work list (CPU)
@@ -112,6 +116,76 @@ def test_work_list_covers_each_selected_pair_exactly_once(cfg, seed, density, hu
     work = jax.jit(build_work_list, static_argnums=(3, 4, 5))(
         jnp.array(qs), jnp.array(ks), jnp.array(sel), int(qs[0].sum()), int(ks[0].sum()), cfg)
     np.testing.assert_array_equal(np_coverage(work, cfg, qs, ks), np_want(qs, ks, sel))
+
+
+def test_adjacent_selected_clusters_merge_into_runs():
+    # Layout order: sizes 5, 0, 7, 9, 4, 0, 6; query cluster 0 selects 0, 2, 3 (two runs:
+    # the empty cluster 1 splits them, the rows are adjacent anyway) and 6; query
+    # cluster 1 selects 1 (empty) and 4; query cluster 2 nothing; query cluster 3
+    # everything (one run per stretch of non-empty clusters).
+    ks = np.array([[5, 0, 7, 9, 4, 0, 6]])
+    sel = np.zeros((1, 4, 7), bool)
+    sel[0, 0, [0, 2, 3, 6]] = True
+    sel[0, 1, [1, 4]] = True
+    sel[0, 3] = True
+    qs = np.array([[3, 4, 2, 1]])
+    cfg = SparseTuningConfig(box_rows=8, block_kv=64)
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 10, 31, cfg)
+    start, size = np.asarray(work.entry_start), np.asarray(work.entry_size)
+    np.testing.assert_array_equal(start[:, :4], [[0, 5, 25, 0], [21, 0, 0, 0], [0, 0, 0, 0],
+                                                 [0, 5, 25, 0]])
+    np.testing.assert_array_equal(size[:, :4], [[5, 16, 6, 0], [4, 0, 0, 0], [0, 0, 0, 0],
+                                                [5, 20, 6, 0]])
+    # Boxes are laid from the 8-aligned row below each run's start: run [25, 31) is one
+    # box from row 24, run [21, 25) two (rows 16-23 and 24-31), run [5, 21) three.
+    np.testing.assert_array_equal(np.asarray(work.total_boxes), [1 + 3 + 1, 2, 0, 1 + 4 + 1])
+    np.testing.assert_array_equal(np_coverage(work, cfg, qs, ks), np_want(qs, ks, sel))
+
+
+def test_co_selection_order():
+    rng = np.random.default_rng(3)
+    mass = jax.nn.softmax(jnp.array(rng.standard_normal((2, 5, 40)) * 3), axis=-1)
+    sizes = jnp.array(rng.integers(0, 4, (2, 40)))
+    order = np.asarray(co_selection_order(mass, sizes))
+    best = np.asarray(jnp.argmax(mass, axis=1))
+    weight = np.asarray(jnp.max(mass, axis=1))
+    for n in range(2):
+        assert sorted(order[n]) == list(range(40))
+        nonempty = [c for c in order[n] if sizes[n, c] > 0]
+        assert list(order[n, :len(nonempty)]) == nonempty      # empty clusters last
+        keys = [(best[n, c], -weight[n, c]) for c in nonempty]
+        assert keys == sorted(keys)                            # grouped by favourite query
+
+
+def test_both_key_orders_give_the_same_attention():
+    from svg2_jax.attention import pallas_layout
+    from svg2_jax.kmeans import KMeansResult
+    from svg2_jax.selection import select_clusters
+    rng = np.random.default_rng(8)
+    n, s, d, qc, kc = 2, 300, 64, 5, 23
+    qn, kn, vn = (jnp.array(rng.standard_normal((n, s, d)), jnp.float32) for _ in range(3))
+    res = []
+    for x, c in ((qn, qc), (kn, kc)):
+        lab = jnp.array(rng.integers(0, c, (n, s)), jnp.int32)
+        sizes = jax.vmap(lambda l: jnp.bincount(l, length=c))(lab).astype(jnp.int32)
+        res.append(KMeansResult(lab, jnp.array(rng.standard_normal((n, c, d)), jnp.float32),
+                                sizes, jnp.int32(0), jnp.float32(0)))
+    sel = select_clusters(res[0].centroids, res[1].centroids, res[1].sizes, 0.7, 2)
+    cfg = SparseTuningConfig(block_kv=64, box_rows=8)
+    outs = []
+    for key_order in ("co_selection", "label"):
+        work, qp, kp, vp, q_order = pallas_layout(qn, kn, vn, *res, sel, cfg, key_order)
+        outs.append(gather_rows(*sparse_flash_attention_reference(qp, kp, vp, work, scale=0.2,
+                                                                  config=cfg), work, q_order))
+    want = np.zeros((n, s, s), bool)
+    for p in range(n):
+        want[p] = np.asarray(sel)[p][np.asarray(res[0].labels)[p]][:, np.asarray(res[1].labels)[p]]
+    want_o, want_lse = masked_attention_lse(qn, kn, vn, want, 0.2)
+    for out, lse in outs:
+        np.testing.assert_allclose(np.asarray(out), want_o, atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(lse), want_lse, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="key_order"):
+        pallas_layout(qn, kn, vn, *res, sel, cfg, "random")
 
 
 def test_slots_and_padded_layout():
@@ -166,7 +240,7 @@ def padded_inputs(seed, qs, ks, d=128, dtype=jnp.float32, cfg=SparseTuningConfig
     v = jnp.array(rng.standard_normal((n, sk, d)), dtype)
     ident = lambda s: jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (n, s))
     qi = padded_index(ident(sq), jnp.array(qs), q_padded_len(sq, qs.shape[1], cfg))
-    ki = padded_index(ident(sk), jnp.array(ks), k_padded_len(sk, ks.shape[1], cfg))
+    ki = key_layout_index(ident(sk), k_layout_len(sk, cfg))
     return (q, k, v), (permute(q, qi), permute(k, ki), permute(v, ki)), ident(sq)
 
 
@@ -223,7 +297,7 @@ def test_wrapper_errors():
     cfg = SparseTuningConfig()
     work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 300, 260, cfg)
     good = jnp.ones((2, q_padded_len(300, 6, cfg), 128), jnp.bfloat16)
-    kv = jnp.ones((2, k_padded_len(260, 11, cfg), 128), jnp.bfloat16)
+    kv = jnp.ones((2, k_layout_len(260, cfg), 128), jnp.bfloat16)
     cases = [((good.astype(jnp.float32), kv, kv), "float16 or bfloat16"),
              ((good[:, :, :96], kv[:, :, :96], kv[:, :, :96]), "head dim"),
              ((good[:1], kv[:1], kv[:1]), "problems"),
