@@ -1,0 +1,86 @@
+"""Where the sparse kernel's wasted pairs come from, on the CPU (no GPU needed).
+
+Builds the same structured q, k as `scripts/bench_kernel.py` for a few heads, clusters
+them with SVG2's k-means, selects key clusters at a fixed density, and for each key
+order and box size reports, from the kernel's own work list (`pallas_layout`):
+  runs        entries (runs of adjacent selected key clusters) per query cluster,
+  total       wasted fraction of computed (query row, key row) pairs (`tile_rows`),
+  q side      the part due to 64-row query tiles alone (every key exact),
+  k side      the part due to boxes alone (every query row exact).
+
+Usage: python -m scripts.waste_model --shape 32760x12 --heads 2 --density 0.13
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+
+from scripts.bench_kernel import SHAPES, structured_qkv
+
+
+def waste(work, tuning):
+    """(runs per query cluster, total, q-side, k-side wasted fractions)."""
+    from pallas_kernels.sparse_worklist import run_boxes, tile_rows
+    computed, real = tile_rows(work, tuning)
+    _, g, _, rows = (work.cta[:, i] for i in range(4))
+    used = rows > 0
+    q_rows = jnp.where((rows <= tuning.block_q) & tuning.split_tails, tuning.block_q,
+                       tuning.rows_per_cta)
+    keys = jnp.sum(work.entry_size, axis=-1).astype(jnp.float32)
+    boxed = jnp.sum(jnp.where(work.entry_size > 0, run_boxes(work.entry_size, work.entry_start,
+                                                           tuning.box_rows), 0), -1)
+    q_only = jnp.sum(jnp.where(used, q_rows * keys[g], 0.0))
+    k_only = jnp.sum(jnp.where(used, rows * boxed[g] * tuning.box_rows, 0).astype(jnp.float32))
+    runs = jnp.mean(jnp.sum(work.entry_size > 0, axis=-1))
+    real = jnp.sum(real)
+    return (float(runs), float(1 - real / jnp.sum(computed)), float(1 - real / q_only),
+            float(1 - real / k_only))
+
+
+def main(argv=None):
+    from pallas_kernels.sparse_worklist import SparseTuningConfig
+    from svg2_jax import SVG2Config, svg2_kmeans
+    from svg2_jax.attention import pallas_layout
+    from svg2_jax.kmeans import KMeansResult, assign_xla
+    from svg2_jax.selection import select_by_density
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="32760x12", choices=list(SHAPES))
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--density", type=float, default=0.13)
+    ap.add_argument("--kmeans-iters", type=int, default=20)
+    ap.add_argument("--boxes", default="16,32")
+    args = ap.parse_args(argv)
+    s, _, qc, kc = SHAPES[args.shape]
+    q, k, v = structured_qkv(jax.random.PRNGKey(0), s, args.heads)
+    cfg = SVG2Config(num_q_clusters=qc, num_k_clusters=kc, kmeans_iters_cold=args.kmeans_iters,
+                     kmeans_tol=0.0)
+    cache = svg2_kmeans(q, k, None, cfg)
+    qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
+    res = []
+    for x, cen in ((qn, cache.q_centroids), (kn, cache.k_centroids)):
+        cen = rearrange(cen, "b h c d -> (b h) c d")
+        lab = assign_xla(x, cen, chunk=8192)
+        sizes = jax.vmap(lambda l: jnp.bincount(l, length=cen.shape[1]))(lab).astype(jnp.int32)
+        zero = jnp.zeros((), jnp.int32)
+        res.append(KMeansResult(lab, cen, sizes, zero, zero.astype(jnp.float32)))
+    sel = select_by_density(res[0].centroids, res[1].centroids, res[1].sizes, args.density, 0)
+    print(f"| {args.shape}, {args.heads} heads, density {args.density} | runs per query cluster "
+          f"| wasted pairs | q side | k side |\n|---|---|---|---|---|")
+    for box in map(int, args.boxes.split(",")):
+        tuning = SparseTuningConfig(box_rows=box)
+        for key_order in ("label", "co_selection"):
+            work = pallas_layout(qn, kn, vn, *res, sel, tuning, key_order)[0]
+            runs, total, qw, kw = waste(work, tuning)
+            print(f"| {box}-row boxes, {key_order} order | {runs:.0f} | {total:.3f} | {qw:.3f} "
+                  f"| {kw:.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
