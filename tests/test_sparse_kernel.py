@@ -312,6 +312,22 @@ def test_wrapper_errors():
         sparse_flash_attention(good, kv, kv, work, scale=0.1, config=big)
 
 
+@pytest.mark.parametrize("cfg", [SparseTuningConfig(),
+                                 SparseTuningConfig(box_rows=16, max_concurrent_steps=3)],
+                         ids=cfg_id)
+def test_kernel_lowers_for_hopper_within_shared_memory(cfg):
+    # Mosaic GPU lowers for sm_90 on the CPU (only running needs the GPU): this catches
+    # lowering errors here, and checks that what the wrapper's shared-memory estimate
+    # accepts at the limit (128-row tiles, 3 stages) fits what Mosaic allocates.
+    from pallas_kernels.sparse_flash_mgpu import _check, _sparse_flash
+    qs, ks, sel = problem(11, sq=500, sk=400, qc=5, kc=12, density=0.4)
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 500, 400, cfg)
+    q = jnp.zeros((2, q_padded_len(500, 5, cfg), 128), jnp.bfloat16)
+    k = jnp.zeros((2, k_layout_len(400, cfg), 128), jnp.bfloat16)
+    _check(q, k, k, work, cfg)
+    _sparse_flash.trace(q, k, k, work, 0.1, cfg).lower(lowering_platforms=("cuda",))
+
+
 # ------------------------------------------------------------------ the kernel (GPU)
 
 
