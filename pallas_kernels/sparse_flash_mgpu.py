@@ -104,7 +104,7 @@ def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: Spars
     return _sparse_flash(q, k, v, work, float(scale), config)
 
 
-ABLATIONS = ("no_mask_store", "no_walk", "one_copy", "no_mask_add")
+ABLATIONS = ("no_mask_store", "no_walk", "one_copy", "no_mask_add", "box_copies", "always_mask")
 
 
 @jax.jit(static_argnames=("scale", "config", "ablation"))
@@ -113,7 +113,10 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
     ABLATIONS: "no_mask_store" = the producer writes no mask words; "no_walk" = neither,
     and its boxes are the first entry's rows (no entry loads, no walk); "one_copy" = K
     and V tiles arrive by one block_kv-row TMA copy each instead of one per box;
-    "no_mask_add" = consumers add no mask. See scripts/bench_kernel.py --ablations."""
+    "no_mask_add" = consumers add no mask; "box_copies" = one copy per box even when a
+    tile's boxes are contiguous; "always_mask" = the mask is added to full tiles too
+    (the last two give right results: they undo one optimisation each). See
+    scripts/bench_kernel.py --ablations."""
     flags = set(ablation.split("+")) if ablation else set()
     if not flags <= set(ABLATIONS):
         raise ValueError(f"unknown ablation {ablation!r}")
@@ -157,7 +160,9 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
             plgpu.barrier_arrive(schedule_barrier)
             plgpu.barrier_wait(schedule_barrier)
 
-        @pl.when(wg_idx < 2)
+        # Unused CTAs (the static bound's spare ones) exit at once: no Q load, no output
+        # (nobody reads their slots).
+        @pl.when((wg_idx < 2) & (rows > 0))
         def _compute_wg():
             plgpu.set_max_registers(232, action="increase")
             qo_smem = qo_smem2.at[wg_idx]
@@ -226,15 +231,25 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                 # Keys that are not real (tails of partial boxes, unused box slots) get
                 # -inf: every tile holds a real key, so the running max stays finite
                 # and exp2 gives them exactly 0.
-                col = plgpu.broadcasted_iota(jnp.int32, (block_kv,), 0,
-                                             layout=plgpu.Layout.WGMMA.reduce(0))
-                word = mask_vals[-1]
-                for w in range(words - 2, -1, -1):
-                    word = jnp.where(col < (w + 1) * MASK_WORD_BITS, mask_vals[w], word)
-                bit = lax.shift_right_logical(word, col & (MASK_WORD_BITS - 1)) & 1
-                bias = jnp.where(bit != 0, jnp.float32(0), jnp.float32(-jnp.inf))
-                if "no_mask_add" not in flags:
-                    qk = qk + lax.broadcast_in_dim(bias, qk.shape, [1])
+                def add_mask(x):
+                    col = plgpu.broadcasted_iota(jnp.int32, (block_kv,), 0,
+                                                 layout=plgpu.Layout.WGMMA.reduce(0))
+                    word = mask_vals[-1]
+                    for w in range(words - 2, -1, -1):
+                        word = jnp.where(col < (w + 1) * MASK_WORD_BITS, mask_vals[w], word)
+                    bit = lax.shift_right_logical(word, col & (MASK_WORD_BITS - 1)) & 1
+                    bias = jnp.where(bit != 0, jnp.float32(0), jnp.float32(-jnp.inf))
+                    return x + lax.broadcast_in_dim(bias, x.shape, [1])
+
+                if "always_mask" in flags:
+                    qk = add_mask(qk)
+                elif "no_mask_add" not in flags:
+                    # Tiles inside one run (every row a key) skip the mask: decoding the
+                    # bits per column costs the consumers about as much as the add.
+                    every = mask_vals[0]
+                    for w in range(1, words):
+                        every = every & mask_vals[w]
+                    qk = lax.cond(every == -1, lambda x: x, add_mask, qk)
 
                 # m is kept scaled by scale * log2(e) so that p is one FMA + exp2.
                 m_ij = jnp.maximum(m_i, qk.max(axis=1) * scale_log2)
@@ -350,17 +365,30 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                 return out_start, (out_lo, out_hi), rel, j
 
             def fetch(row8s, slot, src_ref, dst_smem, barriers):
-                if "one_copy" in flags:
+                def one_copy():
                     plgpu.copy_gmem_to_smem(
                         src_ref.at[problem, pl.ds(row8s[0] * ALIGN, block_kv)],
                         dst_smem.at[slot], barriers.at[slot])
-                    for _ in range(boxes - 1):
+                    for _ in range(boxes - 1):  # the barrier counts one arrival per box
                         plgpu.barrier_arrive(barriers.at[slot])
+
+                if "one_copy" in flags:
+                    one_copy()
                     return
-                for b in range(boxes):
-                    plgpu.copy_gmem_to_smem(
-                        src_ref.at[problem, pl.ds(row8s[b] * ALIGN, box)],
-                        dst_smem.at[slot, pl.ds(b * box, box)], barriers.at[slot])
+
+                # A tile whose boxes follow each other (inside one run) arrives in one
+                # copy: each copy costs the producer issue slots that the consumers miss.
+                contiguous = jnp.bool_("box_copies" not in flags)
+                for b in range(1, boxes):
+                    contiguous = contiguous & (row8s[b] == row8s[0] + b * box8)
+                pl.when(contiguous)(one_copy)
+
+                @pl.when(~contiguous)
+                def _():
+                    for b in range(boxes):
+                        plgpu.copy_gmem_to_smem(
+                            src_ref.at[problem, pl.ds(row8s[b] * ALIGN, box)],
+                            dst_smem.at[slot, pl.ds(b * box, box)], barriers.at[slot])
 
             def body(step, carry):
                 entry, j, sizes, starts = carry

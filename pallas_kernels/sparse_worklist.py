@@ -18,15 +18,16 @@ problem n (one batch x head):
   r rows takes cdiv(r, 2 * block_q) CTAs. Rows past the cluster's end are computed
   but belong to nobody: every CTA writes its own slot of the output, rows
   [cta * 2 * block_q, (cta + 1) * 2 * block_q), and the inverse permutation reads each
-  token's row from its slot (`q_slot`), so partial tiles never race.
+  token's row from its slot (`q_slot`), so partial tiles never race. With
+  `heavy_first`, each problem's CTAs are listed by descending work (`_heavy_first`).
 - **KV tiles.** The selected key clusters of query cluster g that are adjacent in the
-  key layout merge into *runs*; the
-  runs in layout order are the "entries" of g (first key row and rows of each). A run
-  from row r is cut into boxes of `box_rows` rows starting at the 8-aligned row
-  8 * (r // 8) (the r % 8 rows before it are masked), and `block_kv // box_rows`
-  consecutive boxes make one KV tile, which the kernel's producer assembles in shared
-  memory with one TMA copy per box, walking the entries itself (so no per-tile array
-  is built). Rows of a box outside its run, and box slots past the end of the list,
+  key layout merge into *runs*; the runs in layout order are the "entries" of g (first
+  key row and rows of each). A run from row r is cut into boxes of `box_rows` rows
+  starting at the 8-aligned row 8 * (r // 8) (the r % 8 rows before it are masked),
+  and `block_kv // box_rows` consecutive boxes make one KV tile, which the kernel's
+  producer assembles in shared memory with one TMA copy per box (one per tile when
+  its boxes are contiguous), walking the entries itself (so no per-tile array is
+  built). Rows of a box outside its run, and box slots past the end of the list,
   are masked out through a bitmask per tile (bit j of the tile = key row j of the
   tile is real), which the producer writes to shared memory beside the tile. Unused
   box slots copy the tile's first box again, so the shared memory they occupy holds
@@ -62,13 +63,17 @@ class SparseTuningConfig:
     split_tails: a CTA whose query rows fit one 64-row tile (a cluster's tail) lets
       both warpgroups share those rows and alternate KV tiles, instead of computing a
       second, empty 64-row tile.
+    heavy_first: launch each problem's CTAs by descending work (KV tiles, halved in
+      split mode) instead of in cluster order, so the grid ends on short CTAs instead
+      of idling SMs behind a long one.
     """
 
     block_q: int = 64
-    block_kv: int = 128
+    block_kv: int = 192
     box_rows: int = 32
     max_concurrent_steps: int = 2
     split_tails: bool = True
+    heavy_first: bool = True
 
     def __post_init__(self):
         if self.block_q != 64:
@@ -221,6 +226,27 @@ def _cta_list(q_sizes, seq_q: int, config: SparseTuningConfig):
     return cta.reshape(n * per_n, 4), q_slot
 
 
+def _heavy_first(cta, q_slot, total_boxes, config: SparseTuningConfig):
+    """Each problem's CTAs reordered by descending work (stable; unused CTAs last), and
+    q_slot moved with them (a CTA's output slot is its position in the list). Problems
+    stay contiguous: their CTAs share the problem's keys in L2."""
+    n = q_slot.shape[0]
+    per_n = cta.shape[0] // n
+    rpc = config.rows_per_cta
+    c = cta.reshape(n, per_n, 4)
+    rows = c[..., 3]
+    tiles = jnp.where(rows > 0, _cdiv(total_boxes[c[..., 1]], config.boxes_per_tile), 0)
+    split = (rows <= config.block_q) & config.split_tails
+    work = tiles * jnp.where(split, 1, 2)
+    perm = jnp.argsort(-work, axis=-1, stable=True).astype(jnp.int32)  # new -> old
+    inv = jax.vmap(lambda p: jnp.zeros_like(p).at[p].set(
+        jnp.arange(per_n, dtype=jnp.int32), unique_indices=True))(perm)
+    base = jnp.arange(n, dtype=jnp.int32)[:, None] * per_n
+    local = q_slot // rpc - base                                    # old position in problem
+    q_slot = (base + jnp.take_along_axis(inv, local, axis=1)) * rpc + q_slot % rpc
+    return jnp.take_along_axis(c, perm[..., None], axis=1).reshape(n * per_n, 4), q_slot
+
+
 def _entries(k_sizes, selected):
     """Each query cluster's runs of adjacent selected non-empty key clusters, compacted
     in layout order without a sort: (entry_start [N * QC, KC] first key row,
@@ -335,6 +361,8 @@ def build_work_list(q_sizes: jax.Array, k_sizes: jax.Array, selected: jax.Array,
     total_boxes = jnp.sum(jnp.where(entry_size > 0, run_boxes(entry_size, entry_start,
                                                               config.box_rows), 0),
                           axis=-1, dtype=jnp.int32)
+    if config.heavy_first:
+        cta, q_slot = _heavy_first(cta, q_slot, total_boxes, config)
     return SparseWorkList(cta=cta, total_boxes=total_boxes, entry_start=entry_start,
                           entry_size=entry_size, q_slot=q_slot)
 

@@ -124,7 +124,12 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
             for ab in ablations:  # timing-only kernel variants (wrong results)
                 fn = jax.jit(functools.partial(sf._sparse_flash, scale=scale, config=tuning,
                                                ablation=ab))
-                ab_ms = timeit(fn, qp, kp, vp, work, reps=reps)
+                try:
+                    ab_ms = timeit(fn, qp, kp, vp, work, reps=reps)
+                except Exception as e:  # a variant that does not fit this tuning
+                    print(f"[{name}] ablation {ab}: failed: {str(e).splitlines()[0][:200]}",
+                          flush=True)
+                    continue
                 print(f"[{name}] ablation {ab}: kernel {ab_ms:.3f} ms (shipped {kernel_ms:.3f})",
                       flush=True)
                 rows.append(dict(shape=name, ablation=ab, key_order=key_order, density=density,
@@ -136,7 +141,7 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
                        min_clusters=min_clusters, kept_clusters=kept,
                        box_rows=tuning.box_rows, stages=tuning.max_concurrent_steps,
                        key_order=key_order,
-                       split_tails=tuning.split_tails,
+                       split_tails=tuning.split_tails, heavy_first=tuning.heavy_first,
                        target_density=target, density=density, kernel_ms=kernel_ms,
                        layout_ms=layout_ms, dense_ms=dense_ms,
                        efficiency=density * dense_ms / kernel_ms,
@@ -145,7 +150,8 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
                        nonfinite=int(jnp.sum(~jnp.isfinite(o_slots.astype(jnp.float32)))))
             rows.append(row)
             print(f"[{name}] kv{tuning.block_kv} box{tuning.box_rows} st{tuning.max_concurrent_steps}"
-                  f"{'' if tuning.split_tails else ' nosplit'} keys by {key_order}"
+                  f"{'' if tuning.split_tails else ' nosplit'}"
+                  f"{'' if tuning.heavy_first else ' inorder'} keys by {key_order}"
                   f" density {density:.3f}: kernel {kernel_ms:.3f} ms, layout {layout_ms:.3f} ms,"
                   f" efficiency {row['efficiency']:.3f}, wasted pairs {waste:.3f},"
                   f" key clusters kept {kept:.0f} (floor {min_clusters})", flush=True)
@@ -159,7 +165,8 @@ def table_markdown(rows) -> str:
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['block_kv']} / {r['box_rows']} / {r['stages']} / "
-            f"{'yes' if r.get('split_tails', True) else 'no'} "
+            f"{'yes' if r.get('split_tails', True) else 'no'}"
+            f"{'' if r.get('heavy_first', False) else ', CTAs in cluster order'} "
             f"| {r.get('key_order', 'label (padded)')} | {r['density']:.3f} "
             f"| {r['kernel_ms']:.2f} | {r['layout_ms']:.2f} | {r['dense_ms']:.2f} "
             f"| {r['efficiency']:.3f} | {r['efficiency_with_layout']:.3f} "
@@ -173,12 +180,13 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     ident = lambda r: (r["shape"], r["block_kv"], r["box_rows"], r["stages"],
-                       r.get("split_tails", True), r.get("key_order", "label (padded)"))
+                       r.get("split_tails", True), r.get("key_order", "label (padded)"),
+                       r.get("heavy_first", False))
     rows = [r for r in rows if "ablation" not in r]
     for key in sorted(set(map(ident, rows))):
         pts = sorted((r["density"], r["efficiency"]) for r in rows if ident(r) == key)
         ax.plot(*zip(*pts), marker="o", label=f"S,H={key[0]} kv{key[1]} box{key[2]} "
-                f"st{key[3]}{'' if key[4] else ' nosplit'} {key[5]}")
+                f"st{key[3]}{'' if key[4] else ' nosplit'}{'' if key[6] else ' inorder'} {key[5]}")
     ax.axhline(0.9, color="gray", ls="--", lw=1, label="target 0.9")
     ax.set_xlabel("density (fraction of query-key pairs computed)")
     ax.set_ylabel("efficiency = density x dense / sparse")
@@ -193,8 +201,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--densities", default=",".join(map(str, DENSITIES)))
-    ap.add_argument("--tunings", default="128:32:2",
-                    help="comma-separated block_kv:box_rows:stages[:nosplit] kernel configurations")
+    ap.add_argument("--tunings", default="192:32:2",
+                    help="comma-separated block_kv:box_rows:stages[:nosplit][:inorder] kernel "
+                         "configurations (nosplit: split_tails=False; inorder: "
+                         "heavy_first=False)")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--kmeans-iters", type=int, default=20)
     ap.add_argument("--min-clusters", default="0",
@@ -204,7 +214,8 @@ def main(argv=None):
                     help="comma-separated key cluster layouts: co_selection (the library's), "
                          "label")
     ap.add_argument("--ablations", default="",
-                    help="also time timing-only kernel variants: no_mask_store,no_walk")
+                    help="also time kernel variants, comma-separated, each a \"+\"-joined set of "
+                         "sparse_flash_mgpu.ABLATIONS (e.g. box_copies+always_mask)")
     ap.add_argument("--json")
     ap.add_argument("--png")
     ap.add_argument("--plot-from", help="only redraw the PNG from a --json file")
@@ -221,7 +232,8 @@ def main(argv=None):
         kv, b, st, *flags = spec.split(":")
         tunings.append(SparseTuningConfig(block_kv=int(kv), box_rows=int(b),
                                           max_concurrent_steps=int(st),
-                                          split_tails="nosplit" not in flags))
+                                          split_tails="nosplit" not in flags,
+                                          heavy_first="inorder" not in flags))
     densities = [float(x) for x in args.densities.split(",")]
     rows = []
     for name in args.shapes.split(","):

@@ -6,7 +6,11 @@ order and box size reports, from the kernel's own work list (`pallas_layout`):
   runs        entries (runs of adjacent selected key clusters) per query cluster,
   total       wasted fraction of computed (query row, key row) pairs (`tile_rows`),
   q side      the part due to 64-row query tiles alone (every key exact),
-  k side      the part due to boxes alone (every query row exact).
+  k side      the part due to boxes alone (every query row exact),
+  one copy    fraction of KV tiles whose boxes are contiguous (the producer fetches
+              them with one copy),
+  no mask     fraction of KV tiles where every row is a key (the consumers skip the
+              mask).
 
 Usage: python -m scripts.waste_model --shape 32760x12 --heads 2 --density 0.13
 """
@@ -42,6 +46,23 @@ def waste(work, tuning):
             float(1 - real / k_only))
 
 
+def tile_kinds(work, tuning, seq_k):
+    """(fraction of KV tiles in one copy, fraction with no mask), weighted by the CTAs
+    that walk them, as the kernel's producer and consumers see them."""
+    from pallas_kernels.sparse_worklist import ALIGN, expand_tiles
+    num_tiles, kv_start, kv_mask = expand_tiles(work, tuning, seq_k)
+    step = tuning.box_rows // ALIGN
+    live = jnp.arange(kv_start.shape[1]) < num_tiles[:, None]
+    contiguous = jnp.all(kv_start == kv_start[..., :1]
+                         + step * jnp.arange(tuning.boxes_per_tile), axis=-1)
+    full = jnp.all(kv_mask == -1, axis=-1)
+    ctas = jnp.zeros(num_tiles.shape, jnp.float32).at[work.cta[:, 1]].add(
+        (work.cta[:, 3] > 0).astype(jnp.float32))
+    weight = live * ctas[:, None]
+    return (float(jnp.sum(weight * contiguous) / jnp.sum(weight)),
+            float(jnp.sum(weight * full) / jnp.sum(weight)))
+
+
 def main(argv=None):
     from pallas_kernels.sparse_worklist import SparseTuningConfig
     from svg2_jax import SVG2Config, svg2_kmeans
@@ -55,6 +76,7 @@ def main(argv=None):
     ap.add_argument("--density", type=float, default=0.13)
     ap.add_argument("--kmeans-iters", type=int, default=20)
     ap.add_argument("--boxes", default="16,32")
+    ap.add_argument("--block-kv", default="128,192", help="comma-separated KV tile rows")
     args = ap.parse_args(argv)
     s, _, qc, kc = SHAPES[args.shape]
     q, k, v = structured_qkv(jax.random.PRNGKey(0), s, args.heads)
@@ -71,14 +93,17 @@ def main(argv=None):
         res.append(KMeansResult(lab, cen, sizes, zero, zero.astype(jnp.float32)))
     sel = select_by_density(res[0].centroids, res[1].centroids, res[1].sizes, args.density, 0)
     print(f"| {args.shape}, {args.heads} heads, density {args.density} | runs per query cluster "
-          f"| wasted pairs | q side | k side |\n|---|---|---|---|---|")
-    for box in map(int, args.boxes.split(",")):
-        tuning = SparseTuningConfig(box_rows=box)
-        for key_order in ("label", "co_selection"):
-            work = pallas_layout(qn, kn, vn, *res, sel, tuning, key_order)[0]
-            runs, total, qw, kw = waste(work, tuning)
-            print(f"| {box}-row boxes, {key_order} order | {runs:.0f} | {total:.3f} | {qw:.3f} "
-                  f"| {kw:.3f} |", flush=True)
+          f"| wasted pairs | q side | k side | one copy | no mask |\n|---|---|---|---|---|---|---|")
+    for block_kv in map(int, args.block_kv.split(",")):
+        for box in map(int, args.boxes.split(",")):
+            tuning = SparseTuningConfig(block_kv=block_kv, box_rows=box)
+            for key_order in ("label", "co_selection"):
+                work = pallas_layout(qn, kn, vn, *res, sel, tuning, key_order)[0]
+                runs, total, qw, kw = waste(work, tuning)
+                one, full = tile_kinds(work, tuning, s)
+                print(f"| {block_kv}-row tiles of {box}-row boxes, {key_order} order | {runs:.0f} "
+                      f"| {total:.3f} | {qw:.3f} | {kw:.3f} | {one:.2f} | {full:.2f} |",
+                      flush=True)
     return 0
 
 

@@ -68,7 +68,7 @@ class SVG2Config:
     q_tile: int = 256
     kmeans_chunk: int = 8192
     target_density: float | None = None
-    kernel_block_kv: int = 128
+    kernel_block_kv: int = 192
     kernel_box_rows: int = 32
     kernel_stages: int = 2
 

@@ -2,6 +2,8 @@
 against an independent numpy attention), the whole `pallas` path of svg2_attention
 through the twin (CPU), and the kernel itself against the twin (`gpu`)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,7 +99,8 @@ CONFIGS = [SparseTuningConfig(), SparseTuningConfig(block_kv=64, box_rows=8),
            SparseTuningConfig(block_kv=64, box_rows=32),
            SparseTuningConfig(block_kv=64, max_concurrent_steps=4),
            SparseTuningConfig(split_tails=False), SparseTuningConfig(box_rows=16),
-           SparseTuningConfig(max_concurrent_steps=3, box_rows=16)]
+           SparseTuningConfig(block_kv=128, max_concurrent_steps=3, box_rows=16),
+           SparseTuningConfig(block_kv=128)]
 
 
 # ------------------------------------------------------------------ work list (CPU)
@@ -220,6 +223,31 @@ def test_slots_and_padded_layout():
     assert np.all(np.asarray(computed) >= want_real)
 
 
+def test_heavy_first_orders_each_problems_ctas_by_work():
+    qs, ks, sel = problem(8, n=3, sq=900, sk=700, qc=11, kc=30, density=0.35, huge=True)
+    args = (jnp.array(qs), jnp.array(ks), jnp.array(sel), 900, 700)
+    cfg = SparseTuningConfig()
+    fifo = build_work_list(*args, dataclasses.replace(cfg, heavy_first=False))
+    work = build_work_list(*args, cfg)
+    cta, per_n = np.asarray(work.cta), np.asarray(work.cta).shape[0] // 3
+    tiles = -(-np.asarray(work.total_boxes)[cta[:, 1]] // cfg.boxes_per_tile)
+    cost = np.where(cta[:, 3] > 0, tiles * np.where(cta[:, 3] <= cfg.block_q, 1, 2), 0)
+    for p in range(3):
+        part = slice(p * per_n, (p + 1) * per_n)
+        assert np.all(cta[part, 0] == p)                           # problems stay contiguous
+        assert np.all(np.diff(cost[part]) <= 0)                    # heaviest first
+        assert cost[part][0] > cost[part][-1]
+        # the same CTAs as in cluster order, each still paired with its rows' slots
+        fifo_cta = np.asarray(fifo.cta)[part]
+        assert sorted(map(tuple, cta[part])) == sorted(map(tuple, fifo_cta))
+    old_of = {tuple(r): i for i, r in enumerate(np.asarray(fifo.cta)) if r[3] > 0}
+    for p in range(3):
+        for row in range(900):
+            new_c, off = divmod(int(work.q_slot[p, row]), cfg.rows_per_cta)
+            old_c, old_off = divmod(int(fifo.q_slot[p, row]), cfg.rows_per_cta)
+            assert off == old_off and old_of[tuple(cta[new_c])] == old_c
+
+
 def test_tuning_config_errors():
     for bad in (dict(block_q=128), dict(box_rows=4), dict(block_kv=96), dict(block_kv=512),
                 dict(max_concurrent_steps=1)):
@@ -313,12 +341,14 @@ def test_wrapper_errors():
 
 
 @pytest.mark.parametrize("cfg", [SparseTuningConfig(),
-                                 SparseTuningConfig(box_rows=16, max_concurrent_steps=3)],
+                                 SparseTuningConfig(block_kv=128, box_rows=16,
+                                                    max_concurrent_steps=3)],
                          ids=cfg_id)
 def test_kernel_lowers_for_hopper_within_shared_memory(cfg):
     # Mosaic GPU lowers for sm_90 on the CPU (only running needs the GPU): this catches
     # lowering errors here, and checks that what the wrapper's shared-memory estimate
-    # accepts at the limit (128-row tiles, 3 stages) fits what Mosaic allocates.
+    # accepts at the limit (192-row tiles x 2 stages, 128 x 3: the same bytes) fits what
+    # Mosaic allocates.
     from pallas_kernels.sparse_flash_mgpu import _check, _sparse_flash
     qs, ks, sel = problem(11, sq=500, sk=400, qc=5, kc=12, density=0.4)
     work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 500, 400, cfg)
@@ -328,14 +358,32 @@ def test_kernel_lowers_for_hopper_within_shared_memory(cfg):
     _sparse_flash.trace(q, k, k, work, 0.1, cfg).lower(lowering_platforms=("cuda",))
 
 
+@pytest.mark.parametrize("block_kv,one_copy,no_mask", [(128, 1.0, 7 / 8), (192, 5 / 6, 5 / 6)])
+def test_tile_kinds_of_one_long_run(block_kv, one_copy, no_mask):
+    # One query cluster selecting one 1000-row key cluster: 32 boxes of 32 rows, the
+    # last holding 8 keys. 128-row tiles: 8, all contiguous, the last one masked.
+    # 192-row tiles: 6, the last with 2 live boxes (its empty slots repeat box 0).
+    from scripts.waste_model import tile_kinds
+    cfg = SparseTuningConfig(block_kv=block_kv)
+    qs, ks = np.array([[100]]), np.array([[1000, 1000]])
+    sel = np.array([[[True, False]]])
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 100, 2000, cfg)
+    assert tile_kinds(work, cfg, 2000) == pytest.approx((one_copy, no_mask))
+
+
 # ------------------------------------------------------------------ the kernel (GPU)
 
 
-def _kernel_case(seed, n, sq, sk, qc, kc, density, dtype, cfg, huge=False, d=128):
+def _kernel_case(seed, n, sq, sk, qc, kc, density, dtype, cfg, huge=False, d=128,
+                 variant=None):
     qs, ks, sel = problem(seed, n=n, sq=sq, sk=sk, qc=qc, kc=kc, density=density, huge=huge)
     (q, k, v), (qp, kp, vp), ident = padded_inputs(seed + 100, qs, ks, d=d, dtype=dtype, cfg=cfg)
     work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), sq, sk, cfg)
-    got = sparse_flash_attention(qp, kp, vp, work, scale=d ** -0.5, config=cfg)
+    if variant is None:
+        got = sparse_flash_attention(qp, kp, vp, work, scale=d ** -0.5, config=cfg)
+    else:
+        from pallas_kernels.sparse_flash_mgpu import _sparse_flash
+        got = _sparse_flash(qp, kp, vp, work, d ** -0.5, cfg, variant)
     want = sparse_flash_attention_reference(qp.astype(jnp.float32), kp.astype(jnp.float32),
                                             vp.astype(jnp.float32), work, scale=d ** -0.5,
                                             config=cfg)
@@ -356,6 +404,17 @@ def _kernel_case(seed, n, sq, sk, qc, kc, density, dtype, cfg, huge=False, d=128
 @pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
 def test_kernel_matches_twin_ragged(cfg):
     _kernel_case(0, 2, 1000, 900, 13, 40, 0.3, jnp.bfloat16, cfg)
+
+
+@gpu
+@pytest.mark.parametrize("variant", ["box_copies", "always_mask"])
+def test_kernel_timing_variants_that_keep_results(variant):
+    # bench_kernel's variants that undo or swap one optimisation must still be right;
+    # long runs (few, large key clusters) give contiguous, mask-free tiles too.
+    _kernel_case(1, 2, 1000, 900, 13, 40, 0.3, jnp.bfloat16, SparseTuningConfig(),
+                 variant=variant)
+    _kernel_case(2, 1, 700, 2000, 4, 6, 0.6, jnp.bfloat16, SparseTuningConfig(),
+                 variant=variant)
 
 
 @gpu
