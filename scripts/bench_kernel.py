@@ -121,7 +121,7 @@ def bench_shape(name, s, h, qc, kc, densities, tunings, reps, kmeans_iters, min_
             o_slots, lse_slots = kernel(qp, kp, vp, work)
             layout_ms = timeit(layout, *args, reps=reps) + timeit(
                 back, o_slots, lse_slots, work, q_order, reps=reps)
-            for ab in ablations:  # timing-only kernel variants (wrong results)
+            for ab in ablations:  # kernel variants for timing (some give wrong results)
                 fn = jax.jit(functools.partial(sf._sparse_flash, scale=scale, config=tuning,
                                                ablation=ab))
                 try:

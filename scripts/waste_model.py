@@ -11,6 +11,10 @@ order and box size reports, from the kernel's own work list (`pallas_layout`):
               them with one copy),
   no mask     fraction of KV tiles where every row is a key (the consumers skip the
               mask).
+Then an estimate for a kernel that does not exist yet: the query-side waste if the
+split-mode tails (<= 64 rows) of two query clusters could share one 64-row tile that
+walks the union of their key lists (greedy pairing by pairs saved, tails that fit 64
+rows together; key rows exact, as in "q side").
 
 Usage: python -m scripts.waste_model --shape 32760x12 --heads 2 --density 0.13
 """
@@ -63,6 +67,38 @@ def tile_kinds(work, tuning, seq_k):
             float(jnp.sum(weight * full) / jnp.sum(weight)))
 
 
+def tail_packing(q_sizes, k_sizes, selected, tuning):
+    """Query-side waste (every key row exact) now and with pairs of split-mode tails
+    packed into one tile over the union of their selections: (now, packed) per problem.
+    q_sizes [N, QC], k_sizes [N, KC], selected [N, QC, KC]; numpy on the host."""
+    import numpy as np
+    rpc, bq = tuning.rows_per_cta, tuning.block_q
+    out = []
+    for qs, ks, sel in zip(np.asarray(q_sizes), np.asarray(k_sizes), np.asarray(selected)):
+        keys = sel * ks[None, :]                                  # [QC, KC] selected rows
+        total = keys.sum(1)
+        tail = qs % rpc
+        tail_rows = np.where(tail == 0, 0, np.where(tail <= bq, bq, rpc))
+        computed = float(((qs // rpc) * rpc + tail_rows) @ total)
+        real = float(qs @ total)
+        tails = np.flatnonzero((tail > 0) & (tail <= bq))
+        cand = []
+        for i, a in enumerate(tails):
+            for b in tails[i + 1:]:
+                if tail[a] + tail[b] <= bq:
+                    union = np.maximum(keys[a], keys[b]).sum()
+                    saved = bq * (total[a] + total[b] - union)
+                    if saved > 0:
+                        cand.append((saved, a, b))
+        used, saved = set(), 0.0
+        for gain, a, b in sorted(cand, reverse=True):
+            if a not in used and b not in used:
+                used |= {a, b}
+                saved += gain
+        out.append((1 - real / computed, 1 - real / (computed - saved)))
+    return out
+
+
 def main(argv=None):
     from pallas_kernels.sparse_worklist import SparseTuningConfig
     from svg2_jax import SVG2Config, svg2_kmeans
@@ -104,6 +140,10 @@ def main(argv=None):
                 print(f"| {block_kv}-row tiles of {box}-row boxes, {key_order} order | {runs:.0f} "
                       f"| {total:.3f} | {qw:.3f} | {kw:.3f} | {one:.2f} | {full:.2f} |",
                       flush=True)
+    for n, (now, packed) in enumerate(tail_packing(res[0].sizes, res[1].sizes, sel,
+                                                   SparseTuningConfig())):
+        print(f"head {n}: q-side waste {now:.3f}, with pairs of tails packed {packed:.3f} "
+              f"(estimate)", flush=True)
     return 0
 
 

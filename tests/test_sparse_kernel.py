@@ -371,6 +371,19 @@ def test_tile_kinds_of_one_long_run(block_kv, one_copy, no_mask):
     assert tile_kinds(work, cfg, 2000) == pytest.approx((one_copy, no_mask))
 
 
+def test_tail_packing_estimate():
+    # Two 30-row query clusters selecting the same 100-row key cluster: split tails of
+    # 64 rows each (waste 1 - 60 / 128); packed, one 64-row tile (1 - 60 / 64). A third
+    # cluster of 50 rows cannot join (30 + 50 > 64) and selects another key cluster.
+    from scripts.waste_model import tail_packing
+    qs, ks = np.array([[30, 30, 50]]), np.array([[100, 80]])
+    sel = np.array([[[True, False], [True, False], [False, True]]])
+    (now, packed), = tail_packing(qs, ks, sel, SparseTuningConfig())
+    real, computed = 60 * 100 + 50 * 80, 128 * 100 + 64 * 80
+    assert now == pytest.approx(1 - real / computed)
+    assert packed == pytest.approx(1 - real / (computed - 64 * 100))
+
+
 # ------------------------------------------------------------------ the kernel (GPU)
 
 
