@@ -32,7 +32,7 @@ from jax import lax
 
 from pallas_kernels.sparse_worklist import (ALIGN, MASK_WORD_BITS, SparseTuningConfig,
                                             SparseWorkList, build_work_list, expand_tiles,
-                                            mask_words, run_box)
+                                            mask_words, walk_tile)
 
 _DTYPES = (jnp.float16, jnp.bfloat16)
 _HEAD_DIMS = (64, 128)
@@ -104,7 +104,8 @@ def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: Spars
     return _sparse_flash(q, k, v, work, float(scale), config)
 
 
-ABLATIONS = ("no_mask_store", "no_walk", "one_copy", "no_mask_add", "box_copies", "always_mask")
+ABLATIONS = ("no_mask_store", "no_walk", "one_copy", "no_mask_add", "box_copies", "always_mask",
+             "slow_walk")
 
 
 @jax.jit(static_argnames=("scale", "config", "ablation"))
@@ -114,8 +115,9 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
     and its boxes are the first entry's rows (no entry loads, no walk); "one_copy" = K
     and V tiles arrive by one block_kv-row TMA copy each instead of one per box;
     "no_mask_add" = consumers add no mask; "box_copies" = one copy per box even when a
-    tile's boxes are contiguous; "always_mask" = the mask is added to full tiles too
-    (the last two give right results: they undo one optimisation each). See
+    tile's boxes are contiguous; "always_mask" = the mask is added to full tiles too;
+    "slow_walk" = tiles inside one entry take the general walk too (the last three give
+    right results: they undo one optimisation each). See
     scripts/bench_kernel.py --ablations."""
     flags = set(ablation.split("+")) if ablation else set()
     if not flags <= set(ABLATIONS):
@@ -344,26 +346,6 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                 return ([esize_ref[group, x] for x in ents],
                         [estart_ref[group, x] for x in ents])
 
-            def walk(sizes, starts, box_in_entry, first_box):
-                """The tile's `boxes` boxes from (its first entry, box_in_entry): first
-                rows // 8, real rows [lo, hi) of each, and the entry offset and box where
-                the next tile begins."""
-                rel, j = jnp.int32(0), box_in_entry
-                out_start, out_lo, out_hi = [], [], []
-                for b in range(boxes):
-                    size, start = sizes[0], starts[0]
-                    for e in range(1, b + 1):
-                        size = jnp.where(rel == e, sizes[e], size)
-                        start = jnp.where(rel == e, starts[e], start)
-                    live = first_box + b < total_boxes
-                    row8, lo, hi, last_box = run_box(start, size, j, box)
-                    out_start.append(jnp.where(live, row8, out_start[0]) if b else row8)
-                    out_lo.append(jnp.where(live, lo, 0))
-                    out_hi.append(jnp.where(live, hi, 0))
-                    rel = jnp.where(last_box, rel + 1, rel)
-                    j = jnp.where(last_box, 0, j + 1)
-                return out_start, (out_lo, out_hi), rel, j
-
             def fetch(row8s, slot, src_ref, dst_smem, barriers):
                 def one_copy():
                     plgpu.copy_gmem_to_smem(
@@ -398,7 +380,9 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                              for b in range(boxes)]
                     valids = None
                 else:
-                    row8s, valids, rel, j = walk(sizes, starts, j, step * boxes)
+                    row8s, valids, rel, j = walk_tile(sizes, starts, j, step * boxes,
+                                                      total_boxes, boxes, box,
+                                                      fast="slow_walk" not in flags)
                     entry = entry + rel
                     # Software pipeline: the next tile's entry loads are in flight while
                     # this one waits for its slot and issues its copies.

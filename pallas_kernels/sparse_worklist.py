@@ -283,6 +283,50 @@ def run_box(start, size, j, box: int):
     return row8, lo, hi, (j + 1) * box >= span
 
 
+def walk_tile(sizes, starts, box_in_entry, first_box, total_boxes, boxes: int, box: int,
+              fast: bool = True):
+    """The kernel producer's step (scalars): the `boxes` boxes of the tile that starts
+    at box `box_in_entry` of an entry, given that entry's and the next boxes - 1
+    entries' sizes and starts (lists; a tile touches at most that many entries) and
+    the tile's first box number `first_box` of `total_boxes`. Returns (first rows // 8
+    of each box, (lo, hi) lists: real rows [lo, hi) of each box, entries to advance,
+    box in entry where the next tile begins). `expand_tiles` is the same walk,
+    vectorised; a test checks the two agree.
+
+    A tile inside its first entry (every box live; half the tiles at 720p) takes a
+    short path (`fast`); the others pick each box's entry by a chain of selects."""
+
+    def inside(sizes, starts, j):
+        out = [run_box(starts[0], sizes[0], j + b, box) for b in range(boxes)]
+        last_box = out[-1][3]
+        return ([o[0] for o in out], ([o[1] for o in out], [o[2] for o in out]),
+                jnp.where(last_box, 1, 0).astype(jnp.int32),
+                jnp.where(last_box, 0, j + boxes).astype(jnp.int32))
+
+    def general(sizes, starts, j):
+        rel = jnp.int32(0)
+        out_start, out_lo, out_hi = [], [], []
+        for b in range(boxes):
+            size, start = sizes[0], starts[0]
+            for e in range(1, b + 1):
+                size = jnp.where(rel == e, sizes[e], size)
+                start = jnp.where(rel == e, starts[e], start)
+            live = first_box + b < total_boxes
+            row8, lo, hi, last_box = run_box(start, size, j, box)
+            out_start.append(jnp.where(live, row8, out_start[0]) if b else row8)
+            out_lo.append(jnp.where(live, lo, 0))
+            out_hi.append(jnp.where(live, hi, 0))
+            rel = jnp.where(last_box, rel + 1, rel)
+            j = jnp.where(last_box, 0, j + 1)
+        return out_start, (out_lo, out_hi), rel.astype(jnp.int32), j.astype(jnp.int32)
+
+    j = jnp.asarray(box_in_entry, jnp.int32)
+    if not fast:
+        return general(sizes, starts, j)
+    fits = j + boxes <= run_boxes(sizes[0], starts[0], box)
+    return jax.lax.cond(fits, inside, general, sizes, starts, j)
+
+
 def run_boxes(size, start, box: int):
     """Boxes of each run: size, start [...] -> [...] int32."""
     return _cdiv(jax.lax.bitwise_and(start, jnp.int32(ALIGN - 1)) + size, box)
