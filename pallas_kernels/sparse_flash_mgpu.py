@@ -104,8 +104,7 @@ def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: Spars
     return _sparse_flash(q, k, v, work, float(scale), config)
 
 
-ABLATIONS = ("no_mask_store", "no_walk", "one_copy", "no_mask_add", "box_copies", "always_mask",
-             "slow_walk")
+ABLATIONS = ("no_mask_store", "no_walk", "one_copy", "no_mask_add", "box_copies", "always_mask")
 
 
 @jax.jit(static_argnames=("scale", "config", "ablation"))
@@ -115,9 +114,8 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
     and its boxes are the first entry's rows (no entry loads, no walk); "one_copy" = K
     and V tiles arrive by one block_kv-row TMA copy each instead of one per box;
     "no_mask_add" = consumers add no mask; "box_copies" = one copy per box even when a
-    tile's boxes are contiguous; "always_mask" = the mask is added to full tiles too;
-    "slow_walk" = tiles inside one entry take the general walk too (the last three give
-    right results: they undo one optimisation each). See
+    tile's boxes are contiguous; "always_mask" = the mask is added to full tiles too
+    (the last two give right results: they undo one optimisation each). See
     scripts/bench_kernel.py --ablations."""
     flags = set(ablation.split("+")) if ablation else set()
     if not flags <= set(ABLATIONS):
@@ -381,8 +379,7 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                     valids = None
                 else:
                     row8s, valids, rel, j = walk_tile(sizes, starts, j, step * boxes,
-                                                      total_boxes, boxes, box,
-                                                      fast="slow_walk" not in flags)
+                                                      total_boxes, boxes, box)
                     entry = entry + rel
                     # Software pipeline: the next tile's entry loads are in flight while
                     # this one waits for its slot and issues its copies.

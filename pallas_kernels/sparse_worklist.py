@@ -226,6 +226,17 @@ def _cta_list(q_sizes, seq_q: int, config: SparseTuningConfig):
     return cta.reshape(n * per_n, 4), q_slot
 
 
+def cta_load(cta, total_boxes, config: SparseTuningConfig):
+    """What each CTA costs the kernel: cta [..., 4], total_boxes [N * QC] -> (KV tiles
+    it walks, 0 for an unused CTA; query rows it computes per tile: block_q in split
+    mode, 2 * block_q otherwise), both [...] int32."""
+    group, rows = cta[..., 1], cta[..., 3]
+    tiles = jnp.where(rows > 0, _cdiv(total_boxes[group], config.boxes_per_tile), 0)
+    q_rows = jnp.where((rows <= config.block_q) & config.split_tails, config.block_q,
+                       config.rows_per_cta)
+    return tiles, q_rows
+
+
 def _heavy_first(cta, q_slot, total_boxes, config: SparseTuningConfig):
     """Each problem's CTAs reordered by descending work (stable; unused CTAs last), and
     q_slot moved with them (a CTA's output slot is its position in the list). Problems
@@ -234,10 +245,8 @@ def _heavy_first(cta, q_slot, total_boxes, config: SparseTuningConfig):
     per_n = cta.shape[0] // n
     rpc = config.rows_per_cta
     c = cta.reshape(n, per_n, 4)
-    rows = c[..., 3]
-    tiles = jnp.where(rows > 0, _cdiv(total_boxes[c[..., 1]], config.boxes_per_tile), 0)
-    split = (rows <= config.block_q) & config.split_tails
-    work = tiles * jnp.where(split, 1, 2)
+    tiles, q_rows = cta_load(c, total_boxes, config)
+    work = tiles * q_rows
     perm = jnp.argsort(-work, axis=-1, stable=True).astype(jnp.int32)  # new -> old
     inv = jax.vmap(lambda p: jnp.zeros_like(p).at[p].set(
         jnp.arange(per_n, dtype=jnp.int32), unique_indices=True))(perm)
@@ -283,48 +292,30 @@ def run_box(start, size, j, box: int):
     return row8, lo, hi, (j + 1) * box >= span
 
 
-def walk_tile(sizes, starts, box_in_entry, first_box, total_boxes, boxes: int, box: int,
-              fast: bool = True):
+def walk_tile(sizes, starts, box_in_entry, first_box, total_boxes, boxes: int, box: int):
     """The kernel producer's step (scalars): the `boxes` boxes of the tile that starts
     at box `box_in_entry` of an entry, given that entry's and the next boxes - 1
     entries' sizes and starts (lists; a tile touches at most that many entries) and
     the tile's first box number `first_box` of `total_boxes`. Returns (first rows // 8
     of each box, (lo, hi) lists: real rows [lo, hi) of each box, entries to advance,
     box in entry where the next tile begins). `expand_tiles` is the same walk,
-    vectorised; a test checks the two agree.
-
-    A tile inside its first entry (every box live; half the tiles at 720p) takes a
-    short path (`fast`); the others pick each box's entry by a chain of selects."""
-
-    def inside(sizes, starts, j):
-        out = [run_box(starts[0], sizes[0], j + b, box) for b in range(boxes)]
-        last_box = out[-1][3]
-        return ([o[0] for o in out], ([o[1] for o in out], [o[2] for o in out]),
-                jnp.where(last_box, 1, 0).astype(jnp.int32),
-                jnp.where(last_box, 0, j + boxes).astype(jnp.int32))
-
-    def general(sizes, starts, j):
-        rel = jnp.int32(0)
-        out_start, out_lo, out_hi = [], [], []
-        for b in range(boxes):
-            size, start = sizes[0], starts[0]
-            for e in range(1, b + 1):
-                size = jnp.where(rel == e, sizes[e], size)
-                start = jnp.where(rel == e, starts[e], start)
-            live = first_box + b < total_boxes
-            row8, lo, hi, last_box = run_box(start, size, j, box)
-            out_start.append(jnp.where(live, row8, out_start[0]) if b else row8)
-            out_lo.append(jnp.where(live, lo, 0))
-            out_hi.append(jnp.where(live, hi, 0))
-            rel = jnp.where(last_box, rel + 1, rel)
-            j = jnp.where(last_box, 0, j + 1)
-        return out_start, (out_lo, out_hi), rel.astype(jnp.int32), j.astype(jnp.int32)
-
-    j = jnp.asarray(box_in_entry, jnp.int32)
-    if not fast:
-        return general(sizes, starts, j)
-    fits = j + boxes <= run_boxes(sizes[0], starts[0], box)
-    return jax.lax.cond(fits, inside, general, sizes, starts, j)
+    vectorised; a test checks the two agree. Each box's entry is picked by a chain of
+    selects (a short path for tiles inside one entry measured no faster)."""
+    rel, j = jnp.int32(0), box_in_entry
+    out_start, out_lo, out_hi = [], [], []
+    for b in range(boxes):
+        size, start = sizes[0], starts[0]
+        for e in range(1, b + 1):
+            size = jnp.where(rel == e, sizes[e], size)
+            start = jnp.where(rel == e, starts[e], start)
+        live = first_box + b < total_boxes
+        row8, lo, hi, last_box = run_box(start, size, j, box)
+        out_start.append(jnp.where(live, row8, out_start[0]) if b else row8)
+        out_lo.append(jnp.where(live, lo, 0))
+        out_hi.append(jnp.where(live, hi, 0))
+        rel = jnp.where(last_box, rel + 1, rel)
+        j = jnp.where(last_box, 0, j + 1)
+    return out_start, (out_lo, out_hi), rel, j
 
 
 def run_boxes(size, start, box: int):
@@ -419,9 +410,7 @@ def tile_rows(work: SparseWorkList, config: SparseTuningConfig):
     n = work.q_slot.shape[0]
     problem, g, _, rows = (work.cta[:, i] for i in range(4))
     used = rows > 0
-    tiles = jnp.where(used, _cdiv(work.total_boxes[g], config.boxes_per_tile), 0)
-    q_rows = jnp.where((rows <= config.block_q) & config.split_tails, config.block_q,
-                       config.rows_per_cta)
+    tiles, q_rows = cta_load(work.cta, work.total_boxes, config)
     computed = jax.ops.segment_sum(
         tiles.astype(jnp.float32) * q_rows.astype(jnp.float32) * config.block_kv, problem, n)
     real_keys = jnp.sum(work.entry_size, axis=-1)                  # per query cluster

@@ -33,15 +33,13 @@ from scripts.bench_kernel import SHAPES, structured_qkv
 
 def waste(work, tuning):
     """(runs per query cluster, total, q-side, k-side wasted fractions)."""
-    from pallas_kernels.sparse_worklist import run_boxes, tile_rows
+    from pallas_kernels.sparse_worklist import cta_load, tile_rows
     computed, real = tile_rows(work, tuning)
     _, g, _, rows = (work.cta[:, i] for i in range(4))
     used = rows > 0
-    q_rows = jnp.where((rows <= tuning.block_q) & tuning.split_tails, tuning.block_q,
-                       tuning.rows_per_cta)
+    _, q_rows = cta_load(work.cta, work.total_boxes, tuning)
     keys = jnp.sum(work.entry_size, axis=-1).astype(jnp.float32)
-    boxed = jnp.sum(jnp.where(work.entry_size > 0, run_boxes(work.entry_size, work.entry_start,
-                                                           tuning.box_rows), 0), -1)
+    boxed = work.total_boxes
     q_only = jnp.sum(jnp.where(used, q_rows * keys[g], 0.0))
     k_only = jnp.sum(jnp.where(used, rows * boxed[g] * tuning.box_rows, 0).astype(jnp.float32))
     runs = jnp.mean(jnp.sum(work.entry_size > 0, axis=-1))

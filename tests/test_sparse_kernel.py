@@ -227,33 +227,32 @@ def test_slots_and_padded_layout():
                                  SparseTuningConfig(block_kv=128, box_rows=16)], ids=cfg_id)
 def test_producer_walk_equals_expand_tiles(cfg):
     # The kernel's producer steps through each query cluster's entries with walk_tile
-    # (scalar, with a short path for tiles inside one entry); expand_tiles builds the
-    # same tiles vectorised. Both paths of walk_tile must give expand_tiles' tiles.
+    # (scalar); expand_tiles builds the same tiles vectorised. They must agree, on
+    # tiles inside one entry and on tiles across several.
     qs, ks, sel = problem(12, n=2, sq=400, sk=2500, qc=5, kc=9, density=0.5, huge=True)
     work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 400, 2500, cfg)
     num_tiles, kv_start, kv_mask = (np.asarray(x) for x in expand_tiles(work, cfg, 2500))
     total = np.asarray(work.total_boxes)
     sizes, starts = np.asarray(work.entry_size), np.asarray(work.entry_start)
     bpt, last = cfg.boxes_per_tile, sizes.shape[1] - 1
-    step = jax.jit(walk_tile, static_argnames=("boxes", "box", "fast"))
+    step = jax.jit(walk_tile, static_argnames=("boxes", "box"))
     inside_one_entry = [0, 0]
     for g in range(total.shape[0]):
-        for fast in (True, False):
-            entry, j = 0, 0
-            for t in range(num_tiles[g]):
-                ents = [min(entry + e, last) for e in range(bpt)]
-                entry_boxes = -(-(starts[g, entry] % ALIGN + sizes[g, entry]) // cfg.box_rows)
-                inside_one_entry[int(j + bpt <= entry_boxes)] += 1
-                row8s, (los, his), rel, j = step(
-                    [jnp.int32(sizes[g, x]) for x in ents], [jnp.int32(starts[g, x]) for x in ents],
-                    jnp.int32(j), jnp.int32(t * bpt), jnp.int32(total[g]), boxes=bpt,
-                    box=cfg.box_rows, fast=fast)
-                np.testing.assert_array_equal(np.array(row8s), kv_start[g, t])
-                np.testing.assert_array_equal(np.array(mask_words(los, his, cfg.box_rows,
-                                                                  cfg.mask_words)),
-                                              kv_mask[g, t])
-                entry += int(rel)
-    assert min(inside_one_entry) > 0                               # both paths were taken
+        entry, j = 0, 0
+        for t in range(num_tiles[g]):
+            ents = [min(entry + e, last) for e in range(bpt)]
+            entry_boxes = -(-(starts[g, entry] % ALIGN + sizes[g, entry]) // cfg.box_rows)
+            inside_one_entry[int(j + bpt <= entry_boxes)] += 1
+            row8s, (los, his), rel, j = step(
+                [jnp.int32(sizes[g, x]) for x in ents], [jnp.int32(starts[g, x]) for x in ents],
+                jnp.int32(j), jnp.int32(t * bpt), jnp.int32(total[g]), boxes=bpt,
+                box=cfg.box_rows)
+            np.testing.assert_array_equal(np.array(row8s), kv_start[g, t])
+            np.testing.assert_array_equal(np.array(mask_words(los, his, cfg.box_rows,
+                                                              cfg.mask_words)),
+                                          kv_mask[g, t])
+            entry += int(rel)
+    assert min(inside_one_entry) > 0                               # both kinds of tile
 
 
 def test_heavy_first_orders_each_problems_ctas_by_work():
