@@ -8,9 +8,9 @@
     svg2-convert --from diffusers /ckpt/HunyuanVideo-diffusers/transformer \\
         --model hunyuan-video-t2v-720p --out /ckpt/hunyuan-orbax
 
-SRC is a .safetensors file, an .index.json, or a directory holding them; for HunyuanVideo
-also a torch .pt state dict (the official release). --model is a preset name or a diffusers
-config.json; it picks the model family (HunyuanVideo or Wan). Load the result with
+SRC is a .safetensors file, an .index.json, or a directory holding them, or a torch state
+dict file (.pt, .pth, .bin, .ckpt; the official HunyuanVideo release is one). --model is a
+preset name or a diffusers config.json; it picks the model family (HunyuanVideo or Wan). Load the result with
 `svg2_jax.models.wan.load(OUT, PRESET)` / `svg2_jax.models.hunyuan.load(OUT, PRESET)` (which
 also read SRC directly, without this step).
 """
@@ -52,22 +52,15 @@ class _Counter:
             self.bar.close()
 
 
-def _count_tensors(src) -> int:
-    from convert.safetensors_io import SafetensorsSource
-
-    with SafetensorsSource(src) as source:
-        return len(source.keys())
-
-
 def _family(layout: str, model: str):
     """The converter module of the model family --model names, checked against --from."""
     from convert import hunyuan, wan
     from svg2_jax.models.hunyuan.config import is_hunyuan_config
 
-    family, name = (hunyuan, "HunyuanVideo") if is_hunyuan_config(model) else (wan, "Wan")
+    family = hunyuan if is_hunyuan_config(model) else wan
     if layout not in family.LAYOUTS:
-        raise ValueError(f"--from {layout} is not a layout of {name} checkpoints (--model "
-                         f"{model!r}); use one of {family.LAYOUTS}")
+        raise ValueError(f"--from {layout} is not a layout of {family.FAMILY.name} checkpoints "
+                         f"(--model {model!r}); use one of {family.LAYOUTS}")
     return family
 
 
@@ -97,8 +90,7 @@ def main(argv=None) -> int:
 
     try:
         family = _family(args.layout, args.model)
-        total = (family.count_reads(args.src, args.layout, args.model) if family is hunyuan
-                 else _count_tensors(args.src))
+        total = family.count_reads(args.src, args.layout, args.model)
         counter = _Counter(total, enabled=not args.quiet)
         try:
             report = family.convert_to_orbax(args.src, args.layout, args.model, args.out,

@@ -1,15 +1,16 @@
-"""Family-independent converter machinery shared by `convert.wan` and `convert.hunyuan`.
+"""The conversion utility, for every model family: `convert_to_orbax(family, ...)` writes
+a checkpoint `svg2_jax.checkpoints` reads (its sources, key maps, plan and streaming)
+into one of our orbax directories.
 
-Plan types (`Target`, `Plan`, `ConversionReport`), streaming one parameter at a time into a
-preallocated buffer (`iter_leaves`), nesting flat paths (`nest`), the atomic output
-directory (`atomic_directory`: written to a temporary directory next to the output and
-renamed into place only when complete), the orbax writer / reader (`save_orbax`,
-`restore_orbax`, `read_orbax_meta`, `write_checkpoint`) and process helpers (`umask`,
-`peak_rss_mb`).
+Here: the atomic output directory (`atomic_directory`: written to a temporary directory
+next to the output and renamed into place only when complete), the orbax writer
+(`save_orbax`, `write_checkpoint`), one conversion's clock and report (`ConversionRun`,
+`ConversionReport`) and process helpers (`umask`, `peak_rss_mb`).
 
 On-disk format of a converted checkpoint directory: `<family>_config.json` (the metadata:
 format name, version, diffusers config, weight dtype, source, layout, ignored keys) and
-`state/` (the orbax pytree of the NNX parameters).
+`state/` (the orbax pytree of the NNX parameters), read by
+`svg2_jax.checkpoints.orbax_io`.
 """
 
 from __future__ import annotations
@@ -22,39 +23,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-STATE_DIR = "state"
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """Where one source tensor goes. path: our parameter path; layer: index on the
-    stacked layer axis (None: unstacked); transform: "copy", "transpose" (Linear) or
-    "conv" (Conv3d patch embedding); source_shape: the tensor shape the source must have."""
-
-    path: tuple[str, ...]
-    layer: int | None
-    transform: str
-    source_shape: tuple[int, ...]
-
-
-@dataclasses.dataclass
-class Plan:
-    """A validated mapping from source keys to our parameters.
-
-    reads: source key -> Target; leaves: our path -> (shape, dtype) of each parameter
-    (stacked); ignored: source keys skipped on purpose (diffusers ignores them too).
-    """
-
-    layout: str
-    reads: dict[str, Target]
-    leaves: dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]
-    ignored: list[str]
+from svg2_jax.checkpoints import (STATE_DIR, ModelFamily, Plan, TensorSource, abstract_state,
+                                  layout_view, make_plan, nest, open_source, to_device_flat)
+from svg2_jax.checkpoints import count_reads as plan_reads
+from svg2_jax.checkpoints.keymap import check_layout
 
 
 @dataclasses.dataclass
@@ -66,49 +44,6 @@ class ConversionReport:
     seconds: float
     peak_rss_mb: float
     peak_rss_increase_mb: float
-
-
-def to_ours(tensor: np.ndarray, target: Target) -> np.ndarray:
-    """A source tensor in our parameter layout (`target.transform`)."""
-    if target.transform == "transpose":
-        return tensor.T
-    if target.transform == "conv":
-        return tensor.reshape(tensor.shape[0], -1).T
-    return tensor
-
-
-def iter_leaves(source, plan: Plan, progress: Callable[[str], None] | None = None
-                ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """Yield (our path, filled numpy array in the parameter's dtype), one parameter at a
-    time. A stacked parameter is filled layer by layer in one preallocated buffer; each
-    source tensor is read, cast into place and dropped. `progress(key)` after each read."""
-    by_leaf: dict[tuple[str, ...], list[tuple[str, Target]]] = {}
-    for key, target in plan.reads.items():
-        by_leaf.setdefault(target.path, []).append((key, target))
-    for path, (shape, dtype) in plan.leaves.items():
-        buf = np.empty(shape, dtype)
-        for key, target in by_leaf[path]:
-            value = to_ours(source.read(key), target)
-            if target.layer is None:
-                buf[...] = value
-            else:
-                buf[target.layer] = value
-            del value
-            if progress is not None:
-                progress(key)
-        yield path, buf
-        del buf  # before the next allocation: the consumer may have copied it already
-
-
-def nest(flat: dict[tuple[str, ...], object]) -> dict:
-    """{("a", "b"): x} -> {"a": {"b": x}} (the pure-dict form of an nnx.State)."""
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = value
-    return out
 
 
 def peak_rss_mb() -> float:
@@ -174,19 +109,7 @@ def save_orbax(path: Path, tree: dict, concurrent_gb: int = 1):
         checkpointer.save(path.absolute(), args=ocp.args.PyTreeSave(tree))
 
 
-def to_device_tree(source, plan: Plan, device, progress: Callable[[str], None] | None = None):
-    """Stream `plan` from `source` straight onto `device` (a device or a sharding): each
-    parameter goes to the device as soon as it is complete, so the host never holds the
-    whole model twice (jax.device_put, not jnp.asarray, which stages an extra host copy).
-    -> the nested pure dict of device arrays."""
-    flat = {}
-    for path, array in iter_leaves(source, plan, progress):
-        flat[path] = jax.device_put(array, device)
-        del array
-    return nest(flat)
-
-
-def write_checkpoint(out: Path, overwrite: bool, source, plan: Plan, meta: dict,
+def write_checkpoint(out: Path, overwrite: bool, source: TensorSource, plan: Plan, meta: dict,
                      config_file: str, progress: Callable[[str], None] | None = None) -> int:
     """Stream `plan` from `source` into an orbax checkpoint directory `out` (`state/` plus
     `meta` as `config_file`), atomically (`atomic_directory`). Returns the bytes written."""
@@ -194,11 +117,7 @@ def write_checkpoint(out: Path, overwrite: bool, source, plan: Plan, meta: dict,
         # Each finished parameter becomes a host (CPU) jax array right away: orbax
         # writes jax arrays without staging a copy of the whole tree (it does copy
         # numpy trees), so the process holds one copy of the weights plus one leaf.
-        cpu = jax.devices("cpu")[0]
-        flat = {}
-        for path, array in iter_leaves(source, plan, progress):
-            flat[path] = jax.device_put(array, cpu)
-            del array
+        flat = to_device_flat(source, plan, jax.devices("cpu")[0], progress)
         nbytes = sum(a.nbytes for a in flat.values())
         save_orbax(tmp / STATE_DIR, nest(flat))
         del flat
@@ -222,50 +141,44 @@ class ConversionRun:
         check_output(out, overwrite)
         return cls(out, overwrite, peak_rss_mb(), time.perf_counter())
 
-    def write(self, source, plan: Plan, *, config, dtype, src, layout: str, fmt: str,
-              config_file: str, progress: Callable[[str], None] | None = None
-              ) -> ConversionReport:
-        """Stream the plan into the checkpoint with the metadata both formats share
-        (architecture in diffusers' keys, weight dtype, source, layout, ignored keys)."""
-        meta = dict(format=fmt, version=1, config=config.to_diffusers(),
-                    param_dtype=np.dtype(dtype).name, source=str(src), layout=layout,
+    def write(self, family: ModelFamily, source: TensorSource, plan: Plan, *, config, dtype,
+              src, progress: Callable[[str], None] | None = None) -> ConversionReport:
+        """Stream the plan into the checkpoint with its metadata (format, architecture in
+        diffusers' keys, weight dtype, source, layout, ignored keys)."""
+        meta = dict(format=family.format, version=1, config=config.to_diffusers(),
+                    param_dtype=np.dtype(dtype).name, source=str(src), layout=plan.layout,
                     ignored_keys=plan.ignored)
-        nbytes = write_checkpoint(self.out, self.overwrite, source, plan, meta, config_file,
-                                  progress)
+        nbytes = write_checkpoint(self.out, self.overwrite, source, plan, meta,
+                                  family.config_file, progress)
         peak = peak_rss_mb()
-        return ConversionReport(layout, len(plan.reads), plan.ignored, nbytes,
+        return ConversionReport(plan.layout, len(plan.reads), plan.ignored, nbytes,
                                 time.perf_counter() - self.t0, peak, peak - self.start_rss)
 
 
-def read_orbax_meta(path: str | os.PathLike, config_file: str, fmt: str) -> dict | None:
-    """The `config_file` of one of our orbax checkpoints of format `fmt`, or None if
-    `path` is not one."""
-    path = Path(path)
-    meta_file = path / config_file
-    if not (path.is_dir() and meta_file.is_file() and (path / STATE_DIR).is_dir()):
-        return None
-    with open(meta_file) as f:
-        meta = json.load(f)
-    return meta if meta.get("format") == fmt else None
+def convert_to_orbax(family: ModelFamily, src: str | os.PathLike, layout: str, preset,
+                     out: str | os.PathLike, *, dtype=jnp.bfloat16, overwrite: bool = False,
+                     progress: Callable[[str], None] | None = None) -> ConversionReport:
+    """Convert a checkpoint of `family` (`layout` "diffusers" or the official one; the
+    source forms of `svg2_jax.checkpoints.sources`) into the orbax directory `out`
+    (`family.config_file` + `state/`), loadable by the family's `load`.
+
+    Every problem is listed in one ValueError before any tensor is read; then one tensor
+    at a time; `out` appears only when complete. dtype: weight dtype of the converted
+    parameters (those the model keeps in float32 stay float32). progress(diffusers key)
+    after each tensor read (`count_reads` of them).
+    """
+    config = family.get_config(preset)
+    check_layout(family.keys, layout)
+    run = ConversionRun.start(Path(out), overwrite)
+    _, abstract = abstract_state(family, config, dtype)
+    with open_source(src) as raw:
+        source = layout_view(family.keys, raw, layout, config)
+        return run.write(family, source, make_plan(family, source, layout, config, abstract),
+                         config=config, dtype=dtype, src=src, progress=progress)
 
 
-def restore_orbax(path: str | os.PathLike, abstract_state, sharding=None):
-    """Restore `state/` into arrays shaped and typed like `abstract_state` (cast on read);
-    returns the pure nested dict. sharding: a jax Sharding for every array, or None."""
-    import orbax.checkpoint as ocp
-
-    def target(var):
-        return jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sharding or default_sharding())
-
-    flat = {tuple(str(p) for p in k): target(v) for k, v in nnx.to_flat_state(abstract_state)}
-    tree = nest(flat)
-    handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=1)
-    with ocp.Checkpointer(handler) as checkpointer:
-        return checkpointer.restore(
-            (Path(path) / STATE_DIR).absolute(),
-            args=ocp.args.PyTreeRestore(tree, restore_args=jax.tree.map(
-                lambda t: ocp.ArrayRestoreArgs(dtype=t.dtype, sharding=t.sharding), tree)))
-
-
-def default_sharding():
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+def count_reads(family: ModelFamily, src: str | os.PathLike, layout: str, preset) -> int:
+    """How many tensor reads (progress callbacks) converting `src` takes."""
+    with open_source(src) as raw:
+        return plan_reads(family, layout_view(family.keys, raw, layout,
+                                              family.get_config(preset)))

@@ -14,8 +14,10 @@ from shared_fixtures import torch_layout
 from test_wan_helpers import TINY, official_state_dict, same_params, torch, torch_model
 
 from convert.cli import main as cli_main
-from convert.wan import abstract_wan_state, convert_to_orbax, expected_keys
+from convert.wan import convert_to_orbax, count_reads
+from svg2_jax.checkpoints import abstract_state, expected_keys
 from svg2_jax.models.wan import PRESETS, WanConfig, get_config, load
+from svg2_jax.models.wan.load import FAMILY
 
 CFG = TINY["t2v"]
 
@@ -116,7 +118,8 @@ def test_existing_output_needs_overwrite(ckpt, tmp_path):
 
 
 def _torch_layout(ours: dict) -> dict:
-    return torch_layout(ours, expected_keys(CFG, abstract_wan_state(CFG, jnp.float32)[1]))
+    _, abstract = abstract_state(FAMILY, CFG, jnp.float32)
+    return torch_layout(ours, expected_keys(FAMILY.keys, CFG, abstract))
 
 
 def test_round_trip_diffusers_orbax_load_is_exact(ckpt, tmp_path):
@@ -199,6 +202,22 @@ def test_load_detects_what_the_path_is(ckpt, tmp_path):
         load(tmp_path / "orbax", WanConfig(**{**CFG.to_diffusers(), "num_layers": 3}))
 
 
+def test_torch_files_read_like_safetensors_and_progress_counts(ckpt, tmp_path):
+    model, path, sd = ckpt
+    diffusers_pt = tmp_path / "diffusers.pt"
+    torch.save(model.state_dict(), diffusers_pt)
+    assert same_params(load(diffusers_pt, CFG, dtype=jnp.float32),
+                       load(path, CFG, dtype=jnp.float32))
+    official_pt = tmp_path / "official.pt"
+    torch.save({"module": official_state_dict(model), "step": torch.tensor(1)}, official_pt)
+    seen = []
+    report = convert_to_orbax(official_pt, "wan", CFG, tmp_path / "orbax", progress=seen.append)
+    # one callback per tensor, named in diffusers' keys; the wrapper's other entry reported
+    assert len(seen) == count_reads(official_pt, "wan", CFG) == len(sd) == report.tensors
+    assert sorted(seen) == sorted(sd) and report.ignored == ["step"]
+    assert same_params(load(tmp_path / "orbax", CFG), load(path, CFG))
+
+
 def test_load_with_mesh_places_replicated(ckpt):
     _, path, _ = ckpt
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -214,8 +233,8 @@ def test_presets_match_diffusers_parameter_shapes(preset):
     with torch.device("meta"):
         theirs = diffusers_model(config)
     want = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
-    _, abstract = abstract_wan_state(config, jnp.bfloat16)
-    got = {k: t.source_shape for k, t in expected_keys(config, abstract).items()}
+    _, abstract = abstract_state(FAMILY, config, jnp.bfloat16)
+    got = {k: t.source_shape for k, t in expected_keys(FAMILY.keys, config, abstract).items()}
     assert got == want
     n = sum(int(np.prod(s)) for s in want.values())
     assert {"wan2.1-t2v-1.3b": 1.3e9, "wan2.1-t2v-14b": 14e9,

@@ -13,9 +13,11 @@ from shared_fixtures import torch_layout
 from test_hunyuan_helpers import TINY, official_state_dict, same_params, torch, torch_model
 
 from convert.cli import main as cli_main
-from convert.hunyuan import (TorchCheckpointSource, abstract_hunyuan_state, convert_to_orbax,
-                             count_reads, expected_keys, official_to_diffusers)
+from convert.hunyuan import convert_to_orbax, count_reads
+from svg2_jax.checkpoints import TorchCheckpointSource, abstract_state, expected_keys
 from svg2_jax.models.hunyuan import PRESETS, HunyuanVideoConfig, get_config, load
+from svg2_jax.models.hunyuan.keys import official_to_diffusers
+from svg2_jax.models.hunyuan.load import FAMILY
 
 CFG = TINY["t2v"]
 
@@ -136,7 +138,8 @@ def test_existing_output_needs_overwrite(ckpt, tmp_path):
 
 
 def _torch_layout(ours: dict) -> dict:
-    return torch_layout(ours, expected_keys(CFG, abstract_hunyuan_state(CFG, jnp.float32)[1]))
+    _, abstract = abstract_state(FAMILY, CFG, jnp.float32)
+    return torch_layout(ours, expected_keys(FAMILY.keys, CFG, abstract))
 
 
 def test_round_trip_official_orbax_load_is_exact(ckpt, tmp_path):
@@ -181,7 +184,7 @@ def test_torch_source_wrapping_reopening_and_errors(ckpt, tmp_path):
             got = source.read(key)
             assert got.flags.c_contiguous and str(got.dtype) == "bfloat16"
             np.testing.assert_array_equal(got.astype(np.float32), want)
-        np.testing.assert_array_equal(source.read_rows(key, ((4, 8), (0, 2))).astype(np.float32),
+        np.testing.assert_array_equal(source.read(key, ((4, 8), (0, 2))).astype(np.float32),
                                       np.concatenate([want[4:8], want[:2]]))
     # the converted checkpoint reports what it did not convert
     report = convert_to_orbax(file, "diffusers", CFG, tmp_path / "out")
@@ -267,8 +270,8 @@ def test_preset_matches_diffusers_parameter_shapes():
     assert HunyuanVideoConfig.from_diffusers(
         {k: v for k, v in theirs.config.items() if not k.startswith("_")}) == config
     want = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
-    _, abstract = abstract_hunyuan_state(config, jnp.bfloat16)
-    got = {k: t.source_shape for k, t in expected_keys(config, abstract).items()}
+    _, abstract = abstract_state(FAMILY, config, jnp.bfloat16)
+    got = {k: t.source_shape for k, t in expected_keys(FAMILY.keys, config, abstract).items()}
     assert got == want
     n = sum(int(np.prod(s)) for s in want.values())
     assert 12.7e9 < n < 13.0e9  # HunyuanVideo's 13B transformer

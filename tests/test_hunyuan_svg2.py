@@ -12,8 +12,8 @@ from flax import nnx
 
 from test_hunyuan_helpers import TINY, forward_args, inputs, jax_args, jax_forward
 
-from convert.common import nest
 from svg2_jax import SVG2Config
+from svg2_jax.checkpoints import nest
 from svg2_jax.layer_attention import DenseAttention, SVG2Attention
 from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel, hunyuan_forward
 

@@ -1,14 +1,17 @@
 """Embedding pieces shared by the Wan and HunyuanVideo DiTs: the sinusoidal timestep
-embedding and its MLP, patchify / unpatchify of [B, C, F, H, W] latents, and the
-interleaved-pair rotary embedding, each matching the diffusers function of that name.
+embedding and its MLP, the text projection, patchify of [B, C, F, H, W] latents and the
+two models' unpatchify orders, and the interleaved-pair rotary embedding, each matching
+the diffusers function of that name.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from svg2_jax.models.common.layers import linear
@@ -56,15 +59,68 @@ def patchify(x: jax.Array, patch_size: tuple[int, int, int]) -> jax.Array:
     return x.reshape(b, (f // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
 
 
-def unpatchify(x: jax.Array, grid: tuple[int, int, int], patch_size: tuple[int, int, int]):
-    """[B, S, p_t*p_h*p_w*C] (features in (p_t, p_h, p_w, c) order, as diffusers'
-    `proj_out`) -> [B, C, F'*p_t, H'*p_h, W'*p_w]."""
-    b = x.shape[0]
-    f, h, w = grid
-    pt, ph, pw = patch_size
-    x = x.reshape(b, f, h, w, pt, ph, pw, -1)
-    x = x.transpose(0, 7, 1, 4, 2, 5, 3, 6)
+def unpatchify_channels_last(x: jax.Array, grid: tuple[int, int, int],
+                             patch: tuple[int, int, int]) -> jax.Array:
+    """Wan's output order: [B, S, p_t*p_h*p_w*C] (features in (p_t, p_h, p_w, c) order, as
+    diffusers' Wan `proj_out`) -> [B, C, F'*p_t, H'*p_h, W'*p_w]."""
+    b, (f, h, w), (pt, ph, pw) = x.shape[0], grid, patch
+    x = x.reshape(b, f, h, w, pt, ph, pw, -1).transpose(0, 7, 1, 4, 2, 5, 3, 6)
     return x.reshape(b, x.shape[1], f * pt, h * ph, w * pw)
+
+
+def unpatchify_channels_first(x: jax.Array, grid: tuple[int, int, int],
+                              patch: tuple[int, int, int]) -> jax.Array:
+    """HunyuanVideo's output order, the inverse of `patchify`: [B, S, C*p_t*p_h*p_w]
+    (features in (c, p_t, p_h, p_w) order, as diffusers' HunyuanVideo `proj_out` and the
+    official `unpatchify`) -> [B, C, F'*p_t, H'*p_h, W'*p_w]."""
+    b, (f, h, w), (pt, ph, pw) = x.shape[0], grid, patch
+    x = x.reshape(b, f, h, w, -1, pt, ph, pw).transpose(0, 4, 1, 5, 2, 6, 3, 7)
+    return x.reshape(b, x.shape[1], f * pt, h * ph, w * pw)
+
+
+class PixArtAlphaTextProjection(nnx.Module):
+    """diffusers' PixArtAlphaTextProjection: linear_1 -> activation -> linear_2.
+
+    act_fn: "gelu_tanh" (diffusers' default; Wan's text embedder) or "silu"
+    (HunyuanVideo's pooled-text embedder).
+    """
+
+    ACTIVATIONS = {"gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+                   "silu": jax.nn.silu}
+
+    def __init__(self, in_features: int, hidden_size: int, *, act_fn: str, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        if act_fn not in self.ACTIVATIONS:
+            raise ValueError(f"PixArtAlphaTextProjection: act_fn must be one of "
+                             f"{sorted(self.ACTIVATIONS)}, got {act_fn!r}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.act_fn = act_fn
+        self.linear_1 = linear(in_features, hidden_size, **kw)
+        self.linear_2 = linear(hidden_size, hidden_size, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., in_features] -> [..., hidden_size]."""
+        return self.linear_2(self.ACTIVATIONS[self.act_fn](self.linear_1(x)))
+
+
+def rotary_tables(axis_angles: list[np.ndarray], grid: tuple[int, int, int]
+                  ) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin), each [S, sum of the axes' pairs] float32, over a post-patch grid
+    (F', H', W') from one angle table [n, pairs] per axis (frame, height, width): the
+    frame axis' pairs first. Only the small per-axis tables become host constants (cos /
+    sin taken in the angles' own precision, then rounded to float32); the [S, D/2] table is
+    a broadcast on the device."""
+    cos, sin = [], []
+    for axis, angles in enumerate(axis_angles):
+        n, pairs = angles.shape
+        shape = [1, 1, 1, pairs]
+        shape[axis] = n
+        for table, fn in ((cos, np.cos), (sin, np.sin)):
+            part = jnp.asarray(fn(angles).astype(np.float32).reshape(shape))
+            table.append(jnp.broadcast_to(part, (*grid, pairs)))
+    s = math.prod(grid)
+    return (jnp.concatenate(cos, axis=-1).reshape(s, -1),
+            jnp.concatenate(sin, axis=-1).reshape(s, -1))
 
 
 def apply_rotary_emb(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:

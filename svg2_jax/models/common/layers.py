@@ -19,6 +19,16 @@ def linear(in_features: int, out_features: int, *, dtype, param_dtype, rngs: nnx
                       rngs=rngs)
 
 
+def split_heads(x: jax.Array, heads: int) -> jax.Array:
+    """[B, S, H*D] -> [B, S, H, D] (head-major, as diffusers' unflatten)."""
+    return x.reshape(*x.shape[:2], heads, -1)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """[B, S, H, D] -> [B, S, H*D]."""
+    return x.reshape(*x.shape[:2], -1)
+
+
 class FP32LayerNorm(nnx.Module):
     """LayerNorm over the last axis computed in float32 (diffusers' `FP32LayerNorm`).
 

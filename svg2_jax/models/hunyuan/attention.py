@@ -15,18 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from svg2_jax.models.hunyuan.layers import EPS
 from svg2_jax.models.common.embeddings import apply_rotary_emb
 from svg2_jax.models.common.layers import RMSNorm, linear
-
-
-def _heads(x: jax.Array, heads: int) -> jax.Array:
-    """[B, S, H*D] -> [B, S, H, D] (head-major, as diffusers' unflatten)."""
-    return x.reshape(*x.shape[:2], heads, -1)
-
-
-def _merge_heads(x: jax.Array) -> jax.Array:
-    return x.reshape(*x.shape[:2], -1)
+from svg2_jax.models.common.layers import merge_heads as _merge_heads
+from svg2_jax.models.common.layers import split_heads as _heads
+from svg2_jax.models.hunyuan.layers import EPS
 
 
 def _project(x, to_q, to_k, to_v, norm_q, norm_k, heads: int):
@@ -42,10 +35,9 @@ def _rope_video(x: jax.Array, rotary, num_video: int) -> jax.Array:
                            axis=1)
 
 
-class HunyuanVideoJointAttention(nnx.Module):
-    """The dual-stream blocks' `attn`: video projections (`to_q`, `to_k`, `to_v`, `norm_q`,
-    `norm_k`, `to_out`) and text projections (`add_q_proj`, `add_k_proj`, `add_v_proj`,
-    `norm_added_q`, `norm_added_k`, `to_add_out`), one attention over [video | text]."""
+class HunyuanVideoAttentionProjections(nnx.Module):
+    """What the dual and single blocks' attentions both have: `to_q`, `to_k`, `to_v` and
+    the per-head RMS q/k norms."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, *, dtype, param_dtype,
                  rngs: nnx.Rngs):
@@ -53,6 +45,17 @@ class HunyuanVideoJointAttention(nnx.Module):
         self.heads = heads
         self.to_q, self.to_k, self.to_v = (linear(dim, dim, **kw) for _ in range(3))
         self.norm_q, self.norm_k = RMSNorm(head_dim, EPS), RMSNorm(head_dim, EPS)
+
+
+class HunyuanVideoJointAttention(HunyuanVideoAttentionProjections):
+    """The dual-stream blocks' `attn`: video projections (`to_q`, `to_k`, `to_v`, `norm_q`,
+    `norm_k`, `to_out`) and text projections (`add_q_proj`, `add_k_proj`, `add_v_proj`,
+    `norm_added_q`, `norm_added_k`, `to_add_out`), one attention over [video | text]."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, *, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        super().__init__(dim, heads, head_dim, **kw)
         self.add_q_proj, self.add_k_proj, self.add_v_proj = (linear(dim, dim, **kw)
                                                              for _ in range(3))
         self.norm_added_q, self.norm_added_k = RMSNorm(head_dim, EPS), RMSNorm(head_dim, EPS)
@@ -79,16 +82,9 @@ class HunyuanVideoJointAttention(nnx.Module):
         return self.to_out(out[:, :sv]), self.to_add_out(out[:, sv:]), state, density
 
 
-class HunyuanVideoSingleAttention(nnx.Module):
+class HunyuanVideoSingleAttention(HunyuanVideoAttentionProjections):
     """The single-stream blocks' `attn` (diffusers' pre_only=True: no output projection;
     the block's `proj_out` mixes the attention output with its MLP)."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int, *, dtype, param_dtype,
-                 rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.heads = heads
-        self.to_q, self.to_k, self.to_v = (linear(dim, dim, **kw) for _ in range(3))
-        self.norm_q, self.norm_k = RMSNorm(head_dim, EPS), RMSNorm(head_dim, EPS)
 
     def __call__(self, x: jax.Array, rotary, num_text: int, text_lengths: jax.Array,
                  attention, state, layer_index):

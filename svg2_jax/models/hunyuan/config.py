@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 
-from svg2_jax.models import config_io
-from svg2_jax.models.config_io import pos_int
+from svg2_jax.models.common import config as common_config
+from svg2_jax.models.common.config import ModelConfig, pos_int
 
 DIFFUSERS_CLASS = "HunyuanVideoTransformer3DModel"
 IMAGE_CONDITION_TYPES = (None, "latent_concat")
 
 
 @dataclasses.dataclass(frozen=True)
-class HunyuanVideoConfig:
+class HunyuanVideoConfig(ModelConfig):
     """HunyuanVideo DiT architecture (diffusers' `HunyuanVideoTransformer3DModel` config keys).
 
     Attributes:
@@ -69,12 +68,10 @@ class HunyuanVideoConfig:
         object.__setattr__(self, "rope_axes_dim", tuple(self.rope_axes_dim))
         if self.out_channels is None:
             object.__setattr__(self, "out_channels", self.in_channels)
-        problems = []
-        for name in ("in_channels", "out_channels", "num_attention_heads", "attention_head_dim",
-                     "num_layers", "num_single_layers", "num_refiner_layers", "patch_size",
-                     "patch_size_t", "text_embed_dim", "pooled_projection_dim"):
-            if not pos_int(getattr(self, name)):
-                problems.append(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        problems = self.positive_int_problems((
+            "in_channels", "out_channels", "num_attention_heads", "attention_head_dim",
+            "num_layers", "num_single_layers", "num_refiner_layers", "patch_size",
+            "patch_size_t", "text_embed_dim", "pooled_projection_dim"))
         if self.qk_norm != "rms_norm":
             problems.append(f"qk_norm must be 'rms_norm' (the only q/k norm built here), got "
                             f"{self.qk_norm!r}")
@@ -99,10 +96,6 @@ class HunyuanVideoConfig:
             raise ValueError("HunyuanVideoConfig: " + "; ".join(problems))
 
     @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
     def mlp_dim(self) -> int:
         """Hidden width of the dual blocks' FFNs and the single blocks' MLP (as diffusers:
         int(inner_dim * mlp_ratio))."""
@@ -114,22 +107,9 @@ class HunyuanVideoConfig:
         return (self.patch_size_t, self.patch_size, self.patch_size)
 
     @property
-    def patch_volume(self) -> int:
-        return math.prod(self.patch)
-
-    @property
     def num_attention_layers(self) -> int:
         """Self-attention layers, numbered dual 0..num_layers-1 then single."""
         return self.num_layers + self.num_single_layers
-
-    @classmethod
-    def from_diffusers(cls, config: dict) -> "HunyuanVideoConfig":
-        """From a diffusers config dict (`config.json`); unknown keys are an error."""
-        return config_io.from_diffusers(cls, config)
-
-    def to_diffusers(self) -> dict:
-        """Keyword arguments for diffusers' `HunyuanVideoTransformer3DModel(**config)`."""
-        return dataclasses.asdict(self)
 
 
 # Source, checked against diffusers 0.42.1: the defaults of
@@ -148,7 +128,7 @@ PRESETS: dict[str, HunyuanVideoConfig] = {
 def get_config(preset: "str | HunyuanVideoConfig | os.PathLike") -> HunyuanVideoConfig:
     """A preset name, a HunyuanVideoConfig (returned as is), or a path to a diffusers
     config.json."""
-    return config_io.get_config(preset, HunyuanVideoConfig, PRESETS, "HunyuanVideo")
+    return common_config.get_config(preset, HunyuanVideoConfig, PRESETS, "HunyuanVideo")
 
 
 def is_hunyuan_config(preset) -> bool:

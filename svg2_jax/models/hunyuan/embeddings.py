@@ -1,5 +1,5 @@
 """HunyuanVideo's input embeddings: patches, timestep / guidance / pooled-text conditioning,
-3-D rotary positions, and the inverse of the patch embedding.
+3-D rotary positions.
 
 Mirrors diffusers' `HunyuanVideoPatchEmbed`, `HunyuanVideoConditionEmbedding`,
 `CombinedTimestepTextProjEmbeddings` and `HunyuanVideoRotaryPosEmbed` (diffusers 0.42.1).
@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from svg2_jax.models.common.embeddings import TimestepEmbedding, get_timestep_embedding, patchify
+from svg2_jax.models.common.embeddings import (PixArtAlphaTextProjection, TimestepEmbedding,
+                                              get_timestep_embedding, patchify, rotary_tables)
 from svg2_jax.models.common.layers import linear
 
 # diffusers' `Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)`
@@ -35,20 +36,6 @@ class HunyuanVideoPatchEmbed(nnx.Module):
         return self.proj(patchify(x, self.patch))
 
 
-class PixArtAlphaTextProjection(nnx.Module):
-    """diffusers' PixArtAlphaTextProjection(act_fn="silu"): linear_1 -> SiLU -> linear_2."""
-
-    def __init__(self, in_features: int, hidden_size: int, *, dtype, param_dtype,
-                 rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.linear_1 = linear(in_features, hidden_size, **kw)
-        self.linear_2 = linear(hidden_size, hidden_size, **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, in_features] -> [B, hidden_size]."""
-        return self.linear_2(jax.nn.silu(self.linear_1(x)))
-
-
 class HunyuanVideoConditionEmbedding(nnx.Module):
     """timestep (+ guidance) + pooled-text embedding -> the conditioning vector `temb`.
 
@@ -64,8 +51,9 @@ class HunyuanVideoConditionEmbedding(nnx.Module):
                  param_dtype, rngs: nnx.Rngs):
         self.dtype = dtype
         self.timestep_embedder = TimestepEmbedding(TIME_PROJ_DIM, dim, rngs=rngs)
-        self.text_embedder = PixArtAlphaTextProjection(pooled_projection_dim, dim, dtype=dtype,
-                                                       param_dtype=param_dtype, rngs=rngs)
+        self.text_embedder = PixArtAlphaTextProjection(pooled_projection_dim, dim, act_fn="silu",
+                                                       dtype=dtype, param_dtype=param_dtype,
+                                                       rngs=rngs)
         self.guidance_embedder = (TimestepEmbedding(TIME_PROJ_DIM, dim, rngs=rngs)
                                   if guidance_embeds else None)
 
@@ -101,26 +89,5 @@ def rotary_embedding(rope_axes_dim: tuple[int, int, int], grid: tuple[int, int, 
     rotates interleaved pairs, as Wan's `apply_rotary_emb` does with these tables). The
     per-axis tables are small host constants; the [S, D/2] table is a device broadcast.
     """
-    cos, sin = [], []
-    for axis, (dim, n) in enumerate(zip(rope_axes_dim, grid)):
-        angles = _axis_angles(dim, n, theta)                   # [n, dim/2]
-        shape = [1, 1, 1, dim // 2]
-        shape[axis] = n
-        for table, fn in ((cos, np.cos), (sin, np.sin)):
-            part = jnp.asarray(fn(angles).astype(np.float32).reshape(shape))
-            table.append(jnp.broadcast_to(part, (*grid, dim // 2)))
-    s = math.prod(grid)
-    return (jnp.concatenate(cos, axis=-1).reshape(s, -1),
-            jnp.concatenate(sin, axis=-1).reshape(s, -1))
-
-
-def unpatchify(x: jax.Array, grid: tuple[int, int, int], patch: tuple[int, int, int]):
-    """[B, S, C*p_t*p_h*p_w] (features in (c, p_t, p_h, p_w) order, as diffusers'
-    HunyuanVideo `proj_out` and the official `unpatchify`; Wan's order differs) ->
-    [B, C, F'*p_t, H'*p_h, W'*p_w]."""
-    b = x.shape[0]
-    f, h, w = grid
-    pt, ph, pw = patch
-    x = x.reshape(b, f, h, w, -1, pt, ph, pw)
-    x = x.transpose(0, 4, 1, 5, 2, 6, 3, 7)
-    return x.reshape(b, x.shape[1], f * pt, h * ph, w * pw)
+    return rotary_tables([_axis_angles(dim, n, theta) for dim, n in zip(rope_axes_dim, grid)],
+                         grid)

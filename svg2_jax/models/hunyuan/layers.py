@@ -1,9 +1,10 @@
 """Small HunyuanVideo building blocks: the AdaLN variants, the SiLU MLP, modulation.
 
-Shared with Wan (`svg2_jax.models.common.layers`): `linear`, `FP32LayerNorm`, `RMSNorm`,
-`FeedForward` (GELU-tanh). Precision as in the Wan model: norms compute in float32, the
-AdaLN shift/scale/gate are applied in float32 and the gated residual sums happen in
-float32 before casting back to the activation dtype; matmuls run in `dtype`.
+Shared with Wan (`svg2_jax.models.common`): `linear`, `FP32LayerNorm`, `RMSNorm`,
+`FeedForward` (GELU-tanh), the stacked blocks and their scan. Precision as in the Wan
+model: norms compute in float32, the AdaLN shift/scale/gate are applied in float32 and the
+gated residual sums happen in float32 before casting back to the activation dtype; matmuls
+run in `dtype`.
 """
 
 from __future__ import annotations
@@ -105,27 +106,3 @@ class SiLUFeedForward(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., dim] -> [..., dim]."""
         return self.proj_out(jax.nn.silu(self.proj_in(x)))
-
-
-def stacked_blocks(num: int, make, rngs: nnx.Rngs):
-    """`num` blocks built by `make(rngs)` with every parameter stacked on a leading layer
-    axis (one `nnx.vmap`), so a scan over them compiles a single block."""
-
-    @nnx.split_rngs(splits=num)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def build(rngs):
-        return make(rngs)
-
-    return build(rngs)
-
-
-def scan_blocks(blocks, body, carry, xs):
-    """`jax.lax.scan` over stacked blocks: body(block, carry, x) -> (carry, y), where x is
-    this layer's slice of the pytree xs (leading layer axis). Returns (carry, stacked ys)."""
-    graphdef, params = nnx.split(blocks)
-
-    def step(carry, layer):
-        block_params, x = layer
-        return body(nnx.merge(graphdef, block_params), carry, x)
-
-    return jax.lax.scan(step, carry, (params, xs))

@@ -46,14 +46,15 @@ from svg2_jax.layer_attention import DenseAttention
 from svg2_jax.models.hunyuan.attention import (HunyuanVideoJointAttention,
                                                HunyuanVideoSingleAttention)
 from svg2_jax.models.hunyuan.config import HunyuanVideoConfig
-from svg2_jax.models.hunyuan.embeddings import (HunyuanVideoConditionEmbedding,
-                                                HunyuanVideoPatchEmbed, rotary_embedding,
-                                                unpatchify)
-from svg2_jax.models.hunyuan.layers import (EPS, AdaLayerNormContinuous, AdaLayerNormZero,
-                                            AdaLayerNormZeroSingle, gated_residual, modulate,
-                                            scan_blocks, stacked_blocks)
-from svg2_jax.models.hunyuan.refiner import HunyuanVideoTokenRefiner
+from svg2_jax.models.common.embeddings import unpatchify_channels_first
+from svg2_jax.models.common.inputs import check_latents, check_sequence, check_timestep, shape
 from svg2_jax.models.common.layers import FeedForward, FP32LayerNorm, linear
+from svg2_jax.models.common.stack import scan_blocks, stacked_blocks
+from svg2_jax.models.hunyuan.embeddings import (HunyuanVideoConditionEmbedding,
+                                                HunyuanVideoPatchEmbed, rotary_embedding)
+from svg2_jax.models.hunyuan.layers import (EPS, AdaLayerNormContinuous, AdaLayerNormZero,
+                                            AdaLayerNormZeroSingle, gated_residual, modulate)
+from svg2_jax.models.hunyuan.refiner import HunyuanVideoTokenRefiner
 
 
 class HunyuanVideoTransformerBlock(nnx.Module):
@@ -208,7 +209,7 @@ class HunyuanVideoTransformer3DModel(nnx.Module):
                                                   attn_state)
 
         x = self.proj_out(self.norm_out(x, temb))
-        return unpatchify(x, grid, cfg.patch), attn_state, density
+        return unpatchify_channels_first(x, grid, cfg.patch), attn_state, density
 
     def _run_blocks(self, x, context, temb, rotary, text_lengths, attn_state):
         """The dual blocks (scan 1) on (video, text), then the single blocks (scan 2) on the
@@ -249,42 +250,23 @@ class HunyuanVideoTransformer3DModel(nnx.Module):
     def _check_inputs(self, hidden_states, timestep, encoder_hidden_states,
                       encoder_attention_mask, pooled_projections, guidance):
         """Shape checks with messages; returns the post-patch grid (F', H', W')."""
-        cfg = self.config
-        if getattr(hidden_states, "ndim", None) != 5:
-            raise ValueError("HunyuanVideo: hidden_states must be [B, C, F, H, W], got shape "
-                             f"{getattr(hidden_states, 'shape', None)}")
-        b, c, f, h, w = hidden_states.shape
-        if c != cfg.in_channels:
-            raise ValueError(f"HunyuanVideo: hidden_states has {c} channels, the model takes "
-                             f"in_channels={cfg.in_channels}")
-        bad = [f"{name}={n} is not divisible by the patch size {p}"
-               for name, n, p in zip("FHW", (f, h, w), cfg.patch) if n % p]
-        if bad:
-            raise ValueError("HunyuanVideo: latents do not patchify: " + "; ".join(bad))
-        grid = (f // cfg.patch[0], h // cfg.patch[1], w // cfg.patch[2])
-        if min(grid) < 1:
-            raise ValueError(f"HunyuanVideo: latents {hidden_states.shape} give an empty "
-                             f"post-patch grid {grid}")
-        if tuple(getattr(timestep, "shape", ())) != (b,):
-            raise ValueError(f"HunyuanVideo: timestep must be [B]=[{b}], got shape "
-                             f"{getattr(timestep, 'shape', None)}")
+        cfg, model = self.config, "HunyuanVideo"
+        b, grid = check_latents(model, hidden_states, cfg.in_channels, cfg.patch)
+        check_timestep(model, timestep, b)
         es = encoder_hidden_states
-        if (getattr(es, "ndim", None) != 3 or es.shape[0] != b or es.shape[1] < 1
-                or es.shape[2] != cfg.text_embed_dim):
-            raise ValueError(f"HunyuanVideo: encoder_hidden_states must be [B={b}, T>=1, "
-                             f"text_embed_dim={cfg.text_embed_dim}], got "
-                             f"{getattr(es, 'shape', None)}")
+        check_sequence(model, "encoder_hidden_states", es, b, "text_embed_dim",
+                       cfg.text_embed_dim)
         mask = encoder_attention_mask
         if tuple(getattr(mask, "shape", ())) != es.shape[:2] or not (
                 jnp.issubdtype(mask.dtype, jnp.integer) or mask.dtype == jnp.bool_):
             raise ValueError(f"HunyuanVideo: encoder_attention_mask must be an int or bool "
                              f"[B, T]={es.shape[:2]} array, got "
-                             f"{getattr(mask, 'dtype', None)}{getattr(mask, 'shape', None)}")
+                             f"{getattr(mask, 'dtype', None)}{shape(mask)}")
         pp = pooled_projections
         if tuple(getattr(pp, "shape", ())) != (b, cfg.pooled_projection_dim):
             raise ValueError(f"HunyuanVideo: pooled_projections must be [B={b}, "
                              f"pooled_projection_dim={cfg.pooled_projection_dim}], got "
-                             f"{getattr(pp, 'shape', None)}")
+                             f"{shape(pp)}")
         if cfg.guidance_embeds:
             if guidance is None or tuple(getattr(guidance, "shape", ())) != (b,):
                 raise ValueError(f"HunyuanVideo: this guidance-distilled model (guidance_embeds"

@@ -16,9 +16,10 @@ from flax import nnx
 
 from svg2_jax.models.hunyuan.attention import HunyuanVideoRefinerAttention, refiner_attention_mask
 from svg2_jax.models.hunyuan.embeddings import HunyuanVideoConditionEmbedding
-from svg2_jax.models.hunyuan.layers import (EPS, HunyuanVideoAdaNorm, SiLUFeedForward,
-                                            gated_residual, scan_blocks, stacked_blocks)
 from svg2_jax.models.common.layers import FP32LayerNorm, linear
+from svg2_jax.models.common.stack import scan_blocks, stacked_blocks
+from svg2_jax.models.hunyuan.layers import (EPS, HunyuanVideoAdaNorm, SiLUFeedForward,
+                                            gated_residual)
 
 # diffusers' HunyuanVideoTokenRefiner is built with its default mlp_ratio=4.0 (the model's
 # own mlp_ratio is not passed to it)

@@ -12,30 +12,24 @@ from flax import nnx
 
 from svg2_jax.models.common.embeddings import apply_rotary_emb
 from svg2_jax.models.common.layers import RMSNorm, linear
+from svg2_jax.models.common.layers import merge_heads as _merge_heads
+from svg2_jax.models.common.layers import split_heads as _heads
 
 
-def _heads(x: jax.Array, heads: int) -> jax.Array:
-    """[B, S, H*D] -> [B, S, H, D] (head-major, as diffusers' unflatten)."""
-    return x.reshape(*x.shape[:2], heads, -1)
-
-
-def _merge_heads(x: jax.Array) -> jax.Array:
-    return x.reshape(*x.shape[:2], -1)
-
-
-class WanSelfAttention(nnx.Module):
-    """attn1: q/k/v projections, RMS q/k norm across heads, 3-D RoPE, pluggable attention."""
+class WanAttentionProjections(nnx.Module):
+    """What both Wan attentions (diffusers' `WanAttention`) have: `to_q`, `to_k`, `to_v`,
+    `to_out` and the RMS q/k norms across all heads."""
 
     def __init__(self, dim: int, heads: int, eps: float, *, dtype, param_dtype,
                  rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
-        self.to_q = linear(dim, dim, **kw)
-        self.to_k = linear(dim, dim, **kw)
-        self.to_v = linear(dim, dim, **kw)
-        self.to_out = linear(dim, dim, **kw)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+        self.to_q, self.to_k, self.to_v, self.to_out = (linear(dim, dim, **kw) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+
+class WanSelfAttention(WanAttentionProjections):
+    """attn1: q/k/v projections, RMS q/k norm across heads, 3-D RoPE, pluggable attention."""
 
     def __call__(self, x: jax.Array, rotary: tuple[jax.Array, jax.Array], attention, state,
                  layer_index):
@@ -52,7 +46,7 @@ class WanSelfAttention(nnx.Module):
         return self.to_out(_merge_heads(out.astype(x.dtype))), state, density
 
 
-class WanCrossAttention(nnx.Module):
+class WanCrossAttention(WanAttentionProjections):
     """attn2: queries from the video tokens, keys/values from the text; for I2V also from
     the image tokens (`add_k_proj`, `add_v_proj`, `norm_added_k`), the two attention
     outputs summed before `to_out`, as `WanAttnProcessor` does."""
@@ -60,14 +54,8 @@ class WanCrossAttention(nnx.Module):
     def __init__(self, dim: int, heads: int, eps: float, added_kv_proj_dim: int | None, *,
                  implementation: str | None, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.heads = heads
+        super().__init__(dim, heads, eps, **kw)
         self.implementation = implementation
-        self.to_q = linear(dim, dim, **kw)
-        self.to_k = linear(dim, dim, **kw)
-        self.to_v = linear(dim, dim, **kw)
-        self.to_out = linear(dim, dim, **kw)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
         if added_kv_proj_dim is not None:
             self.add_k_proj = linear(added_kv_proj_dim, dim, **kw)
             self.add_v_proj = linear(added_kv_proj_dim, dim, **kw)

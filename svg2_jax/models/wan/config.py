@@ -8,15 +8,16 @@ Field names and defaults follow the keys of diffusers' `WanTransformer3DModel` c
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
-from svg2_jax.models import config_io
-from svg2_jax.models.config_io import pos_int
+from svg2_jax.models.common import config as common_config
+from svg2_jax.models.common.config import ModelConfig, pos_int
+
+DIFFUSERS_CLASS = "WanTransformer3DModel"
 
 
 @dataclasses.dataclass(frozen=True)
-class WanConfig:
+class WanConfig(ModelConfig):
     """Wan2.1 DiT architecture (diffusers' `WanTransformer3DModel` config keys).
 
     Attributes:
@@ -61,14 +62,11 @@ class WanConfig:
     def __post_init__(self):
         # lists from JSON become tuples so the config stays hashable (jit-static)
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
-        problems = []
+        problems = self.positive_int_problems((
+            "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
+            "text_dim", "freq_dim", "ffn_dim", "num_layers", "rope_max_seq_len"))
         if len(self.patch_size) != 3 or not all(pos_int(p) for p in self.patch_size):
-            problems.append(f"patch_size must be 3 positive ints, got {self.patch_size!r}")
-        for name in ("num_attention_heads", "attention_head_dim", "in_channels",
-                     "out_channels", "text_dim", "freq_dim", "ffn_dim", "num_layers",
-                     "rope_max_seq_len"):
-            if not pos_int(getattr(self, name)):
-                problems.append(f"{name} must be a positive int, got {getattr(self, name)!r}")
+            problems.insert(0, f"patch_size must be 3 positive ints, got {self.patch_size!r}")
         if self.qk_norm != "rms_norm_across_heads":
             problems.append(f"qk_norm must be 'rms_norm_across_heads' (the only q/k norm "
                             f"diffusers builds), got {self.qk_norm!r}")
@@ -96,27 +94,13 @@ class WanConfig:
             raise ValueError("WanConfig: " + "; ".join(problems))
 
     @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def patch_volume(self) -> int:
-        return math.prod(self.patch_size)
+    def patch(self) -> tuple[int, int, int]:
+        """(p_t, p_h, p_w), the name HunyuanVideoConfig has too."""
+        return self.patch_size
 
     @property
     def is_i2v(self) -> bool:
         return self.image_dim is not None
-
-    @classmethod
-    def from_diffusers(cls, config: dict) -> "WanConfig":
-        """From a diffusers config dict (`config.json`); unknown keys are an error."""
-        return config_io.from_diffusers(cls, config)
-
-    def to_diffusers(self) -> dict:
-        """Keyword arguments for diffusers' `WanTransformer3DModel(**config)`."""
-        out = dataclasses.asdict(self)
-        out["patch_size"] = tuple(self.patch_size)
-        return out
 
 
 # Sources, checked against diffusers 0.42.1:
@@ -143,4 +127,4 @@ PRESETS: dict[str, WanConfig] = {
 
 def get_config(preset: "str | WanConfig | os.PathLike") -> WanConfig:
     """A preset name, a WanConfig (returned as is), or a path to a diffusers config.json."""
-    return config_io.get_config(preset, WanConfig, PRESETS, "Wan")
+    return common_config.get_config(preset, WanConfig, PRESETS, "Wan")

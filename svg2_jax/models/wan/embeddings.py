@@ -6,30 +6,15 @@ Mirrors diffusers' `WanTimeTextImageEmbedding`, `WanImageEmbedding` and
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from svg2_jax.models.common.embeddings import TimestepEmbedding, get_timestep_embedding
+from svg2_jax.models.common.embeddings import (PixArtAlphaTextProjection, TimestepEmbedding,
+                                              get_timestep_embedding, rotary_tables)
 from svg2_jax.models.common.layers import FeedForward, FP32LayerNorm, linear
 from svg2_jax.models.wan.config import WanConfig
-
-
-class PixArtAlphaTextProjection(nnx.Module):
-    """Text states to the model width: linear_1 -> GELU-tanh -> linear_2."""
-
-    def __init__(self, in_features: int, hidden_size: int, *, dtype, param_dtype,
-                 rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.linear_1 = linear(in_features, hidden_size, **kw)
-        self.linear_2 = linear(hidden_size, hidden_size, **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, L, in_features] -> [B, L, hidden_size]."""
-        return self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=True))
 
 
 class WanImageEmbedding(nnx.Module):
@@ -69,7 +54,8 @@ class WanTimeTextImageEmbedding(nnx.Module):
         self.freq_dim = config.freq_dim
         self.time_embedder = TimestepEmbedding(config.freq_dim, dim, rngs=rngs)
         self.time_proj = linear(dim, 6 * dim, **kw)
-        self.text_embedder = PixArtAlphaTextProjection(config.text_dim, dim, **kw)
+        self.text_embedder = PixArtAlphaTextProjection(config.text_dim, dim, act_fn="gelu_tanh",
+                                                       **kw)
         self.image_embedder = (None if config.image_dim is None else WanImageEmbedding(
             config.image_dim, dim, config.pos_embed_seq_len, **kw))
 
@@ -110,19 +96,7 @@ def rotary_embedding(attention_head_dim: int, grid: tuple[int, int, int],
 
     One value per rotated pair: diffusers stores every value twice (repeat_interleave)
     and reads back the even (cos) / odd (sin) copies. Angles are computed in float64 on
-    the host, then rounded to float32 as diffusers does, so only the small per-axis
-    tables become constants; the [S, D/2] table is a broadcast on the device.
+    the host, then rounded to float32 as diffusers does.
     """
-    cos, sin = [], []
-    for axis, (dim, n) in enumerate(zip(rope_dims(attention_head_dim), grid)):
-        angles = _axis_angles(dim, n, theta)                   # [n, dim/2]
-        shape = [1, 1, 1, dim // 2]
-        shape[axis] = n
-        for table, fn in ((cos, np.cos), (sin, np.sin)):
-            part = jnp.asarray(fn(angles).astype(np.float32).reshape(shape))
-            table.append(jnp.broadcast_to(part, (*grid, dim // 2)))
-    s = math.prod(grid)
-    return (jnp.concatenate(cos, axis=-1).reshape(s, -1),
-            jnp.concatenate(sin, axis=-1).reshape(s, -1))
-
-
+    return rotary_tables([_axis_angles(dim, n, theta)
+                          for dim, n in zip(rope_dims(attention_head_dim), grid)], grid)

@@ -43,10 +43,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from svg2_jax.layer_attention import DenseAttention
+from svg2_jax.models.common.embeddings import patchify, unpatchify_channels_last
+from svg2_jax.models.common.inputs import check_latents, check_sequence, check_timestep
+from svg2_jax.models.common.layers import FeedForward, FP32LayerNorm, linear
+from svg2_jax.models.common.stack import scan_blocks, stacked_blocks
 from svg2_jax.models.wan.attention import WanCrossAttention, WanSelfAttention
 from svg2_jax.models.wan.config import WanConfig
-from svg2_jax.models.common.embeddings import patchify, unpatchify
-from svg2_jax.models.common.layers import FeedForward, FP32LayerNorm, linear
 from svg2_jax.models.wan.embeddings import WanTimeTextImageEmbedding, rotary_embedding
 
 
@@ -125,14 +127,10 @@ class WanTransformer3DModel(nnx.Module):
         self.patch_embedding = linear(config.in_channels * config.patch_volume, dim, **kw)
         self.condition_embedder = WanTimeTextImageEmbedding(config, **kw)
 
-        @nnx.split_rngs(splits=config.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def make_blocks(rngs):
-            return WanTransformerBlock(
+        self.blocks = stacked_blocks(  # every parameter: [num_layers, ...]
+            config.num_layers, lambda r: WanTransformerBlock(
                 config, cross_attention_implementation=cross_attention_implementation,
-                dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-        self.blocks = make_blocks(rngs)  # every parameter: [num_layers, ...]
+                dtype=dtype, param_dtype=param_dtype, rngs=r), rngs)
 
         self.norm_out = FP32LayerNorm(dim, config.eps, elementwise_affine=False)
         self.proj_out = linear(dim, config.out_channels * config.patch_volume, **kw)
@@ -175,7 +173,7 @@ class WanTransformer3DModel(nnx.Module):
             attn_state = self.init_attention_state(b)
 
         rotary = rotary_embedding(cfg.attention_head_dim, grid)
-        x = self.patch_embedding(patchify(hidden_states.astype(self.dtype), cfg.patch_size))
+        x = self.patch_embedding(patchify(hidden_states.astype(self.dtype), cfg.patch))
         temb, timestep_proj, context, context_image = self.condition_embedder(
             timestep, encoder_hidden_states, encoder_hidden_states_image)
         timestep_proj = timestep_proj.reshape(b, 6, -1)
@@ -187,52 +185,35 @@ class WanTransformer3DModel(nnx.Module):
         shift, scale = mod[:, 0:1], mod[:, 1:2]
         x = (self.norm_out(x) * (1 + scale) + shift).astype(self.dtype)
         x = self.proj_out(x)
-        return unpatchify(x, grid, cfg.patch_size), attn_state, density
+        return unpatchify_channels_last(x, grid, cfg.patch), attn_state, density
 
     def _run_blocks(self, x, context, context_image, timestep_proj, rotary, attn_state):
         """Scan the stacked blocks; the attention state is scanned alongside.
 
         x: [B, S, D] -> (x [B, S, D], new state, density [L, B, H]).
         """
-        graphdef, params = nnx.split(self.blocks)
         attention = self.attention
 
-        def body(x, layer):
-            block_params, state, index = layer
-            block = nnx.merge(graphdef, block_params)
+        def body(block, x, layer):
+            state, index = layer
             x, state, density = block(x, context, context_image, timestep_proj, rotary,
                                       attention, state, index)
             return x, (state, density)
 
-        layers = (params, attn_state, jnp.arange(self.config.num_layers))
-        x, (attn_state, density) = jax.lax.scan(body, x, layers)
+        x, (attn_state, density) = scan_blocks(
+            self.blocks, body, x, (attn_state, jnp.arange(self.config.num_layers)))
         return x, attn_state, density
 
     def _check_inputs(self, hidden_states, timestep, encoder_hidden_states, image):
         """Shape checks with messages; returns the post-patch grid (F', H', W')."""
-        cfg = self.config
-        if getattr(hidden_states, "ndim", None) != 5:
-            raise ValueError("Wan: hidden_states must be [B, C, F, H, W], got shape "
-                             f"{getattr(hidden_states, 'shape', None)}")
-        b, c, f, h, w = hidden_states.shape
-        if c != cfg.in_channels:
-            raise ValueError(f"Wan: hidden_states has {c} channels, the model takes "
-                             f"in_channels={cfg.in_channels}")
-        bad = [f"{name}={n} is not divisible by the patch size {p}"
-               for name, n, p in zip("FHW", (f, h, w), cfg.patch_size) if n % p]
-        if bad:
-            raise ValueError("Wan: latents do not patchify: " + "; ".join(bad))
-        grid = (f // cfg.patch_size[0], h // cfg.patch_size[1], w // cfg.patch_size[2])
-        if min(grid) < 1 or max(grid) > cfg.rope_max_seq_len:
-            raise ValueError(f"Wan: post-patch grid {grid} must be within 1.."
-                             f"{cfg.rope_max_seq_len} (rope_max_seq_len) on every axis")
-        if tuple(getattr(timestep, "shape", ())) != (b,):
-            raise ValueError(f"Wan: timestep must be [B]=[{b}], got shape "
-                             f"{getattr(timestep, 'shape', None)}")
-        es = encoder_hidden_states
-        if getattr(es, "ndim", None) != 3 or es.shape[0] != b or es.shape[2] != cfg.text_dim:
-            raise ValueError(f"Wan: encoder_hidden_states must be [B={b}, L, "
-                             f"text_dim={cfg.text_dim}], got {getattr(es, 'shape', None)}")
+        cfg, model = self.config, "Wan"
+        b, grid = check_latents(model, hidden_states, cfg.in_channels, cfg.patch)
+        if max(grid) > cfg.rope_max_seq_len:
+            raise ValueError(f"Wan: post-patch grid {grid} exceeds rope_max_seq_len="
+                             f"{cfg.rope_max_seq_len} on some axis")
+        check_timestep(model, timestep, b)
+        check_sequence(model, "encoder_hidden_states", encoder_hidden_states, b, "text_dim",
+                       cfg.text_dim)
         if cfg.is_i2v:
             rows = 2 * b if cfg.pos_embed_seq_len else b
             if image is None:

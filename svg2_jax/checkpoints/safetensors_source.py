@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
+from svg2_jax.checkpoints.tensor_source import KeyedSource, Rows, concat_rows
+
 DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 DIFFUSERS_FILE = "diffusion_pytorch_model.safetensors"
 
@@ -60,8 +62,8 @@ def resolve_files(path: str | os.PathLike) -> tuple[list[Path], Path | None]:
                      "directory holding them")
 
 
-class SafetensorsSource:
-    """Key -> shape / tensor over all shards of one checkpoint (use as a context manager).
+class SafetensorsSource(KeyedSource):
+    """Key -> shape / tensor over all shards of one checkpoint (a `TensorSource`).
 
     Duplicate keys across shards, or an index that disagrees with the shards, are errors.
     Each `read` opens its shard afresh: safetensors memory-maps the whole file while a
@@ -71,6 +73,7 @@ class SafetensorsSource:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.ignored: list[str] = []
         self.files, self.index = resolve_files(path)
         self._file: dict[str, Path] = {}
         self._shape: dict[str, tuple[int, ...]] = {}
@@ -94,22 +97,15 @@ class SafetensorsSource:
                     f"{sorted(listed - set(self._file))}, present but unlisted "
                     f"{sorted(set(self._file) - listed)}")
 
-    def keys(self) -> list[str]:
-        return list(self._file)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self._shape[key]
-
-    def read(self, key: str) -> np.ndarray:
-        """The tensor as a numpy array in its stored dtype (bf16 as ml_dtypes.bfloat16)."""
+    def read(self, key: str, rows: Rows | None = None) -> np.ndarray:
+        """The tensor (or its dim-0 `rows`, concatenated) in its stored dtype (bf16 as
+        ml_dtypes.bfloat16); a slice reads only those rows from the file."""
         with safe_open(str(self._file[key]), framework="numpy") as handle:
-            return handle.get_tensor(key)
+            if rows is None:
+                return handle.get_tensor(key)
+            tensor = handle.get_slice(key)
+            return concat_rows([tensor[a:b] for a, b in rows])
 
     def close(self):
-        self._file, self._shape = {}, {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().close()
+        self._file = {}

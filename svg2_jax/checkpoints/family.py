@@ -1,0 +1,45 @@
+"""`ModelFamily`: what the family-independent checkpoint code needs to know about one model
+family (its config and model classes, key tables, file names); one per family, next to
+its model (`svg2_jax.models.wan.load.FAMILY`, `svg2_jax.models.hunyuan.load.FAMILY`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from flax import nnx
+
+from svg2_jax.checkpoints.keymap import KeyMap
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """name: the family in messages ("Wan"); config_cls, get_config(preset) -> config;
+    model_cls(config, *, dtype, param_dtype, rngs, **model_kwargs); diffusers_class: the
+    `_class_name` of its diffusers config.json; keys: its `KeyMap`; config_file, format: the
+    metadata file of its orbax checkpoints and the format name stored in it; describe: the
+    config fields named when a checkpoint does not fit."""
+
+    name: str
+    config_cls: type
+    get_config: Callable
+    model_cls: type
+    diffusers_class: str
+    keys: KeyMap
+    config_file: str
+    format: str
+    describe: tuple[str, ...]
+
+    @property
+    def layouts(self) -> tuple[str, str]:
+        return self.keys.layouts
+
+    def describe_config(self, config) -> str:
+        return "(" + ", ".join(f"{f}={getattr(config, f)!r}" for f in self.describe) + ")"
+
+
+def abstract_state(family: ModelFamily, config, dtype, **model_kwargs):
+    """(graphdef, abstract state) of a model with `dtype` activations and weights."""
+    model = nnx.eval_shape(lambda: family.model_cls(
+        config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), **model_kwargs))
+    return nnx.split(model)

@@ -1,0 +1,106 @@
+"""`load_model`: a ready model of one family from any checkpoint it reads: our orbax
+directory, or a diffusers / official-layout safetensors or torch checkpoint converted on
+the fly, one tensor at a time. Each family's `load` is this with its `ModelFamily`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import jax
+from flax import nnx
+
+from svg2_jax.checkpoints.family import ModelFamily, abstract_state
+from svg2_jax.checkpoints.keymap import detect_layout, layout_view
+from svg2_jax.checkpoints.orbax_io import STATE_DIR, read_orbax_meta, restore_orbax
+from svg2_jax.checkpoints.plan import make_plan
+from svg2_jax.checkpoints.sources import open_source
+from svg2_jax.checkpoints.stream import to_device_tree
+
+
+def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh=None, *,
+               progress: Callable[[str], None] | None = None, **model_kwargs) -> nnx.Module:
+    """`family.model_cls(config, dtype=dtype, param_dtype=dtype, **model_kwargs)` holding the
+    weights at `path`.
+
+    Args:
+      family: the model family (`svg2_jax.models.wan.load.FAMILY`, ...).
+      path: one of (detected in this order)
+        - an orbax checkpoint directory made by `svg2-convert` / `convert_to_orbax`
+          (holds `family.config_file` and `state/`);
+        - a diffusers-layout checkpoint: a `.safetensors` file, an `.index.json`, a
+          directory (e.g. `<repo>/transformer`), or a torch state dict file (or a
+          directory holding only one; see `sources.SOURCES`);
+        - an official-layout checkpoint (same forms).
+        Checkpoints other than orbax are converted on the fly, one tensor at a time.
+      preset: a preset name, a config, or a diffusers config.json path (`family.get_config`).
+        Must agree with the checkpoint (an orbax checkpoint's stored config, a diffusers
+        directory's config.json, and every tensor shape are checked).
+      dtype: weight and activation dtype (the model keeps some parameters float32).
+      mesh: optional `jax.sharding.Mesh`; every parameter is placed replicated over it
+        (NamedSharding with an empty PartitionSpec). Real sharding rules (FSDP / tensor
+        parallel) come later.
+      progress: optional callable(diffusers_key) called after each tensor read.
+      model_kwargs: passed to the model (attention, ...).
+
+    Raises:
+      ValueError: path does not exist or holds no recognisable checkpoint of the family,
+        the preset is unknown or disagrees with the checkpoint, or keys / shapes do not
+        match (all listed in one message).
+    """
+    config = family.get_config(preset)
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{family.name} checkpoint path {str(path)!r} does not exist")
+    sharding = None
+    if mesh is not None:
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    graphdef, abstract = abstract_state(family, config, dtype, **model_kwargs)
+
+    meta = read_orbax_meta(path, family.config_file, family.format)
+    if meta is not None:
+        check_config(family, config, family.config_cls.from_diffusers(meta["config"]),
+                     f"{path}/{family.config_file}")
+        pure = restore_orbax(path, abstract, sharding)
+    else:
+        check_diffusers_config(family, config, path)
+        try:
+            raw = open_source(path)
+        except ValueError as e:
+            raise ValueError(f"no {family.name} checkpoint at {str(path)!r}: not an svg2-convert "
+                             f"orbax directory ({family.config_file} + {STATE_DIR}/), and not a "
+                             f"readable safetensors or torch checkpoint ({e})") from None
+        with raw:
+            layout = detect_layout(family.keys, raw.keys())
+            if layout is None:
+                raise ValueError(f"{str(path)!r} holds tensors whose keys are neither the "
+                                 f"diffusers nor the official {family.name} transformer layout "
+                                 f"(first keys: {sorted(raw.keys())[:5]})")
+            source = layout_view(family.keys, raw, layout, config)
+            plan = make_plan(family, source, layout, config, abstract)
+            pure = to_device_tree(source, plan, sharding or jax.devices()[0], progress)
+    nnx.replace_by_pure_dict(abstract, pure)
+    return nnx.merge(graphdef, abstract)
+
+
+def check_config(family: ModelFamily, want, have, where: str):
+    """Raises listing every field where the checkpoint's config differs from the preset."""
+    if want != have:
+        diff = [f"{k}: checkpoint {getattr(have, k)!r}, requested {getattr(want, k)!r}"
+                for k in want.__dataclass_fields__ if getattr(want, k) != getattr(have, k)]
+        raise ValueError(f"{family.name} config of {where} differs from the requested preset: "
+                         + "; ".join(diff))
+
+
+def check_diffusers_config(family: ModelFamily, config, path: Path):
+    """A diffusers transformer directory carries config.json: it must match the preset."""
+    config_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if not config_file.is_file():
+        return
+    with open(config_file) as f:
+        raw = json.load(f)
+    if raw.get("_class_name") != family.diffusers_class:
+        return
+    check_config(family, config, family.config_cls.from_diffusers(raw), str(config_file))

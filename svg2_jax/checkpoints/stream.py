@@ -1,0 +1,66 @@
+"""Streaming a `Plan` out of its source, one parameter at a time: into numpy buffers
+(`iter_leaves`) or straight onto a device (`to_device_tree`)."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+from svg2_jax.checkpoints.keymap import Target, to_ours
+from svg2_jax.checkpoints.plan import Plan
+from svg2_jax.checkpoints.tensor_source import TensorSource
+
+
+def iter_leaves(source: TensorSource, plan: Plan, progress: Callable[[str], None] | None = None
+                ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Yield (our path, filled numpy array in the parameter's dtype), one parameter at a
+    time. A stacked parameter is filled layer by layer in one preallocated buffer; each
+    source tensor is read, cast into place and dropped. `progress(key)` after each read."""
+    by_leaf: dict[tuple[str, ...], list[tuple[str, Target]]] = {}
+    for key, target in plan.reads.items():
+        by_leaf.setdefault(target.path, []).append((key, target))
+    for path, (shape, dtype) in plan.leaves.items():
+        buf = np.empty(shape, dtype)
+        for key, target in by_leaf[path]:
+            value = to_ours(source.read(key), target)
+            if target.layer is None:
+                buf[...] = value
+            else:
+                buf[target.layer] = value
+            del value
+            if progress is not None:
+                progress(key)
+        yield path, buf
+        del buf  # before the next allocation: the consumer may have copied it already
+
+
+def nest(flat: dict[tuple[str, ...], object]) -> dict:
+    """{("a", "b"): x} -> {"a": {"b": x}} (the pure-dict form of an nnx.State)."""
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return out
+
+
+def to_device_flat(source: TensorSource, plan: Plan, device,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """Stream `plan` from `source` onto `device` (a device or a sharding): each parameter
+    goes there as soon as it is complete, so the host never holds the whole model twice
+    (jax.device_put, not jnp.asarray, which stages an extra host copy).
+    -> {our path: jax array}."""
+    flat = {}
+    for path, array in iter_leaves(source, plan, progress):
+        flat[path] = jax.device_put(array, device)
+        del array
+    return flat
+
+
+def to_device_tree(source: TensorSource, plan: Plan, device,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """`to_device_flat` as the nested pure dict of device arrays."""
+    return nest(to_device_flat(source, plan, device, progress))
