@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 class SparseBackend(Protocol):
     def __call__(self, qn: jax.Array, kn: jax.Array, vn: jax.Array, clustering: Clustering,
-                 selection: Selection, scale: float, config: "SVG2Config"
+                 selection: Selection, scale: float, config: SVG2Config
                  ) -> tuple[jax.Array, jax.Array]:
         """qn [N, Sq, D]; kn, vn [N, Sk, D] in token order (N = batch x heads); the
         call's clustering and selection (query token t attends to key token u when
@@ -41,7 +41,7 @@ class SparseBackend(Protocol):
 
 
 def jax_backend(qn, kn, vn, clustering: Clustering, selection: Selection, scale,
-                config: "SVG2Config"):
+                config: SVG2Config):
     """Exact, on the permuted layout in query tiles (`sparse_attention_chunked`)."""
     q_labels, k_labels = clustering.q.labels, clustering.k.labels
     q_order, k_order = cluster_order(q_labels), cluster_order(k_labels)
@@ -53,7 +53,7 @@ def jax_backend(qn, kn, vn, clustering: Clustering, selection: Selection, scale,
 
 
 def masked_dense_backend(qn, kn, vn, clustering: Clustering, selection: Selection, scale,
-                         config: "SVG2Config"):
+                         config: SVG2Config):
     """The whole S x S mask in token order (`sparse_attention_masked_dense`)."""
     return sparse_attention_masked_dense(qn, kn, vn, clustering.q.labels, clustering.k.labels,
                                          selection.selected, scale)
@@ -67,7 +67,7 @@ def _through_layout(kernel, qn, kn, vn, clustering, selection, scale, config):
 
 
 def pallas_backend(qn, kn, vn, clustering: Clustering, selection: Selection, scale,
-                   config: "SVG2Config"):
+                   config: SVG2Config):
     """The Hopper kernel (tuning `config.kernel`) on `pallas_layout`, rows gathered back
     to token order."""
     return _through_layout(sf.sparse_flash_attention, qn, kn, vn, clustering, selection,
@@ -75,7 +75,7 @@ def pallas_backend(qn, kn, vn, clustering: Clustering, selection: Selection, sca
 
 
 def pallas_reference_backend(qn, kn, vn, clustering: Clustering, selection: Selection, scale,
-                             config: "SVG2Config"):
+                             config: SVG2Config):
     """As "pallas", with the kernel's pure-JAX twin (`sparse_flash_attention_reference`)."""
     return _through_layout(sf.sparse_flash_attention_reference, qn, kn, vn, clustering,
                            selection, scale, config)
@@ -95,7 +95,7 @@ def is_hopper() -> bool:
     return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
 
 
-def resolve_backend(config: "SVG2Config", dtype=None, head_dim: int | None = None) -> str:
+def resolve_backend(config: SVG2Config, dtype=None, head_dim: int | None = None) -> str:
     """The SPARSE_BACKENDS name config.backend means for inputs of this dtype and head
     dim: "auto" is "pallas" on a Hopper GPU when the kernel supports them, "jax"
     otherwise. "pallas" on another device is an error."""

@@ -38,7 +38,7 @@ class Clustering(NamedTuple):
     k: KMeansResult
 
 
-def resolve_kmeans_impl(config: "SVG2Config") -> str:
+def resolve_kmeans_impl(config: SVG2Config) -> str:
     """config.kmeans_impl with "auto" resolved: the fused Pallas assignment on a GPU
     (the fastest measured there), XLA elsewhere."""
     if config.kmeans_impl != "auto":
@@ -46,7 +46,7 @@ def resolve_kmeans_impl(config: "SVG2Config") -> str:
     return "pallas" if jax.default_backend() == "gpu" else "xla"
 
 
-def cluster_qk(qn: jax.Array, kn: jax.Array, cache: SVG2Cache | None, config: "SVG2Config",
+def cluster_qk(qn: jax.Array, kn: jax.Array, cache: SVG2Cache | None, config: SVG2Config,
                key: jax.Array | None = None, kmeans_impl: str | None = None) -> Clustering:
     """k-means on queries and keys, per (batch x head) problem: qn [N, Sq, D], kn
     [N, Sk, D] with N = B * H in (b h) order.

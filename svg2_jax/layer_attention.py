@@ -19,7 +19,7 @@ The plug point is `LayerAttention`; LAYER_ATTENTIONS names its implementations.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ def _ones_density(q):
     return jnp.ones((q.shape[0], q.shape[2]), jnp.float32)
 
 
+@runtime_checkable
 class LayerAttention(Protocol):
     """A model's self-attention with per-layer state (a frozen, hashable config)."""
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from svg2_jax.clustering import Clustering
+
 if TYPE_CHECKING:
-    from svg2_jax.clustering import Clustering
     from svg2_jax.config import SVG2Config
 
 
@@ -98,7 +99,7 @@ def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: j
                                     density, min_clusters), mass)
 
 
-def select_blocks(clustering: "Clustering", config: "SVG2Config") -> Selection:
+def select_blocks(clustering: Clustering, config: SVG2Config) -> Selection:
     """The selection config asks for: top-p (`config.top_p`), or the fixed budget
     `config.target_density` when set; at least `config.min_k_clusters` key clusters."""
     q, k = clustering.q, clustering.k

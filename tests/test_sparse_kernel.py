@@ -556,3 +556,30 @@ def test_bench_kernel_dry_run_writes_every_figure(tmp_path, capsys):
         with pytest.raises(SystemExit):
             bench_kernel.main(["--dry-run"] + argv)
         assert msg in capsys.readouterr().err
+
+
+def test_layout_orders_key_clusters_by_the_selections_mass():
+    # pallas_layout takes the co-selection order from selection.mass (no recomputation):
+    # with a mass that favours the reverse of label order, the key layout holds the key
+    # clusters in co_selection_order of that mass, each cluster's tokens in token order.
+    from svg2_jax.clustering import Clustering
+    from svg2_jax.kmeans import KMeansResult
+    from svg2_jax.layout import pallas_layout
+    from svg2_jax.selection import Selection
+    rng = np.random.default_rng(9)
+    n, s, d, qc, kc = 2, 200, 64, 3, 10
+    res = []
+    for c in (qc, kc):
+        lab = jnp.array(rng.integers(0, c, (n, s)), jnp.int32)
+        sizes = jax.vmap(lambda l: jnp.bincount(l, length=c))(lab).astype(jnp.int32)
+        res.append(KMeansResult(lab, jnp.zeros((n, c, d)), sizes, jnp.int32(0), jnp.float32(0)))
+    mass = jax.nn.softmax(jnp.array(rng.standard_normal((n, qc, kc)) * 4), axis=-1)
+    selection = Selection(jnp.ones((n, qc, kc), bool), mass)
+    tokens = jnp.broadcast_to(jnp.arange(s, dtype=jnp.float32)[None, :, None], (n, s, d))
+    layout = pallas_layout(tokens, tokens, tokens, Clustering(*res), selection,
+                           SparseTuningConfig(block_kv=64, box_rows=8))
+    order = np.asarray(co_selection_order(mass, res[1].sizes))
+    labels = np.asarray(res[1].labels)
+    for p in range(n):
+        want = [t for c in order[p] for t in np.flatnonzero(labels[p] == c)]
+        np.testing.assert_array_equal(np.asarray(layout.k)[p, :s, 0], want)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+@runtime_checkable
 class Scheduler(Protocol):
     """A flow-matching solver (a frozen, hashable config)."""
 
