@@ -6,7 +6,9 @@ warpgroup, a ring of K/V stages) driven by a work list instead of a dense grid
 (`pallas_kernels/sparse_worklist.py`): each CTA owns 2 x 64 query rows of one query
 cluster and walks that cluster's KV tiles, each tile assembled in shared memory from
 `box_rows`-row TMA boxes of the selected key clusters, with the rows that are not
-real keys masked through a per-tile bitmask.
+real keys masked through a per-tile bitmask. The producer's walk and copies and the
+consumers' masking are `KernelPieces`; the library runs `PRODUCTION_PIECES` only
+(benchmarks build variants of the same kernel with `build_kernel`).
 
 Layout: q [N, Lq, D] in the padded permuted layout of the work list (query clusters
 contiguous, each starting at a multiple of 8 rows; `padded_index`), k and v [N, Lk, D]
@@ -25,8 +27,11 @@ CPU against an independent masked dense attention.
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
@@ -93,6 +98,75 @@ def _check(q, k, v, work: SparseWorkList, config: SparseTuningConfig):
             raise ValueError(f"sparse_flash_attention: work.{name} must be int32")
 
 
+class KernelPieces(NamedTuple):
+    """The interchangeable steps of the kernel (trace-time functions, hashable: the jit
+    key). The library runs `PRODUCTION_PIECES` only; benchmarks build variants from other
+    pieces (scripts/bench_kernel.py's ablations).
+
+    walk(sizes, starts, j, first_box, total_boxes, config) -> (row8s, valids, rel, j):
+      the producer's step through the entry list: first key row // 8 of each box of the
+      tile that starts at box `first_box` (box j of the current entry), the (lo, hi)
+      real rows of each box (None: no mask words), entries to advance (None: the
+      producer loads no entries) and the box of the entry where the next tile begins.
+    words(valids, config) -> [mask word]: the mask words the producer stores.
+    one_copy(row8s, config) -> bool: whether the tile's K / V arrive in one TMA copy of
+      block_kv rows (a traced bool, or Python True: always) instead of one per box.
+    mask(scores, mask_vals, add_mask) -> scores: how the consumers apply the tile's
+      mask words (`add_mask(scores)` adds -inf to the rows that are not keys).
+    """
+
+    walk: Callable
+    words: Callable
+    one_copy: Callable
+    mask: Callable
+
+
+def walk_entries(sizes, starts, j, first_box, total_boxes, config: SparseTuningConfig):
+    """The producer walks the entries (`walk_tile`)."""
+    return walk_tile(sizes, starts, j, first_box, total_boxes, config.boxes_per_tile,
+                     config.box_rows)
+
+
+def store_mask_words(valids, config: SparseTuningConfig):
+    """Every tile's mask words are stored."""
+    return mask_words(*valids, config.box_rows, config.mask_words)
+
+
+def contiguous_boxes(row8s, config: SparseTuningConfig):
+    """A tile whose boxes follow each other (inside one run) arrives in one copy: each
+    copy costs the producer issue slots that the consumers miss."""
+    contiguous = jnp.bool_(True)
+    for b in range(1, config.boxes_per_tile):
+        contiguous = contiguous & (row8s[b] == row8s[0] + b * (config.box_rows // ALIGN))
+    return contiguous
+
+
+def mask_unless_full(scores, mask_vals, add_mask):
+    """Tiles inside one run (every row a key) skip the mask: decoding the bits per column
+    costs the consumers about as much as the add."""
+    every = mask_vals[0]
+    for word in mask_vals[1:]:
+        every = every & word
+    return lax.cond(every == -1, lambda x: x, add_mask, scores)
+
+
+PRODUCTION_PIECES = KernelPieces(walk=walk_entries, words=store_mask_words,
+                                 one_copy=contiguous_boxes, mask=mask_unless_full)
+
+
+def build_kernel(pieces: KernelPieces) -> Callable:
+    """The kernel with these pieces, behind the same checks as `sparse_flash_attention`:
+    fn(q, k, v, work, *, scale, config) -> (out, lse). Pieces other than
+    PRODUCTION_PIECES are for timing experiments and may give wrong results."""
+
+    def run(q, k, v, work: SparseWorkList, *, scale: float,
+            config: SparseTuningConfig = SparseTuningConfig()):
+        _check(q, k, v, work, config)
+        return _sparse_flash(q, k, v, work, float(scale), config, pieces)
+
+    return run
+
+
 def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: SparseWorkList, *,
                            scale: float, config: SparseTuningConfig = SparseTuningConfig()):
     """Sparse attention of the work list on Hopper: q [N, Lq, D]; k, v [N, Lk, D]
@@ -100,31 +174,12 @@ def sparse_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, work: Spars
     lse [C * 2 * block_q] float32).
 
     A query row with no selected key gets out = 0 and lse = -inf."""
-    _check(q, k, v, work, config)
-    return _sparse_flash(q, k, v, work, float(scale), config)
+    return build_kernel(PRODUCTION_PIECES)(q, k, v, work, scale=scale, config=config)
 
 
-ABLATIONS = ("no_mask_store", "no_walk", "one_copy", "no_mask_add", "box_copies", "always_mask")
-
-
-@jax.jit(static_argnames=("scale", "config", "ablation"))
-def _sparse_flash(q, k, v, work, scale, config, ablation=None):
-    """ablation (timing experiments only, wrong results): None, or "+"-joined flags of
-    ABLATIONS: "no_mask_store" = the producer writes no mask words; "no_walk" = neither,
-    and its boxes are the first entry's rows (no entry loads, no walk); "one_copy" = K
-    and V tiles arrive by one block_kv-row TMA copy each instead of one per box;
-    "no_mask_add" = consumers add no mask; "box_copies" = one copy per box even when a
-    tile's boxes are contiguous; "always_mask" = the mask is added to full tiles too
-    (the last two give right results: they undo one optimisation each). See
-    scripts/bench_kernel.py --ablations."""
-    flags = set(ablation.split("+")) if ablation else set()
-    if not flags <= set(ABLATIONS):
-        raise ValueError(f"unknown ablation {ablation!r}")
-    if "no_walk" in flags:
-        flags.add("no_mask_store")
-    import jax.experimental.pallas as pl
-    import jax.experimental.pallas.mosaic_gpu as plgpu
-
+@jax.jit(static_argnames=("scale", "config", "pieces"))
+def _sparse_flash(q, k, v, work, scale, config, pieces: KernelPieces):
+    """The kernel itself, unchecked (`build_kernel` checks); pieces: see KernelPieces."""
     _, _, head_dim = q.shape
     dtype = q.dtype
     block_q, block_kv, box = config.block_q, config.block_kv, config.box_rows
@@ -133,7 +188,6 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
     num_ctas = work.cta.shape[0]
     rows_per_cta = config.rows_per_cta
     scale_log2 = scale * math.log2(math.e)
-    box8 = box // ALIGN
 
     def kernel(q_ref, k_ref, v_ref, cta_ref, total_ref, estart_ref, esize_ref, out_ref, lse_ref,
                scoped):
@@ -241,15 +295,7 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                     bias = jnp.where(bit != 0, jnp.float32(0), jnp.float32(-jnp.inf))
                     return x + lax.broadcast_in_dim(bias, x.shape, [1])
 
-                if "always_mask" in flags:
-                    qk = add_mask(qk)
-                elif "no_mask_add" not in flags:
-                    # Tiles inside one run (every row a key) skip the mask: decoding the
-                    # bits per column costs the consumers about as much as the add.
-                    every = mask_vals[0]
-                    for w in range(1, words):
-                        every = every & mask_vals[w]
-                    qk = lax.cond(every == -1, lambda x: x, add_mask, qk)
+                qk = pieces.mask(qk, mask_vals, add_mask)
 
                 # m is kept scaled by scale * log2(e) so that p is one FMA + exp2.
                 m_ij = jnp.maximum(m_i, qk.max(axis=1) * scale_log2)
@@ -352,15 +398,10 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
                     for _ in range(boxes - 1):  # the barrier counts one arrival per box
                         plgpu.barrier_arrive(barriers.at[slot])
 
-                if "one_copy" in flags:
+                contiguous = pieces.one_copy(row8s, config)
+                if contiguous is True:
                     one_copy()
                     return
-
-                # A tile whose boxes follow each other (inside one run) arrives in one
-                # copy: each copy costs the producer issue slots that the consumers miss.
-                contiguous = jnp.bool_("box_copies" not in flags)
-                for b in range(1, boxes):
-                    contiguous = contiguous & (row8s[b] == row8s[0] + b * box8)
                 pl.when(contiguous)(one_copy)
 
                 @pl.when(~contiguous)
@@ -373,13 +414,9 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
             def body(step, carry):
                 entry, j, sizes, starts = carry
                 slot = lax.rem(step, jnp.int32(stages))
-                if "no_walk" in flags:
-                    row8s = [lax.shift_right_logical(starts[0], jnp.int32(3)) + b * box8
-                             for b in range(boxes)]
-                    valids = None
-                else:
-                    row8s, valids, rel, j = walk_tile(sizes, starts, j, step * boxes,
-                                                      total_boxes, boxes, box)
+                row8s, valids, rel, j = pieces.walk(sizes, starts, j, step * boxes,
+                                                    total_boxes, config)
+                if rel is not None:
                     entry = entry + rel
                     # Software pipeline: the next tile's entry loads are in flight while
                     # this one waits for its slot and issues its copies.
@@ -387,8 +424,7 @@ def _sparse_flash(q, k, v, work, scale, config, ablation=None):
 
                 # The words are computed before waiting for the slot: only the stores
                 # must wait.
-                word_vals = ([] if "no_mask_store" in flags
-                             else mask_words(*valids, box, words))
+                word_vals = pieces.words(valids, config)
 
                 @pl.when(step >= stages)
                 def _():
@@ -496,5 +532,6 @@ def gather_rows(out_slots: jax.Array, lse_slots: jax.Array, work: SparseWorkList
     return out_slots[slot_of_token], lse_slots[slot_of_token]
 
 
-__all__ = ["SparseTuningConfig", "SparseWorkList", "build_work_list", "gather_rows",
-           "sparse_flash_attention", "sparse_flash_attention_reference"]
+__all__ = ["KernelPieces", "PRODUCTION_PIECES", "SparseTuningConfig", "SparseWorkList",
+           "build_kernel", "build_work_list", "gather_rows", "sparse_flash_attention",
+           "sparse_flash_attention_reference"]

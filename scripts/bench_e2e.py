@@ -101,15 +101,17 @@ def _svg2_config(qc, kc, args):
 def attention_pieces(s, h, d, qc, kc, args, dense_impl):
     """One layer's attention on structured q, k, v [1, S, H, 128]: cuDNN dense vs the
     SVG2 warm call (k-means 2 iterations + selection + layout + kernel), ms."""
-    from scripts.bench_kernel import structured_qkv, timeit
+    from scripts.bench_kernel import structured_qkv
+    from scripts.timing import time_jax
     from svg2_jax import svg2_attention, svg2_kmeans
     q, k, v = structured_qkv(jax.random.PRNGKey(0), s, h, d)
     dense = jax.jit(functools.partial(jax.nn.dot_product_attention, implementation=dense_impl))
     cfg = _svg2_config(qc, kc, args)
     cache = svg2_kmeans(q, k, None, cfg)
     warm = jax.jit(lambda q, k, v, c: svg2_attention(q, k, v, c, cfg)[0])
-    return dict(dense_attention_ms=timeit(dense, q, k, v, reps=4),
-                svg2_attention_warm_ms=timeit(warm, q, k, v, cache, reps=4))
+    ms = lambda fn, *a: time_jax(fn, *a, reps=3, back_to_back=4)[0].median_ms
+    return dict(dense_attention_ms=ms(dense, q, k, v),
+                svg2_attention_warm_ms=ms(warm, q, k, v, cache))
 
 
 def part_forwards(name, cfg, shape, qc, kc, shift, args, dense_impl):

@@ -98,7 +98,7 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
             agree = float(jnp.mean((results["xla"][1].labels == results[impl][1].labels)))
             print(f"[{name}] K label agreement xla vs {impl} after 50 cold iterations: {agree:.4f}")
 
-    sel = jax.jit(functools.partial(select_clusters, top_p=0.9, min_clusters=int(0.1 * kc)))
+    sel = jax.jit(lambda *a: select_clusters(*a, top_p=0.9, min_clusters=int(0.1 * kc)).selected)
     rows["selection (top-p 0.9)"] = timeit(sel, res_q.centroids, res_k.centroids, res_k.sizes,
                                            reps=reps)
     vn = rearrange(v, "b s h d -> (b h) s d")
@@ -120,7 +120,8 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
         def overhead(qn, kn, vn, qc0, kc0, impl=impl):
             rq = km.kmeans(qn, qc0, 2, 1e-4, impl=impl)
             rk = km.kmeans(kn, kc0, 2, 1e-4, impl=impl)
-            sel_ = select_clusters(rq.centroids, rk.centroids, rk.sizes, 0.9, int(0.1 * kc))
+            sel_ = select_clusters(rq.centroids, rk.centroids, rk.sizes, 0.9,
+                                   int(0.1 * kc)).selected
             qo, ko = cluster_order(rq.labels), cluster_order(rk.labels)
             qp, kp, vp = permute(qn, qo), permute(kn, ko), permute(vn, ko)
             return sel_, kp, vp, unpermute(qp, qo)  # the inverse applied to q: a stand-in output
@@ -134,7 +135,8 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
     # out (everything SVG2 adds around the kernel, in one jit).
     if jax.devices()[0].device_kind and "H" in jax.devices()[0].device_kind:
         from pallas_kernels import sparse_flash_mgpu as sf
-        from svg2_jax.attention import pallas_layout
+        from svg2_jax.clustering import Clustering
+        from svg2_jax.layout import pallas_layout
         from svg2_jax.selection import select_by_density
         impl = "pallas" if "pallas" in results else next(iter(results))
         rq, rk = results[impl]
@@ -142,14 +144,14 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
                            kmeans_impl=impl, target_density=0.13)
         cache = SVG2Cache(rearrange(rq.centroids, "(b h) c d -> b h c d", b=1),
                           rearrange(rk.centroids, "(b h) c d -> b h c d", b=1))
-        seld = jax.jit(functools.partial(select_by_density, density=0.13,
-                                         min_clusters=int(0.1 * kc)))
+        seld = jax.jit(lambda *a: select_by_density(*a, density=0.13,
+                                                    min_clusters=int(0.1 * kc)).selected)
         rows["selection (fixed density 0.13)"] = timeit(seld, rq.centroids, rk.centroids,
                                                         rk.sizes, reps=reps)
         call = jax.jit(lambda q, k, v, c: svg2_attention(q, k, v, c, cfg_p))
         rows[f"svg2_attention warm call, backend=pallas, density 0.13 [{impl}]"] = timeit(
             call, q, k, v, cache, reps=reps)
-        tuning = cfg_p.kernel_config
+        tuning = cfg_p.kernel
 
         @jax.jit
         def around(q, k, v, c):
@@ -159,7 +161,7 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
             b = km.kmeans(kn_, rearrange(c.k_centroids, "b h c d -> (b h) c d"), 2, 1e-4,
                           impl=impl)
             sel_ = select_by_density(a.centroids, b.centroids, b.sizes, 0.13, int(0.1 * kc))
-            work, qp, kp, vp, qo = pallas_layout(qn_, kn_, vn_, a, b, sel_, tuning)
+            work, qp, kp, vp, qo = pallas_layout(qn_, kn_, vn_, Clustering(a, b), sel_, tuning)
             slots = work.cta.shape[0] * tuning.rows_per_cta
             fake = (kp[0, :1, :1] + vp[0, :1, :1] + qp[0, :1, :1]).astype(jnp.float32)
             o, lse = sf.gather_rows(jnp.zeros((slots, d), q.dtype) + fake.astype(q.dtype),

@@ -93,7 +93,7 @@ import numpy as np
 from einops import rearrange
 
 from svg2_jax import SVG2Config, svg2_attention
-from svg2_jax import kmeans as km
+from svg2_jax.clustering import cluster_qk
 from svg2_jax.selection import block_density, select_clusters
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,17 +241,12 @@ def build_qkv(images=("astronaut",), frames=5, height=256, width=448, heads=2,
 def svg2_clusters(q, k, config: SVG2Config, key):
     """The cold-start k-means of `svg2_attention`, called exactly as it calls it."""
     qn, kn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k))
-    key_q, key_k = jax.random.split(key)
-    q_init = km.random_init(key_q, qn, config.num_q_clusters)
-    k_init = km.random_init(key_k, kn, config.num_k_clusters)
-    run = functools.partial(km.kmeans, num_iters=config.kmeans_iters_cold,
-                            tol=config.kmeans_tol, impl="xla", chunk=config.kmeans_chunk)
-    return run(qn, q_init), run(kn, k_init)
+    return cluster_qk(qn, kn, None, config, key, kmeans_impl="xla")
 
 
 @functools.partial(jax.jit, static_argnames=("top_p", "min_clusters"))
 def svg2_select(qk, kk, top_p, min_clusters):
-    sel = select_clusters(qk.centroids, kk.centroids, kk.sizes, top_p, min_clusters)
+    sel = select_clusters(qk.centroids, kk.centroids, kk.sizes, top_p, min_clusters).selected
     return sel, block_density(sel, qk.sizes, kk.sizes)
 
 

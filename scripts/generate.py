@@ -169,7 +169,7 @@ def sparse_backend(args) -> str | None:
 
 
 def is_hopper() -> bool:
-    from svg2_jax.attention import is_hopper as hopper
+    from svg2_jax.backends import is_hopper as hopper
     return hopper()
 
 

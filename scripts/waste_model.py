@@ -2,7 +2,7 @@
 
 Builds the same structured q, k as `scripts/bench_kernel.py` for a few heads, clusters
 them with SVG2's k-means, selects key clusters at a fixed density, and for each key
-order and box size reports, from the kernel's own work list (`pallas_layout`):
+order and box size reports, from the kernel's own work list (`svg2_jax.layout.pallas_layout`):
   runs        entries (runs of adjacent selected key clusters) per query cluster,
   total       wasted fraction of computed (query row, key row) pairs (`tile_rows`),
   q side      the part due to 64-row query tiles alone (every key exact),
@@ -26,9 +26,8 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from einops import rearrange
 
-from scripts.bench_kernel import SHAPES, structured_qkv
+from scripts.bench_kernel import SHAPES, clustered, structured_qkv
 
 
 def waste(work, tuning):
@@ -99,9 +98,7 @@ def tail_packing(q_sizes, k_sizes, selected, tuning):
 
 def main(argv=None):
     from pallas_kernels.sparse_worklist import SparseTuningConfig
-    from svg2_jax import SVG2Config, svg2_kmeans
-    from svg2_jax.attention import pallas_layout
-    from svg2_jax.kmeans import KMeansResult, assign_xla
+    from svg2_jax.layout import pallas_layout
     from svg2_jax.selection import select_by_density
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -114,31 +111,22 @@ def main(argv=None):
     args = ap.parse_args(argv)
     s, _, qc, kc = SHAPES[args.shape]
     q, k, v = structured_qkv(jax.random.PRNGKey(0), s, args.heads)
-    cfg = SVG2Config(num_q_clusters=qc, num_k_clusters=kc, kmeans_iters_cold=args.kmeans_iters,
-                     kmeans_tol=0.0)
-    cache = svg2_kmeans(q, k, None, cfg)
-    qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
-    res = []
-    for x, cen in ((qn, cache.q_centroids), (kn, cache.k_centroids)):
-        cen = rearrange(cen, "b h c d -> (b h) c d")
-        lab = assign_xla(x, cen, chunk=8192)
-        sizes = jax.vmap(lambda l: jnp.bincount(l, length=cen.shape[1]))(lab).astype(jnp.int32)
-        zero = jnp.zeros((), jnp.int32)
-        res.append(KMeansResult(lab, cen, sizes, zero, zero.astype(jnp.float32)))
-    sel = select_by_density(res[0].centroids, res[1].centroids, res[1].sizes, args.density, 0)
+    qn, kn, vn, clustering = clustered(q, k, v, qc, kc, args.kmeans_iters)
+    qk, kk = clustering.q, clustering.k
+    sel = select_by_density(qk.centroids, kk.centroids, kk.sizes, args.density, 0)
     print(f"| {args.shape}, {args.heads} heads, density {args.density} | runs per query cluster "
           f"| wasted pairs | q side | k side | one copy | no mask |\n|---|---|---|---|---|---|---|")
     for block_kv in map(int, args.block_kv.split(",")):
         for box in map(int, args.boxes.split(",")):
             tuning = SparseTuningConfig(block_kv=block_kv, box_rows=box)
             for key_order in ("label", "co_selection"):
-                work = pallas_layout(qn, kn, vn, *res, sel, tuning, key_order)[0]
+                work = pallas_layout(qn, kn, vn, clustering, sel, tuning, key_order).work
                 runs, total, qw, kw = waste(work, tuning)
                 one, full = tile_kinds(work, tuning, s)
                 print(f"| {block_kv}-row tiles of {box}-row boxes, {key_order} order | {runs:.0f} "
                       f"| {total:.3f} | {qw:.3f} | {kw:.3f} | {one:.2f} | {full:.2f} |",
                       flush=True)
-    for n, (now, packed) in enumerate(tail_packing(res[0].sizes, res[1].sizes, sel,
+    for n, (now, packed) in enumerate(tail_packing(qk.sizes, kk.sizes, sel.selected,
                                                    SparseTuningConfig())):
         print(f"head {n}: q-side waste {now:.3f}, with pairs of tails packed {packed:.3f} "
               f"(estimate)", flush=True)

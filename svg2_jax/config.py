@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from pallas_kernels.sparse_worklist import SparseTuningConfig
+from svg2_jax.backends import SPARSE_BACKENDS
+from svg2_jax.kmeans import IMPLS
+
 Backend = Literal["auto", "pallas", "pallas_reference", "jax", "masked_dense"]
 KMeansImpl = Literal["auto", "xla", "pallas"]
 
-BACKENDS = ("auto", "pallas", "pallas_reference", "jax", "masked_dense")
-KMEANS_IMPLS = ("auto", "xla", "pallas")
+BACKENDS = ("auto",) + tuple(SPARSE_BACKENDS)
+KMEANS_IMPLS = ("auto",) + IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,19 +36,15 @@ class SVG2Config:
       kmeans_iters_cold: iterations when there is no cache (random init).
       kmeans_iters_warm: iterations when warm-started from the cache.
       kmeans_tol: early stop when the largest centroid shift (L2) is below it.
-      backend: sparse attention implementation. "pallas": the Hopper (sm_90)
-        variable-block sparse flash-attention kernel (`pallas_kernels/
-        sparse_flash_mgpu.py`), work proportional to the selected blocks; bf16/fp16,
-        head dim 64 or 128. "jax": exact, chunked over query tiles, never
-        materialises S x S (O(S^2) work: a portable reference, not the fast path).
-        "masked_dense": the full S x S masked attention, for tests on small inputs
-        only. "pallas_reference": the kernel's pure-JAX twin on the same padded layout
-        and work list (tests of that path on any device). "auto": "pallas" on a Hopper
-        GPU with bf16/fp16 inputs and a supported head dim, "jax" otherwise.
+      backend: sparse attention implementation, a name of `backends.SPARSE_BACKENDS`
+        ("pallas": the Hopper kernel; "pallas_reference": its pure-JAX twin; "jax":
+        exact and portable, O(S^2) work; "masked_dense": small tests only) or "auto":
+        "pallas" on a Hopper GPU with bf16/fp16 inputs and a supported head dim, "jax"
+        otherwise (`backends.resolve_backend`).
       kmeans_impl: "xla" (chunked matmul + argmin, then segment_sum), "pallas" (the
         fused Triton assignment kernel, which never writes the [S, K] distances, then
         segment_sum; GPU only), "auto" (pallas on GPU, the fastest measured there, see
-        docs/performance.md; xla elsewhere).
+        docs/performance.md; xla elsewhere: `clustering.resolve_kmeans_impl`).
       q_tile: query rows per step of the "jax" backend (bounds its memory to
         B * H * q_tile * S floats).
       kmeans_chunk: tokens per chunk in the XLA k-means assignment (bounds the
@@ -52,8 +52,8 @@ class SVG2Config:
       target_density: None (SVG2's top-p rule) or a fixed budget: per query cluster,
         key clusters by descending mass until this fraction of the keys is kept
         (`selection.select_by_density`; a control for benchmarks on random weights).
-      kernel_block_kv, kernel_box_rows, kernel_stages: the "pallas" backend's
-        SparseTuningConfig (key rows per step, rows per TMA box, pipeline stages).
+      kernel: the "pallas" and "pallas_reference" backends' tuning (KV tile rows,
+        rows per TMA box, pipeline stages, tail splitting, CTA order).
     """
 
     num_q_clusters: int = 300
@@ -68,39 +68,34 @@ class SVG2Config:
     q_tile: int = 256
     kmeans_chunk: int = 8192
     target_density: float | None = None
-    kernel_block_kv: int = 192
-    kernel_box_rows: int = 32
-    kernel_stages: int = 2
+    kernel: SparseTuningConfig = SparseTuningConfig()
 
     def __post_init__(self):
+        problems = []
         for name in ("num_q_clusters", "num_k_clusters", "kmeans_iters_cold",
                      "kmeans_iters_warm", "q_tile", "kmeans_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"SVG2Config.{name} must be a positive int, got {value!r}")
+                problems.append(f"{name} must be a positive int, got {value!r}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"SVG2Config.top_p must be in (0, 1], got {self.top_p!r}")
+            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not 0.0 <= self.min_kc_ratio <= 1.0:
-            raise ValueError(
-                f"SVG2Config.min_kc_ratio must be in [0, 1], got {self.min_kc_ratio!r}")
+            problems.append(f"min_kc_ratio must be in [0, 1], got {self.min_kc_ratio!r}")
         if not self.kmeans_tol >= 0.0:
-            raise ValueError(f"SVG2Config.kmeans_tol must be >= 0, got {self.kmeans_tol!r}")
+            problems.append(f"kmeans_tol must be >= 0, got {self.kmeans_tol!r}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"SVG2Config.backend must be one of {BACKENDS}, got {self.backend!r}")
-        self.kernel_config  # raises on bad kernel_* settings
-        if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
-            raise ValueError(f"SVG2Config.target_density must be None or in (0, 1], got "
-                             f"{self.target_density!r}")
+            problems.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.kmeans_impl not in KMEANS_IMPLS:
-            raise ValueError(
-                f"SVG2Config.kmeans_impl must be one of {KMEANS_IMPLS}, got {self.kmeans_impl!r}")
-
-    @property
-    def kernel_config(self):
-        """The "pallas" backend's tile sizes (validated when it is built)."""
-        from pallas_kernels.sparse_worklist import SparseTuningConfig
-        return SparseTuningConfig(block_kv=self.kernel_block_kv, box_rows=self.kernel_box_rows,
-                                  max_concurrent_steps=self.kernel_stages)
+            problems.append(f"kmeans_impl must be one of {KMEANS_IMPLS}, got "
+                            f"{self.kmeans_impl!r}")
+        if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
+            problems.append(f"target_density must be None or in (0, 1], got "
+                            f"{self.target_density!r}")
+        if not isinstance(self.kernel, SparseTuningConfig):
+            problems.append(f"kernel must be a SparseTuningConfig, got "
+                            f"{type(self.kernel).__name__}")
+        if problems:
+            raise ValueError("SVG2Config: " + "; ".join(problems))
 
     @property
     def min_k_clusters(self) -> int:

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from svg2_jax.attention import (SVG2Cache, _check_inputs, _stats, _to_cache, svg2_core)
+from svg2_jax.attention import check_inputs, svg2_core, svg2_stats
+from svg2_jax.clustering import SVG2Cache, to_cache
 from svg2_jax.config import SVG2Config
 from svg2_jax.selection import block_density
-from svg2_jax.sparse_attention import _masked_softmax_attention, merge_attention
+from svg2_jax.sparse_attention import masked_attention, merge_attention
 
 
 def _check_joint(q, num_text, text_lengths):
@@ -58,28 +59,28 @@ def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths:
     """
     _check_joint(q, num_text, text_lengths)
     sv = q.shape[1] - num_text
-    _check_inputs(q[:, :sv], k[:, :sv], v[:, :sv], cache, config)
+    check_inputs(q[:, :sv], k[:, :sv], v[:, :sv], cache, config)
     b, s, h, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     heads = lambda x: rearrange(x, "b s h d -> (b h) s d")
     qn, kn, vn = heads(q), heads(k), heads(v)
     text_valid = repeat(text_key_mask(text_lengths, num_text), "b t -> (b h) t", h=h)
 
-    o_vv, lse_vv, qk, kk, selected = svg2_core(qn[:, :sv], kn[:, :sv], vn[:, :sv], cache,
-                                               config, key, scale)
-    o_vt, lse_vt = _masked_softmax_attention(qn[:, :sv], kn[:, sv:], vn[:, sv:],
-                                             text_valid[:, None, :], scale)
-    o_video, _ = merge_attention(o_vv, lse_vv, o_vt, lse_vt)
+    video = svg2_core(qn[:, :sv], kn[:, :sv], vn[:, :sv], cache, config, key, scale)
+    o_vt, lse_vt = masked_attention(qn[:, :sv], kn[:, sv:], vn[:, sv:], text_valid[:, None, :],
+                                    scale)
+    o_video, _ = merge_attention(video.out, video.lse, o_vt, lse_vt)
 
     key_valid = jnp.concatenate([jnp.ones((b * h, sv), bool), text_valid], axis=-1)
-    o_text, _ = _masked_softmax_attention(qn[:, sv:], kn, vn, key_valid[:, None, :], scale)
+    o_text, _ = masked_attention(qn[:, sv:], kn, vn, key_valid[:, None, :], scale)
     out = rearrange(jnp.concatenate([o_video, o_text], axis=1), "(b h) s d -> b s h d", b=b)
 
     n_text = jnp.sum(text_valid, axis=-1).astype(jnp.float32)  # [B*H]
-    video_pairs = block_density(selected, qk.sizes, kk.sizes) * sv * sv
+    clustering, selected = video.clustering, video.selection.selected
+    video_pairs = block_density(selected, clustering.q.sizes, clustering.k.sizes) * sv * sv
     computed = video_pairs + sv * n_text + n_text * (sv + n_text)
     density = computed / (sv + n_text) ** 2
-    return out, _to_cache(qk, kk, b), _stats(density, qk, kk, selected, b)
+    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b)
 
 
 def dense_joint_attention(q, k, v, text_lengths, *, num_text: int, implementation=None):

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import kmeans_assign
+
 
 # Iteration counts up to this run unrolled instead of in a while loop.
 UNROLL_MAX_ITERS = 4
@@ -86,21 +88,20 @@ def update_xla(x: jax.Array, labels: jax.Array, num_clusters: int):
     return sums.reshape(n, num_clusters, d), counts.reshape(n, num_clusters)
 
 
-IMPLS = ("xla", "pallas")
+# The assignment step of each implementation: assign(x, centroids, chunk) -> labels.
+# "xla": chunked matmul + argmin. "pallas": the fused Triton assignment kernel, which
+# never writes the [S, K] distances (GPU only). The update is segment_sum for both.
+ASSIGNERS = {"xla": assign_xla, "pallas": lambda x, c, chunk: kmeans_assign(x, c)}
+IMPLS = tuple(ASSIGNERS)
 
 
 def kmeans_step(impl: str, chunk: int = 8192):
-    """One assignment + update: step(x, centroids, K) -> (labels, sums, counts).
-
-    "xla": chunked matmul + argmin, then segment_sum. "pallas": the fused Triton
-    assignment kernel (never writes the [S, K] distances), then segment_sum.
-    """
-    if impl == "xla":
-        return lambda x, c, k: (labels := assign_xla(x, c, chunk),) + update_xla(x, labels, k)
-    if impl == "pallas":
-        from pallas_kernels import kmeans_assign
-        return lambda x, c, k: (labels := kmeans_assign(x, c),) + update_xla(x, labels, k)
-    raise ValueError(f"unknown k-means implementation {impl!r}; expected one of {IMPLS}")
+    """One assignment + update: step(x, centroids, K) -> (labels, sums, counts), with
+    the assignment of ASSIGNERS[impl]."""
+    if impl not in ASSIGNERS:
+        raise ValueError(f"unknown k-means implementation {impl!r}; expected one of {IMPLS}")
+    assign = ASSIGNERS[impl]
+    return lambda x, c, k: (labels := assign(x, c, chunk),) + update_xla(x, labels, k)
 
 
 def kmeans(x: jax.Array, init_centroids: jax.Array, num_iters: int, tol: float = 1e-4,

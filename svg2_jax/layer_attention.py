@@ -12,16 +12,20 @@ blocks scans over the states too, and a sampler carries them across steps.
 Everything that changes between steps (which layers are sparse, whether k-means has
 been initialised) lives in the state as arrays, so switching from dense warm-up to
 sparse steps never recompiles.
+
+The plug point is `LayerAttention`; LAYER_ATTENTIONS names its implementations.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
-from svg2_jax.attention import SVG2Cache, svg2_attention, svg2_kmeans
+from svg2_jax.attention import svg2_attention, svg2_kmeans
+from svg2_jax.clustering import SVG2Cache
 from svg2_jax.config import SVG2Config
 from svg2_jax.joint_attention import dense_joint_attention, svg2_joint_attention
 
@@ -35,6 +39,25 @@ def _dense(q, k, v, implementation, num_text=0, text_lengths=None):
 
 def _ones_density(q):
     return jnp.ones((q.shape[0], q.shape[2]), jnp.float32)
+
+
+@runtime_checkable
+class LayerAttention(Protocol):
+    """A model's self-attention with per-layer state (a frozen, hashable config)."""
+
+    def init_state(self, num_layers: int, batch: int, heads: int, head_dim: int) -> Any:
+        """The stacked state of `num_layers` layers (leaves with a leading layer axis),
+        or None when there is none."""
+
+    def set_mode(self, state: Any, sparse, cluster=False) -> Any:
+        """The stacked state set to run sparse or dense (and, when dense, to still
+        update whatever a later sparse call starts from); traced bools are fine."""
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, state: Any, layer_index, *,
+                 num_text: int = 0, text_lengths: jax.Array | None = None
+                 ) -> tuple[jax.Array, Any, jax.Array]:
+        """q, k, v [B, S, H, D]; this layer's state -> (out [B, S, H, D], new state,
+        density [B, H]). Joint video + text sequences pass num_text and text_lengths."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,3 +160,6 @@ class SVG2Attention:
             return out, dataclasses.replace(clustered, cache=cache), stats.density
 
         return jax.lax.cond(state.sparse, sparse, dense, None)
+
+
+LAYER_ATTENTIONS: dict[str, type] = {"dense": DenseAttention, "svg2": SVG2Attention}

@@ -1,9 +1,32 @@
-"""Centroid-level top-p selection of (query cluster, key cluster) blocks."""
+"""Centroid-level selection of (query cluster, key cluster) blocks: SVG2's top-p rule
+(`select_clusters`), a fixed density budget (`select_by_density`), and the one a config
+asks for (`select_blocks`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+from svg2_jax.clustering import Clustering
+
+if TYPE_CHECKING:
+    from svg2_jax.config import SVG2Config
+
+
+class Selection(NamedTuple):
+    """What the selection decided and what it decided from, for the steps after it.
+
+    selected: [N, QC, KC] bool, the blocks computed.
+    mass: [N, QC, KC] float32, each query cluster's estimated attention distribution
+      over the key clusters (`cluster_mass`), which the rule ranked; the Pallas layout
+      orders key clusters by it (`co_selection_order`).
+    Read fields by name: rules that estimate more per cluster add fields here.
+    """
+
+    selected: jax.Array
+    mass: jax.Array
 
 
 def cluster_mass(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array) -> jax.Array:
@@ -43,8 +66,9 @@ def _keep_heaviest(mass, nonempty, amount, budget: float, min_clusters: int):
 
 
 def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
-                    top_p: float, min_clusters: int) -> jax.Array:
-    """Which key clusters each query cluster attends to: bool [N, QC, KC].
+                    top_p: float, min_clusters: int) -> Selection:
+    """Which key clusters each query cluster attends to (Selection.selected
+    [N, QC, KC]).
 
     Per query cluster, key clusters are taken by descending mass until the
     cumulative mass reaches `top_p` (the crossing cluster is kept, so the heaviest
@@ -55,23 +79,35 @@ def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax
     mass = cluster_mass(q_centroids, k_centroids, k_sizes)
     nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
     if top_p >= 1.0:
-        return nonempty
-    return _keep_heaviest(mass, nonempty, mass, top_p, min_clusters)
+        return Selection(nonempty, mass)
+    return Selection(_keep_heaviest(mass, nonempty, mass, top_p, min_clusters), mass)
 
 
 def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
-                      density: float, min_clusters: int) -> jax.Array:
+                      density: float, min_clusters: int) -> Selection:
     """A fixed compute budget instead of top-p: per query cluster, key clusters by
     descending mass until `density` of the keys are kept (the crossing cluster is kept),
-    never fewer than `min_clusters` non-empty ones. bool [N, QC, KC].
+    never fewer than `min_clusters` non-empty ones.
 
     For controlled benchmarks (random weights do not give trained-model densities) and
     for budgeted generation; top-p is SVG2's rule."""
     mass = cluster_mass(q_centroids, k_centroids, k_sizes)
     nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
     fraction = k_sizes.astype(jnp.float32) / jnp.sum(k_sizes, axis=-1, keepdims=True)
-    return _keep_heaviest(mass, nonempty, jnp.broadcast_to(fraction[:, None, :], mass.shape),
-                          density, min_clusters)
+    return Selection(_keep_heaviest(mass, nonempty,
+                                    jnp.broadcast_to(fraction[:, None, :], mass.shape),
+                                    density, min_clusters), mass)
+
+
+def select_blocks(clustering: Clustering, config: SVG2Config) -> Selection:
+    """The selection config asks for: top-p (`config.top_p`), or the fixed budget
+    `config.target_density` when set; at least `config.min_k_clusters` key clusters."""
+    q, k = clustering.q, clustering.k
+    if config.target_density is None:
+        return select_clusters(q.centroids, k.centroids, k.sizes, config.top_p,
+                               config.min_k_clusters)
+    return select_by_density(q.centroids, k.centroids, k.sizes, config.target_density,
+                             config.min_k_clusters)
 
 
 def block_density(selected: jax.Array, q_sizes: jax.Array, k_sizes: jax.Array) -> jax.Array:

@@ -21,9 +21,10 @@ import jax.numpy as jnp
 MASKED_DENSE_MAX_ELEMENTS = 1 << 26
 
 
-def _masked_softmax_attention(q, k, v, mask, scale):
-    """q: [N, Tq, D]; k, v: [N, Sk, D]; mask: [N, Tq, Sk] bool (broadcastable) ->
-    (out [N, Tq, D] in q.dtype, lse [N, Tq] float32)."""
+def masked_attention(q, k, v, mask, scale):
+    """Softmax attention over the keys a mask allows: q: [N, Tq, D]; k, v: [N, Sk, D];
+    mask: [N, Tq, Sk] bool (broadcastable) -> (out [N, Tq, D] in q.dtype, lse [N, Tq]
+    float32). A row with no allowed key gets out 0 and lse -inf."""
     s = jnp.einsum("nqd,nkd->nqk", q, k, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask, s, -jnp.inf)
     m = jnp.max(s, axis=-1, keepdims=True)
@@ -61,7 +62,7 @@ def sparse_attention_masked_dense(q, k, v, q_labels, k_labels, selected, scale):
         raise ValueError(
             f"backend='masked_dense' materialises the full {sq} x {k.shape[1]} score matrix "
             f"for {n} heads; it is for small test problems. Use backend='jax' instead.")
-    return _masked_softmax_attention(q, k, v, _token_mask(selected, q_labels, k_labels), scale)
+    return masked_attention(q, k, v, _token_mask(selected, q_labels, k_labels), scale)
 
 
 def sparse_attention_chunked(q, k, v, q_labels, k_labels, selected, scale, q_tile=256):
@@ -69,7 +70,7 @@ def sparse_attention_chunked(q, k, v, q_labels, k_labels, selected, scale, q_til
     dense version; queries are processed `q_tile` rows at a time."""
     n, sq, d = q.shape
     if sq <= q_tile:
-        return _masked_softmax_attention(q, k, v, _token_mask(selected, q_labels, k_labels),
+        return masked_attention(q, k, v, _token_mask(selected, q_labels, k_labels),
                                          scale)
     num_tiles = -(-sq // q_tile)
     pad = num_tiles * q_tile - sq
@@ -78,7 +79,7 @@ def sparse_attention_chunked(q, k, v, q_labels, k_labels, selected, scale, q_til
 
     def tile(args):
         qi, qli = args
-        return _masked_softmax_attention(qi, k, v, _token_mask(selected, qli, k_labels), scale)
+        return masked_attention(qi, k, v, _token_mask(selected, qli, k_labels), scale)
 
     out, lse = jax.lax.map(tile, (jnp.moveaxis(q_t, 1, 0), jnp.moveaxis(ql_t, 1, 0)))
     out = jnp.moveaxis(out, 0, 1).reshape(n, num_tiles * q_tile, d)[:, :sq]

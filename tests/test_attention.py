@@ -5,7 +5,7 @@ import pytest
 from einops import rearrange
 
 import npref
-from svg2_jax import SVG2Cache, SVG2Config, svg2_attention
+from svg2_jax import SVG2Cache, SVG2Config, SparseTuningConfig, svg2_attention
 from svg2_jax.sparse_attention import sparse_attention_chunked, sparse_attention_masked_dense
 
 
@@ -198,3 +198,72 @@ def test_masked_dense_refuses_large_problems():
     with pytest.raises(ValueError, match="backend='jax'"):
         svg2_attention(q, q, q, None, SVG2Config(num_q_clusters=2, num_k_clusters=2,
                                                  backend="masked_dense"))
+
+
+# ---- the backend seam --------------------------------------------------------------------
+
+
+def test_every_portable_backend_meets_the_seam_contract():
+    """Each SPARSE_BACKENDS entry but "pallas" (Hopper only), called through the seam on
+    one clustering and selection, gives numpy's masked attention and its log-sum-exp
+    (-inf and zeros for query clusters that selected nothing)."""
+    from svg2_jax.backends import SPARSE_BACKENDS
+    from svg2_jax.clustering import cluster_qk
+    from svg2_jax.selection import Selection, select_blocks
+
+    q, k, v, cache = clustered_qkv(12)
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12, top_p=0.6, q_tile=128,
+                     kernel=SparseTuningConfig(block_kv=64, box_rows=8))
+    heads = lambda x: rearrange(jnp.asarray(x), "b s h d -> (b h) s d")
+    qn, kn, vn = heads(q), heads(k), heads(v)
+    clustering = cluster_qk(qn, kn, cache, cfg)
+    selection = select_blocks(clustering, cfg)
+    selected = selection.selected.at[:, 0].set(False)    # query cluster 0 attends to nothing
+    selection = Selection(selected, selection.mass)
+    ql, kl = np.asarray(clustering.q.labels), np.asarray(clustering.k.labels)
+    mask = np.stack([np.asarray(selected)[n][ql[n]][:, kl[n]] for n in range(len(ql))])
+    want_o, want_lse = npref.masked_attention_lse(qn, kn, vn, mask, 0.3)
+    assert (ql == 0).any() and (mask.sum(-1) > 0).any()
+    assert set(SPARSE_BACKENDS) == {"pallas", "pallas_reference", "jax", "masked_dense"}
+    for name, backend in SPARSE_BACKENDS.items():
+        if name == "pallas":
+            continue
+        out, lse = backend(qn, kn, vn, clustering, selection, 0.3, cfg)
+        assert out.dtype == qn.dtype and lse.dtype == jnp.float32, name
+        np.testing.assert_allclose(np.asarray(out), want_o, rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(np.asarray(lse), want_lse, rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+
+
+def test_backend_resolution():
+    from svg2_jax.backends import resolve_backend
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU")
+    assert resolve_backend(SVG2Config(), jnp.bfloat16, 128) == "jax"
+    assert resolve_backend(SVG2Config(backend="masked_dense")) == "masked_dense"
+    with pytest.raises(ValueError, match="Hopper"):
+        resolve_backend(SVG2Config(backend="pallas"), jnp.bfloat16, 128)
+
+
+def test_cluster_qk_cold_start_is_documented_kmeans():
+    """Cold: the key split in two (queries, keys), distinct random rows, kmeans_iters_cold."""
+    from svg2_jax import kmeans as km
+    from svg2_jax.clustering import cluster_qk
+    q, k, _, _ = clustered_qkv(13)
+    heads = lambda x: rearrange(jnp.asarray(x), "b s h d -> (b h) s d")
+    qn, kn = heads(q), heads(k)
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12, kmeans_iters_cold=3)
+    got = cluster_qk(qn, kn, None, cfg, jax.random.PRNGKey(5), kmeans_impl="xla")
+    key_q, key_k = jax.random.split(jax.random.PRNGKey(5))
+    for res, x, key, c in ((got.q, qn, key_q, 6), (got.k, kn, key_k, 12)):
+        want = km.kmeans(x, km.random_init(key, x, c), 3, cfg.kmeans_tol)
+        np.testing.assert_array_equal(np.asarray(res.labels), np.asarray(want.labels))
+        np.testing.assert_array_equal(np.asarray(res.centroids), np.asarray(want.centroids))
+
+
+def test_errors_list_every_problem():
+    with pytest.raises(ValueError, match="top_p.*backend.*target_density"):
+        SVG2Config(top_p=2.0, backend="flashinfer", target_density=0.0)
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="dtypes differ.*fewer than num_k_clusters"):
+        svg2_attention(q.astype(jnp.bfloat16), k[:, :7], v[:, :7], None, CFG)

@@ -52,13 +52,14 @@ def test_sparse_joint_attention_equals_numpy_with_the_same_selection(backend):
     """Video queries: selected video clusters + real text; text queries: everything real.
     pallas_reference: the Hopper kernel's path (padded layout, work list, output slots,
     lse merged with the text part) through the kernel's pure-JAX twin."""
+    from svg2_jax import SparseTuningConfig
     from svg2_jax import kmeans as km
     from svg2_jax.selection import select_clusters
 
     q, k, v = qkv(2)
     cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, top_p=0.5, min_kc_ratio=0.2,
-                     kmeans_iters_cold=3, backend=backend, kernel_block_kv=64,
-                     kernel_box_rows=8)
+                     kmeans_iters_cold=3, backend=backend,
+                     kernel=SparseTuningConfig(block_kv=64, box_rows=8))
     out, _, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, jax.random.PRNGKey(4),
                                          num_text=T)
     # Rebuild the clustering with the documented cold start (same key split) and build the
@@ -68,7 +69,7 @@ def test_sparse_joint_attention_equals_numpy_with_the_same_selection(backend):
     kq, kk_ = jax.random.split(jax.random.PRNGKey(4))
     rq = km.kmeans(qn[:, :SV], km.random_init(kq, qn[:, :SV], 5), 3, cfg.kmeans_tol)
     rk = km.kmeans(kn[:, :SV], km.random_init(kk_, kn[:, :SV], 9), 3, cfg.kmeans_tol)
-    sel = np.asarray(select_clusters(rq.centroids, rk.centroids, rk.sizes, 0.5, 1))
+    sel = np.asarray(select_clusters(rq.centroids, rk.centroids, rk.sizes, 0.5, 1).selected)
     ql, kl = np.asarray(rq.labels), np.asarray(rk.labels)
     text_ok = np.repeat(np.arange(T)[None] < np.asarray(LENGTHS)[:, None], H, axis=0)
     mask = np.zeros((B * H, SV + T, SV + T), bool)

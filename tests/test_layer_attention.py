@@ -70,3 +70,10 @@ def test_dense_call_can_cluster_so_the_next_sparse_call_is_warm():
     out2, _, _ = scan_layers(attn, q, k, v, attn.set_mode(state, sparse=True))
     want, _, _ = svg2_attention(q[2], k[2], v[2], cache, CFG)
     np.testing.assert_allclose(np.asarray(out2[2]), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_layer_attention_table():
+    from svg2_jax.layer_attention import LAYER_ATTENTIONS, LayerAttention
+    assert LAYER_ATTENTIONS == {"dense": DenseAttention, "svg2": SVG2Attention}
+    for attn in (DenseAttention(), SVG2Attention(CFG)):
+        assert isinstance(attn, LayerAttention)

@@ -40,13 +40,16 @@ def problem(seed, n=3, nq=7, nk=40, d=16, empty=(3, 17)):
 @pytest.mark.parametrize("top_p,min_count", [(0.9, 4), (0.5, 0), (0.99, 10), (0.3, 38), (1.0, 0)])
 def test_selection_matches_numpy_top_p(top_p, min_count):
     qc, kc, ks = problem(int(top_p * 100) + min_count)
-    got = np.asarray(select_clusters(jnp.asarray(qc), jnp.asarray(kc), jnp.asarray(ks),
-                                     top_p, min_count))
+    sel = select_clusters(jnp.asarray(qc), jnp.asarray(kc), jnp.asarray(ks), top_p, min_count)
+    got = np.asarray(sel.selected)
     want = npref.select(qc, kc, ks, top_p, min_count)
     np.testing.assert_array_equal(got, want)
     assert not got[:, :, [3, 17]].any()  # empty clusters never selected
     # the floor counts non-empty clusters only: 38 asked, 38 non-empty exist
     assert (got.sum(-1) >= min(min_count, 38)).all()
+    # the selection carries the mass it ranked
+    np.testing.assert_array_equal(np.asarray(sel.mass), np.asarray(
+        cluster_mass(jnp.asarray(qc), jnp.asarray(kc), jnp.asarray(ks))))
 
 
 def test_mass_is_size_weighted_softmax():
@@ -78,7 +81,7 @@ def test_select_by_density_budget():
     ks = jnp.array(rng.integers(0, 30, (2, 40)), jnp.int32).at[:, 3].set(0)
     qs = jnp.full((2, 5), 10, jnp.int32)
     for target in (0.05, 0.2, 0.5, 1.0):
-        sel = np.asarray(select_by_density(qc, kc, ks, target, 0))
+        sel = np.asarray(select_by_density(qc, kc, ks, target, 0).selected)
         assert not sel[:, :, 3].any()                          # empty never selected
         mass = np.asarray(cluster_mass(qc, kc, ks))
         kept = (sel * np.asarray(ks)[:, None, :]).sum(-1) / np.asarray(ks).sum(-1)[:, None]
@@ -95,5 +98,5 @@ def test_select_by_density_budget():
                 assert kept[n, q] - ks[n, lightest] / np.asarray(ks)[n].sum() < target
         d = float(jnp.mean(block_density(jnp.asarray(sel), qs, ks)))
         assert d >= min(target, 1.0) - 1e-6
-    sel = np.asarray(select_by_density(qc, kc, ks, 0.01, 7))
+    sel = np.asarray(select_by_density(qc, kc, ks, 0.01, 7).selected)
     assert np.all(sel.sum(-1) >= 7)                              # floor

@@ -48,3 +48,10 @@ def test_flow_unipc_matches_diffusers(shift, steps, order):
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
         num_train_timesteps=1000, solver_order=order)
     _run_pair(FlowUniPC(flow_shift=shift, solver_order=order), theirs, steps, steps + order)
+
+
+def test_scheduler_table():
+    from svg2_jax.sampling.schedulers import SCHEDULERS, Scheduler
+    assert SCHEDULERS == {"euler": FlowMatchEuler, "unipc": FlowUniPC}
+    for cls in SCHEDULERS.values():
+        assert isinstance(cls(), Scheduler)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.sparse_flash_mgpu import (gather_rows, sparse_flash_attention,
+from pallas_kernels.sparse_flash_mgpu import (PRODUCTION_PIECES, build_kernel, gather_rows,
+                                              sparse_flash_attention,
                                               sparse_flash_attention_reference)
 from pallas_kernels.sparse_worklist import (ALIGN, SparseTuningConfig, build_work_list,
                                             co_selection_order, expand_tiles, k_layout_len,
@@ -161,8 +162,9 @@ def test_co_selection_order():
 
 
 def test_both_key_orders_give_the_same_attention():
-    from svg2_jax.attention import pallas_layout
+    from svg2_jax.clustering import Clustering
     from svg2_jax.kmeans import KMeansResult
+    from svg2_jax.layout import pallas_layout
     from svg2_jax.selection import select_clusters
     rng = np.random.default_rng(8)
     n, s, d, qc, kc = 2, 300, 64, 5, 23
@@ -173,22 +175,24 @@ def test_both_key_orders_give_the_same_attention():
         sizes = jax.vmap(lambda l: jnp.bincount(l, length=c))(lab).astype(jnp.int32)
         res.append(KMeansResult(lab, jnp.array(rng.standard_normal((n, c, d)), jnp.float32),
                                 sizes, jnp.int32(0), jnp.float32(0)))
+    clustering = Clustering(*res)
     sel = select_clusters(res[0].centroids, res[1].centroids, res[1].sizes, 0.7, 2)
     cfg = SparseTuningConfig(block_kv=64, box_rows=8)
     outs = []
     for key_order in ("co_selection", "label"):
-        work, qp, kp, vp, q_order = pallas_layout(qn, kn, vn, *res, sel, cfg, key_order)
+        work, qp, kp, vp, q_order = pallas_layout(qn, kn, vn, clustering, sel, cfg, key_order)
         outs.append(gather_rows(*sparse_flash_attention_reference(qp, kp, vp, work, scale=0.2,
                                                                   config=cfg), work, q_order))
     want = np.zeros((n, s, s), bool)
     for p in range(n):
-        want[p] = np.asarray(sel)[p][np.asarray(res[0].labels)[p]][:, np.asarray(res[1].labels)[p]]
+        want[p] = np.asarray(sel.selected)[p][np.asarray(res[0].labels)[p]][
+            :, np.asarray(res[1].labels)[p]]
     want_o, want_lse = masked_attention_lse(qn, kn, vn, want, 0.2)
     for out, lse in outs:
         np.testing.assert_allclose(np.asarray(out), want_o, atol=2e-5, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(lse), want_lse, atol=2e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="key_order"):
-        pallas_layout(qn, kn, vn, *res, sel, cfg, "random")
+        pallas_layout(qn, kn, vn, clustering, sel, cfg, "random")
 
 
 def test_slots_and_padded_layout():
@@ -285,8 +289,8 @@ def test_tuning_config_errors():
                 dict(max_concurrent_steps=1)):
         with pytest.raises(ValueError, match="SparseTuningConfig"):
             SparseTuningConfig(**bad)
-    with pytest.raises(ValueError, match="kernel_box_rows|SparseTuningConfig"):
-        SVG2Config(kernel_box_rows=12)
+    with pytest.raises(ValueError, match="kernel must be a SparseTuningConfig"):
+        SVG2Config(kernel=dict(box_rows=32))
 
 
 # ------------------------------------------------------------------ the twin (CPU)
@@ -337,7 +341,7 @@ def test_svg2_pallas_path_through_twin_equals_masked_dense():
     outs, stats = backend_outputs(7, (2, 333, 2, 64), jnp.float32,
                                   ("pallas_reference", "masked_dense"), num_q_clusters=7,
                                   num_k_clusters=19, top_p=0.6, kmeans_iters_cold=4,
-                                  kernel_block_kv=64, kernel_box_rows=8)
+                                  kernel=SparseTuningConfig(block_kv=64, box_rows=8))
     assert float(stats.density.mean()) < 0.95
     np.testing.assert_allclose(outs["pallas_reference"], outs["masked_dense"], atol=2e-5,
                                rtol=1e-5)
@@ -381,13 +385,45 @@ def test_kernel_lowers_for_hopper_within_shared_memory(cfg):
     # lowering errors here, and checks that what the wrapper's shared-memory estimate
     # accepts at the limit (192-row tiles x 2 stages, 128 x 3: the same bytes) fits what
     # Mosaic allocates.
-    from pallas_kernels.sparse_flash_mgpu import _check, _sparse_flash
+    from pallas_kernels.sparse_flash_mgpu import _check
+    q, k, work = lowering_inputs(cfg)
+    _check(q, k, k, work, cfg)
+    lower_for_hopper(q, k, work, cfg, PRODUCTION_PIECES)
+
+
+def lowering_inputs(cfg):
     qs, ks, sel = problem(11, sq=500, sk=400, qc=5, kc=12, density=0.4)
     work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 500, 400, cfg)
     q = jnp.zeros((2, q_padded_len(500, 5, cfg), 128), jnp.bfloat16)
     k = jnp.zeros((2, k_layout_len(400, cfg), 128), jnp.bfloat16)
-    _check(q, k, k, work, cfg)
-    _sparse_flash.trace(q, k, k, work, 0.1, cfg).lower(lowering_platforms=("cuda",))
+    return q, k, work
+
+
+def lower_for_hopper(q, k, work, cfg, pieces):
+    from pallas_kernels.sparse_flash_mgpu import _sparse_flash
+    return _sparse_flash.trace(q, k, k, work, 0.1, cfg, pieces).lower(
+        lowering_platforms=("cuda",)).as_text()
+
+
+def test_benchmark_ablations_lower_and_differ_from_the_shipped_kernel():
+    # scripts/bench_kernel.py builds its kernel variants from the kernel's pieces; each
+    # must lower for sm_90, and each must change the kernel (a variant that lowers to
+    # the shipped kernel would time nothing). Conflicting or unknown flags are refused.
+    import inspect
+
+    from scripts.bench_kernel import ABLATIONS, ablation_pieces
+    assert list(inspect.signature(sparse_flash_attention).parameters) == [
+        "q", "k", "v", "work", "scale", "config"]                  # nothing else to reach
+    cfg = SparseTuningConfig()
+    q, k, work = lowering_inputs(cfg)
+    shipped = lower_for_hopper(q, k, work, cfg, PRODUCTION_PIECES)
+    for name in list(ABLATIONS) + ["no_walk+one_copy+no_mask_add"]:
+        pieces = ablation_pieces(name)
+        assert pieces != PRODUCTION_PIECES
+        assert lower_for_hopper(q, k, work, cfg, pieces) != shipped, name
+    for bad, msg in (("one_copy+box_copies", "both replace"), ("no_mask", "unknown")):
+        with pytest.raises(ValueError, match=msg):
+            ablation_pieces(bad)
 
 
 @pytest.mark.parametrize("block_kv,one_copy,no_mask", [(128, 1.0, 7 / 8), (192, 5 / 6, 5 / 6)])
@@ -427,8 +463,9 @@ def _kernel_case(seed, n, sq, sk, qc, kc, density, dtype, cfg, huge=False, d=128
     if variant is None:
         got = sparse_flash_attention(qp, kp, vp, work, scale=d ** -0.5, config=cfg)
     else:
-        from pallas_kernels.sparse_flash_mgpu import _sparse_flash
-        got = _sparse_flash(qp, kp, vp, work, d ** -0.5, cfg, variant)
+        from scripts.bench_kernel import ablation_pieces
+        got = build_kernel(ablation_pieces(variant))(qp, kp, vp, work, scale=d ** -0.5,
+                                                     config=cfg)
     want = sparse_flash_attention_reference(qp.astype(jnp.float32), kp.astype(jnp.float32),
                                             vp.astype(jnp.float32), work, scale=d ** -0.5,
                                             config=cfg)
@@ -454,6 +491,8 @@ def test_kernel_matches_twin_ragged(cfg):
 @gpu
 @pytest.mark.parametrize("variant", ["box_copies", "always_mask"])
 def test_kernel_timing_variants_that_keep_results(variant):
+    from scripts.bench_kernel import ablation_is_right
+    assert ablation_is_right(variant)
     # bench_kernel's variants that undo or swap one optimisation must still be right;
     # long runs (few, large key clusters) give contiguous, mask-free tiles too.
     _kernel_case(1, 2, 1000, 900, 13, 40, 0.3, jnp.bfloat16, SparseTuningConfig(),
@@ -481,3 +520,66 @@ def test_svg2_attention_pallas_backend_matches_jax_backend():
                               kmeans_iters_cold=5)
     a, b = outs["pallas"], outs["jax"]
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
+
+
+def test_bench_kernel_dry_run_writes_every_figure(tmp_path, capsys):
+    # The benchmark's CPU path: SVG2's clustering, both selections (top-p with both CTA
+    # orders), layouts, the kernel's twin, gather, timing and the JSON.
+    import json
+
+    from scripts import bench_kernel
+    out = tmp_path / "kernel.json"
+    assert bench_kernel.main(["--dry-run", "--densities", "0.2", "--top-ps", "0.9", "--reps",
+                              "1", "--kmeans-iters", "3", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["meta"]["dry_run"]
+    rows = [r for r in data["rows"] if "kernel_ms" in r]
+    s, h, _, _ = bench_kernel.SHAPES["tiny"]
+    assert sorted((r["selection"], r["heavy_first"]) for r in rows) == [
+        ("density", True), ("top_p", False), ("top_p", True)]
+    dense, = [r for r in data["rows"] if r.get("dense")]
+    assert f"dense {dense['dense_ms']:.3f} ms" in printed
+    for r in rows:
+        assert r["kernel"] == "pallas_reference" and r["nonfinite"] == 0
+        # the correctness signal covers the real query rows, not the CTA slots
+        assert r["timings"]["kernel"]["outputs"]["elements"] == h * s * 128
+        assert 0 < r["density"] <= 1 and 0 <= r["wasted_pair_fraction"] < 1
+        for key, fmt in (("kernel_ms", ".3f"), ("layout_ms", ".3f"), ("efficiency", ".3f"),
+                         ("wasted_pair_fraction", ".3f"), ("density", ".3f")):
+            assert format(r[key], fmt) in printed, key
+    json_arg = ["--json", str(out)]
+    for argv, msg in ((["--ablations", "no_walk"] + json_arg, "not with --dry-run"),
+                      (["--key-orders", "random"] + json_arg, "known orders"),
+                      (["--ablations", "no_walk+fast"] + json_arg, "unknown ablation"),
+                      ([], "--json is required")):
+        with pytest.raises(SystemExit):
+            bench_kernel.main(["--dry-run"] + argv)
+        assert msg in capsys.readouterr().err
+
+
+def test_layout_orders_key_clusters_by_the_selections_mass():
+    # pallas_layout takes the co-selection order from selection.mass (no recomputation):
+    # with a mass that favours the reverse of label order, the key layout holds the key
+    # clusters in co_selection_order of that mass, each cluster's tokens in token order.
+    from svg2_jax.clustering import Clustering
+    from svg2_jax.kmeans import KMeansResult
+    from svg2_jax.layout import pallas_layout
+    from svg2_jax.selection import Selection
+    rng = np.random.default_rng(9)
+    n, s, d, qc, kc = 2, 200, 64, 3, 10
+    res = []
+    for c in (qc, kc):
+        lab = jnp.array(rng.integers(0, c, (n, s)), jnp.int32)
+        sizes = jax.vmap(lambda l: jnp.bincount(l, length=c))(lab).astype(jnp.int32)
+        res.append(KMeansResult(lab, jnp.zeros((n, c, d)), sizes, jnp.int32(0), jnp.float32(0)))
+    mass = jax.nn.softmax(jnp.array(rng.standard_normal((n, qc, kc)) * 4), axis=-1)
+    selection = Selection(jnp.ones((n, qc, kc), bool), mass)
+    tokens = jnp.broadcast_to(jnp.arange(s, dtype=jnp.float32)[None, :, None], (n, s, d))
+    layout = pallas_layout(tokens, tokens, tokens, Clustering(*res), selection,
+                           SparseTuningConfig(block_kv=64, box_rows=8))
+    order = np.asarray(co_selection_order(mass, res[1].sizes))
+    labels = np.asarray(res[1].labels)
+    for p in range(n):
+        want = [t for c in order[p] for t in np.flatnonzero(labels[p] == c)]
+        np.testing.assert_array_equal(np.asarray(layout.k)[p, :s, 0], want)

@@ -15,10 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """A flow-matching solver (a frozen, hashable config)."""
+
+    def schedule(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """(timesteps [n], sigmas [n + 1]) as numpy, computed as diffusers does."""
+
+    def init(self, sample: jax.Array) -> Any:
+        """The solver state pytree for a sample of this shape and dtype."""
+
+    def step(self, state: Any, sigmas, i, model_output: jax.Array, sample: jax.Array
+             ) -> tuple[jax.Array, Any]:
+        """One update at (traced) step index i -> (next sample, new state)."""
 
 
 def _shift(sigmas, shift):
@@ -186,6 +202,9 @@ class FlowUniPC:
                                jnp.minimum(state.lower_order_nums + 1, self.solver_order),
                                this_order)
         return prev, new_state
+
+
+SCHEDULERS: dict[str, type] = {"euler": FlowMatchEuler, "unipc": FlowUniPC}
 
 
 def dense_warmup_steps(num_steps: int, fraction: float) -> int:
