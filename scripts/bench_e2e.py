@@ -7,8 +7,8 @@ density budget (`SVG2Config.target_density`, default 0.13, the density SVG2 repo
 for Wan at top_p 0.9) as a control; `--top-p` runs the real rule instead.
 
 Parts:
-  14b-720p  (S = 75600, 40 layers): a 50-step CFG run is ~18 minutes dense, beyond a
-            session's GPU time, so it times single forwards (dense; SVG2 cold, i.e. the
+  14b-720p  (S = 75600, 40 layers): a 50-step CFG run is ~18 minutes dense, beyond the
+            GPU time at hand, so it times single forwards (dense; SVG2 cold, i.e. the
             first sparse step with 50-iteration k-means; SVG2 warm) plus the attention
             pieces of one layer (cuDNN dense; SVG2 warm: k-means + selection + layout +
             kernel), and PROJECTS the 50-step totals from them:

@@ -74,13 +74,16 @@ function.
 
 Usage:
   python -m scripts.bench_quality                  # = --quick, under a minute on 2 cores
-  python -m scripts.bench_quality --full --json docs/quality.json --write-doc
+  python -m scripts.bench_quality --full --write-doc
+
+Every printed figure, per head, is written to JSON: `--json`, by default
+docs/bench/quality_quick.json or docs/bench/quality_full.json (the data behind
+docs/quality.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -88,8 +91,9 @@ import time
 from scripts.quality.benchmark import DEFAULT_TOP_PS, run_quality
 from scripts.quality.inputs import build_qkv
 from scripts.quality.plot import plot
-from scripts.quality.report import (DOC_PATH, PLOT_PATH, REPO, attention_line, machine,
-                                    summary, table_markdown, utc_date, write_doc)
+from scripts.quality.report import (DOC_PATH, PLOT_PATH, attention_line, machine, summary,
+                                    table_markdown, utc_date, write_doc)
+from scripts.raw_data import REPO, default_path, write_json
 
 QUICK = dict(images="astronaut", frames=5, height=256, width=448, heads=2)
 FULL = dict(images="astronaut,coffee,chelsea", frames=9, height=320, width=576, heads=4)
@@ -135,12 +139,15 @@ def run_cli(argv=None):
     p.add_argument("--api-check", choices=("all", "one", "none"), default="one",
                    help="re-run svg2_attention itself for all settings or one (top_p 0.9; "
                         "default) and check it gives the same densities and errors")
-    p.add_argument("--json", help="write all numbers here")
+    p.add_argument("--json", help="write all numbers here (default: docs/bench/"
+                   "quality_quick.json, or quality_full.json with --full)")
     p.add_argument("--write-doc", action="store_true", help=f"(re)write {DOC_PATH}")
     p.add_argument("--plot", help="write the plot here (with --write-doc: docs/quality.png)")
     p.add_argument("--no-plot", action="store_true", help="no plot, even with --write-doc")
     args = p.parse_args(argv)
     preset = FULL if args.full else QUICK
+    if args.json is None:
+        args.json = default_path(f"quality_{'full' if args.full else 'quick'}.json")
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -178,13 +185,10 @@ def run_cli(argv=None):
     elif plot_path:
         plot_note = plot(res, plot_path)
         print(plot_note)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(command=command, date=utc_date(), machine=machine(), wall_s=wall,
-                           inputs=meta, **res), f, indent=1)
-        print(f"wrote {args.json}")
+    write_json(args.json, dict(command=command, date=utc_date(), machine=machine(),
+                               wall_s=wall, inputs=meta, **res))
     if args.write_doc:
-        write_doc(res, meta, command, wall, plot_note)
+        write_doc(res, meta, command, wall, plot_note, args.json)
         print(f"wrote {os.path.relpath(DOC_PATH, REPO)}")
     return res
 
