@@ -18,7 +18,11 @@ BENCH_DIR = os.path.join(REPO, "docs", "bench")
 
 
 def default_path(name: str) -> str:
-    """docs/bench/<name> (name says what the file holds, e.g. "overhead_vs_dense.json")."""
+    """docs/bench/<name> of the checkout (name says what the file holds, e.g.
+    "overhead_vs_dense.json"); <name> in the working directory when the scripts run from
+    an installed package rather than a checkout (no docs/ beside them)."""
+    if not os.path.isdir(os.path.join(REPO, "docs")):
+        return os.path.abspath(name)
     return os.path.join(BENCH_DIR, name)
 
 

@@ -182,6 +182,7 @@ def test_a_new_selector_is_one_row(tiny):
 
 
 def test_cli_writes_every_figure(tmp_path):
+    pytest.importorskip("matplotlib")
     out, png = tmp_path / "q.json", tmp_path / "q.png"
     res = bench_quality.run_cli(["--images", "astronaut", "--frames", "3", "--height", "64",
                                  "--width", "96", "--heads", "2", "--patch", "8", "--qc", "6",
