@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scripts.raw_data import default_path, run_meta, write_json
+from scripts.raw_data import add_run_args, run_meta, write_json
 from scripts.timing import summarize, time_calls, time_jax
 from svg2_jax.sampling import SamplerConfig
 
@@ -231,12 +231,8 @@ def main(argv=None):
                     help="fixed SVG2 density budget (the control for random weights)")
     ap.add_argument("--top-p", type=float, default=None,
                     help="use SVG2's top-p rule with this p instead of the fixed budget")
-    ap.add_argument("--reps", type=int, default=2,
-                    help="timed single forwards / attention rounds")
     ap.add_argument("--loop-reps", type=int, default=1, help="runs of each compiled loop")
-    ap.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny random model")
-    ap.add_argument("--json", default=default_path(JSON_NAME),
-                    help="raw figures (default: %(default)s)")
+    add_run_args(ap, JSON_NAME, reps=2, tiny="CPU smoke run on a tiny random model")
     args = ap.parse_args(argv)
     gpu = jax.default_backend() == "gpu"
     if not gpu and not args.tiny:

@@ -39,7 +39,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from scripts.raw_data import default_path, run_meta, write_json
+from scripts.raw_data import add_run_args, run_meta, write_json
 from scripts.timing import time_jax
 
 from svg2_jax import SVG2Config
@@ -204,12 +204,8 @@ def main(argv=None):
                    default=["attention", "model"])
     p.add_argument("--text-valid", type=int, default=None,
                    help="real (unpadded) text tokens of the 256 (default: all)")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--tiny", action="store_true",
-                   help="tiny model and shapes: a CPU check that the script works")
-    p.add_argument("--json", default=default_path(JSON_NAME),
-                   help="raw figures (default: %(default)s)")
+    add_run_args(p, JSON_NAME, reps=5, warmup=2,
+                 tiny="tiny model and shapes: a CPU check that the script works")
     args = p.parse_args(argv)
 
     gpu = jax.default_backend() == "gpu"

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from scripts.raw_data import default_path, run_meta, write_json
+from scripts.raw_data import add_run_args, run_meta, write_json
 
 TEXT_LEN = 512
 TEXT_DIM = 4096
@@ -210,12 +210,8 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", choices=("jax", "torch", "both"), default="both")
     p.add_argument("--cases", nargs="*", default=None, help="1.3b-480p 14b-720p (default: all)")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--tiny", action="store_true",
-                   help="tiny model and latents: a CPU check that the script works")
-    p.add_argument("--json", default=default_path(JSON_NAME),
-                   help="raw figures (default: %(default)s)")
+    add_run_args(p, JSON_NAME, reps=5, warmup=2,
+                 tiny="tiny model and latents: a CPU check that the script works")
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker_out:

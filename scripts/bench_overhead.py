@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from pallas_kernels.sparse_flash_mgpu import gather_rows
-from scripts.raw_data import default_path, run_meta, write_json
+from scripts.raw_data import add_run_args, run_meta, write_json
 from scripts.timing import time_jax
 from svg2_jax import SVG2Cache, SVG2Config, svg2_attention
 from svg2_jax import kmeans as km
@@ -222,11 +222,8 @@ def main(argv=None):
     p.add_argument("--shapes", default="75600x40,32760x12",
                    help=f"comma-separated, from {sorted(SHAPES)}")
     p.add_argument("--impls", default="xla,pallas", help="k-means implementations")
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--tiny", action="store_true",
-                   help=f"CPU smoke run on {TINY_SHAPES} with XLA k-means")
-    p.add_argument("--json", default=default_path(JSON_NAME),
-                   help="raw figures (default: %(default)s)")
+    add_run_args(p, JSON_NAME, reps=10,
+                 tiny=f"CPU smoke run on {TINY_SHAPES} with XLA k-means")
     args = p.parse_args(argv)
     shapes = TINY_SHAPES if args.tiny else SHAPES
     impls = ["xla"] if args.tiny else args.impls.split(",")

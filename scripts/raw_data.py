@@ -26,6 +26,19 @@ def default_path(name: str) -> str:
     return os.path.join(BENCH_DIR, name)
 
 
+def add_run_args(parser, json_name: str, *, reps: int, warmup: int | None = None,
+                 tiny: str = "a CPU smoke run on tiny shapes") -> None:
+    """The flags every benchmark takes: --reps (and --warmup), --tiny, --json (default
+    `default_path(json_name)`)."""
+    parser.add_argument("--reps", type=int, default=reps, help="timed calls per figure")
+    if warmup is not None:
+        parser.add_argument("--warmup", type=int, default=warmup,
+                            help="untimed calls before them")
+    parser.add_argument("--tiny", action="store_true", help=tiny)
+    parser.add_argument("--json", default=default_path(json_name),
+                        help="raw figures (default: %(default)s)")
+
+
 def run_meta(device: bool = True, **extra) -> dict:
     """The run's UTC date and command line, its device and jax version (device=False: a
     parent process that must not start jax's backend), plus `extra`."""
