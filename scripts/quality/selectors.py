@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax
 import numpy as np
@@ -78,14 +78,21 @@ class Selection(NamedTuple):
     density: np.ndarray | None = None
 
 
+class SelectFn(Protocol):
+    def __call__(self, problem: Problem, setting: Setting,
+                 density: np.ndarray | None) -> Selection:
+        """The pairs to compute for every problem, at `density` [N] per head (None for a
+        selector that sets its own density)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Selector:
-    """name: the table's method label ("{block}" becomes the block size). select:
-    (problem, setting, density [N]) -> Selection. sets_density: it chooses its own
-    density (the others are then run at it, per head); density is None when it runs."""
+    """name: the table's method label ("{block}" becomes the block size). select: the
+    method. sets_density: it chooses its own density (SVG2: top-p), and the others are
+    run at it, per head; it is called with density None."""
 
     name: str
-    select: Callable[[Problem, Setting, "np.ndarray | None"], Selection]
+    select: SelectFn
     sets_density: bool = False
 
     def label(self, problem: Problem) -> str:
