@@ -7,8 +7,8 @@ density budget (`SVG2Config.target_density`, default 0.13, the density SVG2 repo
 for Wan at top_p 0.9) as a control; `--top-p` runs the real rule instead.
 
 Parts:
-  14b-720p  (S = 75600, 40 layers): a 50-step CFG run is ~18 minutes dense, beyond a
-            session's GPU time, so it times single forwards (dense; SVG2 cold, i.e. the
+  14b-720p  (S = 75600, 40 layers): a 50-step CFG run is ~18 minutes dense, beyond the
+            GPU time at hand, so it times single forwards (dense; SVG2 cold, i.e. the
             first sparse step with 50-iteration k-means; SVG2 warm) plus the attention
             pieces of one layer (cuDNN dense; SVG2 warm: k-means + selection + layout +
             kernel), and PROJECTS the 50-step totals from them:
@@ -22,10 +22,17 @@ Parts:
             run's (with random weights this shows only that the two cache choices
             differ, not which is better on a trained model).
 
+Timing (`scripts.timing`): single forwards and attention layers are compiled once and
+timed with every output returned and synchronised each call (forwards: median of
+--reps; attention layers: --reps rounds of 4 back-to-back calls, one sync per round, as
+bench_kernel); each compiled loop runs --loop-reps times (default once: a 50-step loop is
+long enough that one run is the measurement). Every printed figure is in the JSON
+(`--json`, default docs/bench/e2e_wan_dense_vs_svg2.json).
+
 Usage (GPU machine):
-  python -m scripts.bench_e2e --json e2e.json
-  python -m scripts.bench_e2e --parts 1.3b-480p --steps 50
-  python -m scripts.bench_e2e --tiny            # CPU smoke run of the whole script
+  python -m scripts.bench_e2e
+  python -m scripts.bench_e2e --parts 1.3b-480p --steps 50 --json e2e13.json
+  python -m scripts.bench_e2e --tiny --json /tmp/e2e.json    # CPU smoke run
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
 import time
 
@@ -41,7 +47,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scripts.raw_data import add_run_args, run_meta, write_json
+from scripts.timing import summarize, time_calls, time_jax
+from svg2_jax.sampling import SamplerConfig
+
 TEXT_LEN = 512
+JSON_NAME = "e2e_wan_dense_vs_svg2.json"
 
 
 def _parts(tiny: bool):
@@ -54,16 +65,6 @@ def _parts(tiny: bool):
     # name -> (config, latent shape, QC, KC, UniPC flow shift as in diffusers' Wan examples)
     return {"14b-720p": (PRESETS["wan2.1-t2v-14b"], (1, 16, 21, 90, 160), 300, 1000, 5.0),
             "1.3b-480p": (PRESETS["wan2.1-t2v-1.3b"], (1, 16, 21, 60, 104), 200, 1000, 3.0)}
-
-
-def _timed(fn, reps):
-    """(median seconds, all) of `reps` synchronised calls; fn returns something to block on."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
 
 
 def _models(cfg, svg2_config, dense_impl):
@@ -102,16 +103,18 @@ def attention_pieces(s, h, d, qc, kc, args, dense_impl):
     """One layer's attention on structured q, k, v [1, S, H, 128]: cuDNN dense vs the
     SVG2 warm call (k-means 2 iterations + selection + layout + kernel), ms."""
     from scripts.bench_kernel import structured_qkv
-    from scripts.timing import time_jax
     from svg2_jax import svg2_attention, svg2_kmeans
     q, k, v = structured_qkv(jax.random.PRNGKey(0), s, h, d)
-    dense = jax.jit(functools.partial(jax.nn.dot_product_attention, implementation=dense_impl))
+    dense = functools.partial(jax.nn.dot_product_attention, implementation=dense_impl)
     cfg = _svg2_config(qc, kc, args)
     cache = svg2_kmeans(q, k, None, cfg)
-    warm = jax.jit(lambda q, k, v, c: svg2_attention(q, k, v, c, cfg)[0])
-    ms = lambda fn, *a: time_jax(fn, *a, reps=3, back_to_back=4)[0].median_ms
-    return dict(dense_attention_ms=ms(dense, q, k, v),
-                svg2_attention_warm_ms=ms(warm, q, k, v, cache))
+    timing = dict(reps=args.reps, back_to_back=4)
+    t_dense, _ = time_jax(dense, q, k, v, **timing)
+    t_warm, _ = time_jax(lambda q, k, v, c: svg2_attention(q, k, v, c, cfg), q, k, v, cache,
+                         **timing)
+    return dict(dense_attention_ms=t_dense.median_ms, svg2_attention_warm_ms=t_warm.median_ms,
+                dense_attention_timing=t_dense.as_json(),
+                svg2_attention_warm_timing=t_warm.as_json())
 
 
 def part_forwards(name, cfg, shape, qc, kc, shift, args, dense_impl):
@@ -123,24 +126,24 @@ def part_forwards(name, cfg, shape, qc, kc, shift, args, dense_impl):
     latents, ctx, _ = _inputs(cfg, shape)
     x = latents.astype(jnp.bfloat16)
     t = jnp.full((shape[0],), 900.0, jnp.float32)
-    f_dense = jax.jit(functools.partial(wan_forward, gd_dense))
-    f_svg2 = jax.jit(functools.partial(wan_forward, gd_svg2))
+    f_dense = functools.partial(wan_forward, gd_dense)
+    f_svg2 = functools.partial(wan_forward, gd_svg2)
     state0 = svg2.init_state(cfg.num_layers, shape[0], cfg.num_attention_heads,
                              cfg.attention_head_dim)
     row = dict(part=name, mode="projected from single forwards", S=_seq(cfg, shape))
-    t0 = time.perf_counter()
-    jax.block_until_ready(f_dense(params, x, t, ctx)[0])
-    row["dense_compile_and_first_s"] = time.perf_counter() - t0
-    row["t_dense_s"], row["t_dense_all"] = _timed(lambda: f_dense(params, x, t, ctx)[0], args.reps)
+    t_dense, _ = time_jax(f_dense, params, x, t, ctx, reps=args.reps, warmup=1)
+    row.update(dense_compile_and_first_s=t_dense.first_s, t_dense_s=t_dense.median_ms / 1e3,
+               t_dense_all=[ms / 1e3 for ms in t_dense.times_ms],
+               dense_outputs=t_dense.outputs)
     print(f"[{name}] dense forward {row['t_dense_s']:.3f} s", flush=True)
-    t0 = time.perf_counter()
-    out, state, dens = f_svg2(params, x, t, ctx, state0)
-    jax.block_until_ready(out)
-    row["svg2_compile_and_first_s"] = time.perf_counter() - t0
-    row["t_cold_s"], _ = _timed(lambda: f_svg2(params, x, t, ctx, state0)[0], 1)
-    row["t_warm_s"], row["t_warm_all"] = _timed(lambda: f_svg2(params, x, t, ctx, state)[0],
-                                                args.reps)
-    _, _, dens = f_svg2(params, x, t, ctx, state)
+    # cold: every call from the uninitialised state (50-iteration k-means)
+    t_cold, (_, state, _) = time_jax(f_svg2, params, x, t, ctx, state0, reps=1, warmup=1)
+    t_warm, (_, _, dens) = time_jax(f_svg2, params, x, t, ctx, state, reps=args.reps,
+                                    warmup=1)
+    row.update(svg2_compile_and_first_s=t_cold.first_s, t_cold_s=t_cold.median_ms / 1e3,
+               t_warm_s=t_warm.median_ms / 1e3,
+               t_warm_all=[ms / 1e3 for ms in t_warm.times_ms],
+               svg2_cold_outputs=t_cold.outputs, svg2_warm_outputs=t_warm.outputs)
     row["svg2_density_mean"] = float(jnp.mean(dens[1:]))        # sparse layers
     print(f"[{name}] SVG2 forward cold {row['t_cold_s']:.3f} s, warm {row['t_warm_s']:.3f} s, "
           f"density {row['svg2_density_mean']:.3f}", flush=True)
@@ -174,7 +177,7 @@ def part_loop(name, cfg, shape, qc, kc, shift, args, dense_impl):
     """The whole compiled loop: dense, SVG2 (shared CFG caches), SVG2 (separate)."""
     from svg2_jax.pipelines.wan import WanSampler
     from svg2_jax.sampling import SamplerConfig, check_finite
-    from svg2_jax.sampling.schedulers import FlowUniPC
+    from svg2_jax.sampling.schedulers import FlowUniPC, dense_warmup_steps
 
     gd_dense, gd_svg2, params, _ = _models(cfg, _svg2_config(qc, kc, args), dense_impl)
     latents, ctx, uncond = _inputs(cfg, shape)
@@ -183,7 +186,7 @@ def part_loop(name, cfg, shape, qc, kc, shift, args, dense_impl):
     for label, gd, share in (("dense", gd_dense, True), ("svg2_shared", gd_svg2, True),
                              ("svg2_separate", gd_svg2, False)):
         sampler = WanSampler(nnx.merge(gd, params), FlowUniPC(flow_shift=shift),
-                             SamplerConfig(num_steps=args.steps, guidance_scale=5.0,
+                             SamplerConfig(num_steps=args.steps,
                                            dense_fraction=args.dense_fraction,
                                            share_cfg_cache=share, progress=False))
         t0 = time.perf_counter()
@@ -192,14 +195,16 @@ def part_loop(name, cfg, shape, qc, kc, shift, args, dense_impl):
         state = sampler.init_state(shape[0])
         # Compiled ahead of time, so one run is the measurement (a 50-step loop is
         # long enough that allocation on the first call is noise).
-        t0 = time.perf_counter()
-        res = compiled(sampler.params, latents, ctx, uncond, state)
-        jax.block_until_ready(res.latents)
-        row[f"{label}_s"] = time.perf_counter() - t0
+        timing, res = time_calls(
+            lambda: compiled(sampler.params, latents, ctx, uncond, state),
+            reps=args.loop_reps, warmup=0)
+        row[f"{label}_s"] = timing.median_ms / 1e3
+        row[f"{label}_all_s"] = [ms / 1e3 for ms in timing.times_ms]
+        row[f"{label}_outputs"] = summarize(res)
         check_finite(res)
         results[label] = res.latents
         dens = res.density
-        sparse_part = dens[int(args.steps * args.dense_fraction):, :, 1:]
+        sparse_part = dens[dense_warmup_steps(args.steps, args.dense_fraction):, :, 1:]
         row[f"{label}_density_sparse_steps"] = float(jnp.mean(sparse_part))
         print(f"[{name}] {label}: {row[f'{label}_s']:.2f} s for {args.steps} steps "
               f"(density in sparse steps {row[f'{label}_density_sparse_steps']:.3f})", flush=True)
@@ -221,14 +226,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", default="14b-720p,1.3b-480p")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--dense-fraction", type=float, default=0.2)
+    ap.add_argument("--dense-fraction", type=float, default=SamplerConfig().dense_fraction)
     ap.add_argument("--density", type=float, default=0.13,
                     help="fixed SVG2 density budget (the control for random weights)")
     ap.add_argument("--top-p", type=float, default=None,
                     help="use SVG2's top-p rule with this p instead of the fixed budget")
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny random model")
-    ap.add_argument("--json")
+    ap.add_argument("--loop-reps", type=int, default=1, help="runs of each compiled loop")
+    add_run_args(ap, JSON_NAME, reps=2, tiny="CPU smoke run on a tiny random model")
     args = ap.parse_args(argv)
     gpu = jax.default_backend() == "gpu"
     if not gpu and not args.tiny:
@@ -241,13 +245,9 @@ def main(argv=None):
         cfg, shape, qc, kc, shift = parts[name]
         fn = part_forwards if name.startswith("14b") else part_loop
         rows.append(fn(name, cfg, shape, qc, kc, shift, args, dense_impl))
-    meta = dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
-                date=time.strftime("%Y-%m-%d", time.gmtime()), argv=sys.argv[1:],
-                density_control=None if args.top_p else args.density, top_p=args.top_p)
+    meta = run_meta(density_control=None if args.top_p else args.density, top_p=args.top_p)
     print(json.dumps(dict(meta=meta, rows=rows), indent=1, default=float))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1, default=float)
+    write_json(args.json, dict(meta=meta, rows=rows))
     return 0
 
 

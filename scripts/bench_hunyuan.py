@@ -17,12 +17,14 @@ Full model: `HunyuanVideoTransformer3DModel(PRESETS["hunyuan-video-t2v-720p"])` 
 bf16 weights created on the device in one jit (never on the host), `DenseAttention("cudnn")`,
 the pure `hunyuan_forward` jitted.
 
-Reported: median / min of --reps timed calls after --warmup untimed ones (block_until_ready),
+Reported: median / min of --reps timed calls after --warmup untimed ones, each call
+compiled once, every output returned and synchronised (`scripts.timing.time_jax`),
 compile time, density (fraction of query-key pairs computed), TFLOP/s (attention: dense
-FLOPs x density; model: matmuls + attention), peak device memory.
+FLOPs x density; model: matmuls + attention), peak device memory. Every printed figure
+is in the JSON (`--json`, default docs/bench/hunyuan_720p_attention_and_forward.json).
 
 Usage:
-  python -m scripts.bench_hunyuan --json bench_hunyuan.json        # GPU machine
+  python -m scripts.bench_hunyuan                                   # GPU machine
   python -m scripts.bench_hunyuan --parts attention --reps 5
   python -m scripts.bench_hunyuan --tiny                           # CPU smoke run
 """
@@ -31,19 +33,21 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import statistics
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
+from scripts.raw_data import add_run_args, run_meta, write_json
+from scripts.timing import time_jax
+
 from svg2_jax import SVG2Config
 from svg2_jax.layer_attention import DenseAttention, SVG2Attention
 
 FULL = dict(latents=(1, 16, 33, 90, 160), text_len=256, qc=400, kc=1000, top_p=0.9)
 TINY = dict(latents=(1, 4, 3, 6, 10), text_len=12, qc=4, kc=8, top_p=0.9)
+JSON_NAME = "hunyuan_720p_attention_and_forward.json"
 
 
 def model_config(tiny: bool):
@@ -76,21 +80,6 @@ def model_flops(config, sv: int, t: int, batch: int) -> float:
     return batch * (config.num_layers * dual + config.num_single_layers * single)
 
 
-def _time(fn, reps: int, warmup: int) -> tuple[list[float], float]:
-    """(ms of each timed call, seconds of the first call)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    for _ in range(warmup - 1):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times, first
-
-
 def _peak_gb():
     stats = jax.devices()[0].memory_stats() or {}
     return stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None
@@ -110,38 +99,38 @@ def bench_attention(config, shape: dict, text_valid: int, impl, reps, warmup) ->
     layer = 1  # any layer: per-layer state, same shapes everywhere
 
     def call(attention):
-        @jax.jit
         def run(q, k, v, state):
             return attention(q, k, v, state, layer, num_text=t, text_lengths=lengths)
         return run
 
     cold_state = jax.tree.map(lambda a: a[0], svg2.init_state(1, 1, h, d))  # one layer
-    compiled, compile_s = {}, {}
-    for name, attention, state in (("dense", DenseAttention(impl), None),
-                                   ("svg2", svg2, cold_state)):
-        t0 = time.perf_counter()
-        compiled[name] = call(attention).lower(q, k, v, state).compile()
-        compile_s[name] = time.perf_counter() - t0
-    # cold and warm are one compiled function: the state's `initialized` flag picks the path
-    warm_state = compiled["svg2"](q, k, v, cold_state)[1]
+    # cold and warm run the same function: the state's `initialized` flag picks the path
+    warm_state = jax.jit(call(svg2))(q, k, v, cold_state)[1]
     rows = []
-    for name, fn, state in (("dense", compiled["dense"], None),
-                            ("svg2-cold", compiled["svg2"], cold_state),
-                            ("svg2-warm", compiled["svg2"], warm_state)):
-        times, first = _time(lambda: fn(q, k, v, state)[0], reps, warmup)
-        density = float(jnp.mean(fn(q, k, v, state)[2]))
+    for name, attention, state in (("dense", DenseAttention(impl), None),
+                                   ("svg2-cold", svg2, cold_state),
+                                   ("svg2-warm", svg2, warm_state)):
+        timing, (_, _, density) = time_jax(call(attention), q, k, v, state, reps=reps,
+                                           warmup=warmup)
+        density = float(jnp.mean(density))
         rows.append(dict(part="attention", case=name,
                          attention=(f"DenseAttention({impl!r})" if name == "dense" else
                                     f"SVG2 QC={shape['qc']} KC={shape['kc']} "
                                     f"top_p={shape['top_p']}"),
-                         tokens=sv + t, ms=times, compile_s=compile_s[name.split("-")[0]],
-                         first_call_s=first, density=density, flops=flops * density,
-                         peak_gb=_peak_gb()))
+                         tokens=sv + t, density=density, peak_gb=_peak_gb(),
+                         **_timing_fields(timing, flops * density)))
         print(f"[attention] {name}: {_summary(rows[-1])}", flush=True)
-    dense_ms = statistics.median(rows[0]["ms"])
     for row in rows[1:]:
-        row["speedup_vs_dense"] = dense_ms / statistics.median(row["ms"])
+        row["speedup_vs_dense"] = rows[0]["median_ms"] / row["median_ms"]
     return rows
+
+
+def _timing_fields(timing, flops) -> dict:
+    """A row's timing columns from a `scripts.timing.Timing` of a call of `flops`."""
+    return dict(ms=list(timing.times_ms), median_ms=timing.median_ms,
+                min_ms=min(timing.times_ms), compile_s=timing.compile_s,
+                first_call_s=timing.first_s - timing.compile_s, outputs=timing.outputs,
+                flops=flops, tflops=flops / timing.median_ms / 1e9)
 
 
 def bench_model(config, shape: dict, text_valid: int, impl, reps, warmup) -> dict:
@@ -166,25 +155,26 @@ def bench_model(config, shape: dict, text_valid: int, impl, reps, warmup) -> dic
             (jnp.arange(t)[None] < text_valid).astype(jnp.int32).repeat(b, 0),
             jax.random.normal(keys[2], (b, config.pooled_projection_dim), jnp.bfloat16),
             jnp.full((b,), 6000.0, jnp.float32) if config.guidance_embeds else None)
-    step = jax.jit(functools.partial(hunyuan_forward, graphdef))
-    t0 = time.perf_counter()
-    compiled = step.lower(params, *args).compile()
-    compile_s = time.perf_counter() - t0
-    times, first = _time(lambda: compiled(params, *args)[0], reps, warmup)
-    out = compiled(params, *args)[0]
+    timing, _ = time_jax(functools.partial(hunyuan_forward, graphdef), params, *args,
+                         reps=reps, warmup=warmup)
     sv = video_tokens(config, shape["latents"])
     row = dict(part="model", case="forward", attention=f"DenseAttention({impl!r})",
-               tokens=sv + t, ms=times, compile_s=compile_s, first_call_s=first,
-               init_s=init_s, density=1.0, flops=model_flops(config, sv, t, b),
-               peak_gb=_peak_gb(), finite=bool(jnp.isfinite(out.astype(jnp.float32)).all()))
+               tokens=sv + t, init_s=init_s, density=1.0, peak_gb=_peak_gb(),
+               finite=timing.outputs["nonfinite"] == 0,
+               **_timing_fields(timing, model_flops(config, sv, t, b)))
     print(f"[model] forward: {_summary(row)}", flush=True)
     return row
 
 
 def _summary(row) -> str:
-    med = statistics.median(row["ms"])
-    return (f"median {med:.2f} ms, density {row['density']:.3f}, "
-            f"{row['flops'] / med / 1e9:.1f} TFLOP/s")
+    return (f"median {row['median_ms']:.2f} ms, density {row['density']:.3f}, "
+            f"{row['tflops']:.1f} TFLOP/s")
+
+
+def all_layers_s(rows, num_attention_layers: int) -> dict:
+    """Per attention case: its median x the model's attention layers, in seconds."""
+    return {r["case"]: r["median_ms"] * num_attention_layers / 1e3 for r in rows
+            if r["part"] == "attention" and "median_ms" in r}
 
 
 def table(rows, num_attention_layers: int) -> str:
@@ -194,18 +184,16 @@ def table(rows, num_attention_layers: int) -> str:
         if "ms" not in r:
             lines.append(f"| {r['part']} | | | | {r.get('error')} | | | | | | |")
             continue
-        med = statistics.median(r["ms"])
         peak = "-" if r.get("peak_gb") is None else f"{r['peak_gb']:.1f}"
         speed = f"{r['speedup_vs_dense']:.2f}" if "speedup_vs_dense" in r else "-"
         lines.append(f"| {r['part']} | {r['case']} | {r['attention']} | {r['tokens']} | "
-                     f"{med:.2f} | {min(r['ms']):.2f} | {speed} | {r['density']:.3f} | "
-                     f"{r['flops'] / med / 1e9:.1f} | {r['compile_s']:.1f} | {peak} |")
-    attn = {r["case"]: statistics.median(r["ms"]) for r in rows
-            if r["part"] == "attention" and "ms" in r}
-    if attn:
+                     f"{r['median_ms']:.2f} | {r['min_ms']:.2f} | {speed} | "
+                     f"{r['density']:.3f} | {r['tflops']:.1f} | {r['compile_s']:.1f} | {peak} |")
+    layers = all_layers_s(rows, num_attention_layers)
+    if layers:
         lines.append("")
         lines.append(f"all {num_attention_layers} attention layers: " + ", ".join(
-            f"{name} {ms * num_attention_layers / 1e3:.2f} s" for name, ms in attn.items()))
+            f"{name} {sec:.2f} s" for name, sec in layers.items()))
     return "\n".join(lines)
 
 
@@ -216,11 +204,8 @@ def main(argv=None):
                    default=["attention", "model"])
     p.add_argument("--text-valid", type=int, default=None,
                    help="real (unpadded) text tokens of the 256 (default: all)")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--tiny", action="store_true",
-                   help="tiny model and shapes: a CPU check that the script works")
-    p.add_argument("--json", default=None)
+    add_run_args(p, JSON_NAME, reps=5, warmup=2,
+                 tiny="tiny model and shapes: a CPU check that the script works")
     args = p.parse_args(argv)
 
     gpu = jax.default_backend() == "gpu"
@@ -245,11 +230,12 @@ def main(argv=None):
             rows.append(dict(part="model", error=f"{type(e).__name__}: {e}"))
     print()
     print(table(rows, config.num_attention_layers))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=jax.devices()[0].device_kind, text_valid=text_valid,
-                           shape=shape, config=config.to_diffusers(), rows=rows), f, indent=1)
+    write_json(args.json, dict(
+        meta=run_meta(reps=args.reps, warmup=args.warmup), text_valid=text_valid, shape=shape,
+        config=config.to_diffusers(), rows=rows,
+        all_attention_layers_s=all_layers_s(rows, config.num_attention_layers)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

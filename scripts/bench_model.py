@@ -11,11 +11,12 @@ modulation tables are bf16 too, unlike a `from_pretrained` load; no effect on ti
 diffusers' default attention dispatch (torch SDPA), `torch.no_grad()`.
 Each framework runs in its own subprocess so the 14B model (~28 GB in bf16) is never
 held twice. Reported: median / min of N timed forwards after warm-up (JAX:
-block_until_ready; torch: cuda.synchronize), compile time, peak device memory, and
-model TFLOP/s (matmul + attention FLOPs).
+block_until_ready on every output; torch: cuda.synchronize; `scripts.timing`), compile
+time, peak device memory, and model TFLOP/s (matmul + attention FLOPs). Every printed
+figure is in the JSON (`--json`, default docs/bench/wan_forward_jax_vs_torch.json).
 
 Usage (GPU machine):
-  python -m scripts.bench_model --json bench_model.json
+  python -m scripts.bench_model
   python -m scripts.bench_model --cases 14b-720p --framework jax --reps 5
   python -m scripts.bench_model --tiny        # CPU smoke run of the whole script
 """
@@ -32,8 +33,11 @@ import sys
 import tempfile
 import time
 
+from scripts.raw_data import add_run_args, run_meta, write_json
+
 TEXT_LEN = 512
 TEXT_DIM = 4096
+JSON_NAME = "wan_forward_jax_vs_torch.json"
 
 
 def cases(tiny: bool) -> dict:
@@ -67,20 +71,6 @@ def model_flops(config: dict, shape, text_len: int) -> float:
     return per_layer * config["num_layers"] * shape[0]
 
 
-def _time(fn, sync, reps: int, warmup: int) -> tuple[list[float], float]:
-    t0 = time.perf_counter()
-    sync(fn())
-    first = time.perf_counter() - t0
-    for _ in range(warmup - 1):
-        sync(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sync(fn())
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times, first
-
-
 def run_jax(name, config: dict, shape, reps, warmup) -> dict:
     import functools
 
@@ -88,6 +78,7 @@ def run_jax(name, config: dict, shape, reps, warmup) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
+    from scripts.timing import time_jax
     from svg2_jax.layer_attention import DenseAttention
     from svg2_jax.models.wan import WanConfig, WanTransformer3DModel, wan_forward
 
@@ -111,19 +102,15 @@ def run_jax(name, config: dict, shape, reps, warmup) -> dict:
     x = jax.random.normal(keys[0], shape, jnp.bfloat16)
     t = jnp.full((shape[0],), 500.0, jnp.float32)
     ctx = jax.random.normal(keys[1], (shape[0], TEXT_LEN, cfg.text_dim), jnp.bfloat16)
-    step = jax.jit(functools.partial(wan_forward, graphdef))
-    t0 = time.perf_counter()
-    compiled = step.lower(params, x, t, ctx).compile()
-    compile_s = time.perf_counter() - t0
-    times, first = _time(lambda: compiled(params, x, t, ctx)[0], jax.block_until_ready,
-                         reps, warmup)
-    out = compiled(params, x, t, ctx)[0]
+    timing, _ = time_jax(functools.partial(wan_forward, graphdef), params, x, t, ctx,
+                         reps=reps, warmup=warmup)
     stats = jax.devices()[0].memory_stats() or {}
     return dict(framework="jax", device=jax.devices()[0].device_kind, init_s=init_s,
-                compile_s=compile_s, first_call_s=first, ms=times,
+                compile_s=timing.compile_s, first_call_s=timing.first_s - timing.compile_s,
+                ms=list(timing.times_ms), outputs=timing.outputs,
                 peak_gb=(stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats
                          else None),
-                finite=bool(jnp.isfinite(out.astype(jnp.float32)).all()),
+                finite=timing.outputs["nonfinite"] == 0,
                 attention=f"DenseAttention({impl!r})")
 
 
@@ -133,6 +120,7 @@ def run_torch(name, config: dict, shape, reps, warmup) -> dict:
         from diffusers import WanTransformer3DModel
     except ImportError as e:
         return dict(framework="torch", skipped=f"diffusers/torch not installed ({e})")
+    from scripts.timing import time_calls
     cuda = torch.cuda.is_available()
     if not cuda and name != "tiny":
         return dict(framework="torch", skipped="no CUDA device")
@@ -156,11 +144,11 @@ def run_torch(name, config: dict, shape, reps, warmup) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
-        times, first = _time(lambda: model(x, t, ctx, return_dict=False)[0], sync, reps,
-                             warmup)
-        out = model(x, t, ctx, return_dict=False)[0]
+        timing, out = time_calls(lambda: model(x, t, ctx, return_dict=False)[0], sync=sync,
+                                 reps=reps, warmup=warmup)
     return dict(framework="torch", device=torch.cuda.get_device_name() if cuda else "cpu",
-                init_s=init_s, compile_s=0.0, first_call_s=first, ms=times,
+                init_s=init_s, compile_s=0.0, first_call_s=timing.first_s,
+                ms=list(timing.times_ms),
                 peak_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
                 finite=bool(torch.isfinite(out.float()).all()), attention="torch SDPA",
                 torch=torch.__version__)
@@ -180,6 +168,9 @@ def worker(args) -> None:
             row = dict(framework=args.framework, error=f"{type(e).__name__}: {e}")
         row.update(case=name, tokens=tokens(config, shape), latents=list(shape),
                    flops=model_flops(config, shape, TEXT_LEN))
+        if "ms" in row:
+            row.update(median_ms=statistics.median(row["ms"]), min_ms=min(row["ms"]))
+            row["tflops"] = row["flops"] / row["median_ms"] / 1e9
         rows.append(row)
         print(f"[{args.framework}] {name}: {_summary(row)}", flush=True)
     with open(args.worker_out, "w") as f:
@@ -189,8 +180,7 @@ def worker(args) -> None:
 def _summary(row) -> str:
     if "ms" not in row:
         return row.get("skipped") or row.get("error", "?")
-    med = statistics.median(row["ms"])
-    return f"median {med:.1f} ms, {row['flops'] / med / 1e9:.0f} TFLOP/s"
+    return f"median {row['median_ms']:.1f} ms, {row['tflops']:.0f} TFLOP/s"
 
 
 def table(rows) -> str:
@@ -201,12 +191,18 @@ def table(rows) -> str:
             lines.append(f"| {r['case']} | {r['tokens']} | {r['framework']} | | "
                          f"{r.get('skipped') or r.get('error')} | | | | |")
             continue
-        med = statistics.median(r["ms"])
         peak = "-" if r["peak_gb"] is None else f"{r['peak_gb']:.1f}"
         lines.append(f"| {r['case']} | {r['tokens']} | {r['framework']} | {r['attention']} | "
-                     f"{med:.1f} | {min(r['ms']):.1f} | {r['flops'] / med / 1e9:.0f} | "
+                     f"{r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['tflops']:.0f} | "
                      f"{r['compile_s']:.1f} | {peak} |")
     return "\n".join(lines)
+
+
+def jax_over_torch(rows) -> dict:
+    """Per case measured by both: JAX median / torch median."""
+    med = {(r["case"], r["framework"]): r["median_ms"] for r in rows if "median_ms" in r}
+    return {case: med[case, "jax"] / med[case, "torch"] for case, fw in med
+            if fw == "jax" and (case, "torch") in med}
 
 
 def main(argv=None):
@@ -214,11 +210,8 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", choices=("jax", "torch", "both"), default="both")
     p.add_argument("--cases", nargs="*", default=None, help="1.3b-480p 14b-720p (default: all)")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--tiny", action="store_true",
-                   help="tiny model and latents: a CPU check that the script works")
-    p.add_argument("--json", default=None)
+    add_run_args(p, JSON_NAME, reps=5, warmup=2,
+                 tiny="tiny model and latents: a CPU check that the script works")
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker_out:
@@ -245,12 +238,16 @@ def main(argv=None):
                 continue
             with open(out) as f:
                 rows.extend(json.load(f))
+    rows.sort(key=lambda r: (str(r["case"]), r["framework"]))
+    ratios = jax_over_torch(rows)
     print()
-    print(table(sorted(rows, key=lambda r: (str(r["case"]), r["framework"]))))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    print(table(rows))
+    for case, ratio in ratios.items():
+        print(f"{case}: JAX / torch = {ratio:.2f}")
+    write_json(args.json, dict(meta=run_meta(device=False, reps=args.reps, warmup=args.warmup),
+                               rows=rows, jax_over_torch=ratios))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,15 +25,18 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """first_s: the first call (compilation included when the callable compiles lazily);
+    """first_s: the first call (compilation included when the callable compiles lazily;
+    with warmup=0 the first timed repetition);
     times_ms: each timed repetition (one call, or `back_to_back` calls divided by their
     number); median_ms: their median. outputs: `summarize` of the last result (None when
-    the caller's outputs are not JAX arrays)."""
+    the caller's outputs are not JAX arrays). compile_s: `time_jax`'s compilation alone
+    (also inside first_s)."""
 
     first_s: float
     times_ms: tuple[float, ...]
     median_ms: float
     outputs: dict | None = None
+    compile_s: float | None = None
 
     def as_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -45,16 +48,18 @@ def time_calls(fn: Callable[[], Any], *, reps: int = 10, warmup: int = 2,
     """Times `fn()`: `warmup` untimed calls (the first one timed as first_s), then `reps`
     repetitions of `back_to_back` calls each, synchronised with `sync` on every result of
     the repetition (one sync per repetition: with back_to_back > 1 the device queue stays
-    full, as in a loop of layers). Returns (Timing, the last result)."""
-    if reps < 1 or warmup < 1 or back_to_back < 1:
-        raise ValueError(f"time_calls: reps, warmup and back_to_back must be >= 1, got "
-                         f"{reps}, {warmup}, {back_to_back}")
-    t0 = time.perf_counter()
-    out = fn()
-    sync(out)
-    first = time.perf_counter() - t0
-    for _ in range(warmup - 1):
+    full, as in a loop of layers). warmup=0 (for runs so long that one is the
+    measurement, e.g. a whole compiled denoising loop): no untimed call, and first_s is
+    the first repetition's wall time. Returns (Timing, the last result)."""
+    if reps < 1 or warmup < 0 or back_to_back < 1:
+        raise ValueError(f"time_calls: reps and back_to_back must be >= 1 and warmup >= 0, "
+                         f"got {reps}, {back_to_back}, {warmup}")
+    first = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
         sync(fn())
+        if i == 0:
+            first = time.perf_counter() - t0
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -63,6 +68,8 @@ def time_calls(fn: Callable[[], Any], *, reps: int = 10, warmup: int = 2,
         times.append((time.perf_counter() - t0) * 1e3 / back_to_back)
         out = outs[-1]
         del outs
+    if first is None:
+        first = times[0] * back_to_back / 1e3
     return Timing(first, tuple(times), statistics.median(times)), out
 
 
@@ -78,7 +85,7 @@ def time_jax(fn: Callable, *args, reps: int = 10, warmup: int = 2, back_to_back:
     timing, out = time_calls(lambda: compiled(*dynamic), reps=reps, warmup=warmup,
                              back_to_back=back_to_back)
     return dataclasses.replace(timing, first_s=compile_s + timing.first_s,
-                               outputs=summarize(out)), out
+                               outputs=summarize(out), compile_s=compile_s), out
 
 
 def summarize(tree) -> dict:

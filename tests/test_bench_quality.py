@@ -7,20 +7,32 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from scripts import bench_quality as bq  # noqa: E402
+from scripts import bench_quality  # noqa: E402
+from scripts.quality import benchmark, inputs, selectors  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny():
     # 3 frames of 64x96 px, 8x8-px tokens -> 3 x 8 x 12 = 288 tokens, 2 heads.
-    q, k, v, meta = bq.build_qkv(("astronaut",), frames=3, height=64, width=96, heads=2,
+    q, k, v, meta = inputs.build_qkv(("astronaut",), frames=3, height=64, width=96, heads=2,
                                  patch=8, pool=4, pan_px=4, seed=0)
-    res = bq.run_quality(q, k, v, top_ps=(0.5, 0.9, 1.0), min_kc_ratio=0.1,
+    res = benchmark.run_quality(q, k, v, top_ps=(0.5, 0.9, 1.0), min_kc_ratio=0.1,
                          extra_settings=((1.0, 1.0), (0.9, 0.0)), num_q_clusters=6,
                          num_k_clusters=16, kmeans_iters=10, block=32, tile=64,
                          api_check=((0.9, 0.1),), token_stride=1,
                          verbose=False)
     return q, k, v, meta, res
+
+
+def _every_other_key_block(problem, setting, density):
+    """A test selector: fixed blocks, every other key block for every query block."""
+    s = problem.qn.shape[1]
+    labels = np.broadcast_to((np.arange(s) // problem.block).astype(np.int32),
+                             problem.qn.shape[:2])
+    nb = -(-s // problem.block)
+    sel = np.zeros((problem.qn.shape[0], nb, nb), bool)
+    sel[:, :, ::2] = True
+    return selectors.Selection(labels, labels, sel)
 
 
 def row(res, method, top_p, ratio):
@@ -99,13 +111,13 @@ def test_oracle_select_is_greedy_by_mass_per_pair():
     qs = np.array([[2, 2]])
     ks = np.array([[1, 1, 2]])  # 4 x 4 = 16 pairs in all
     # mass per pair: [[.25, .15, .05], [.05, .05, .2]]
-    sel = bq.oracle_select(mass, qs, ks, np.array([2 / 16]))
+    sel = selectors.oracle_select(mass, qs, ks, np.array([2 / 16]))
     np.testing.assert_array_equal(sel[0], [[1, 0, 0], [0, 0, 0]])
-    sel = bq.oracle_select(mass, qs, ks, np.array([6 / 16]))  # + the (1, 2) block (4 pairs)
+    sel = selectors.oracle_select(mass, qs, ks, np.array([6 / 16]))  # + the (1, 2) block (4 pairs)
     np.testing.assert_array_equal(sel[0], [[1, 0, 0], [0, 0, 1]])
-    sel = bq.oracle_select(mass, qs, ks, np.array([6.9 / 16]))  # closest: 6, not 8 pairs
+    sel = selectors.oracle_select(mass, qs, ks, np.array([6.9 / 16]))  # closest: 6, not 8 pairs
     np.testing.assert_array_equal(sel[0], [[1, 0, 0], [0, 0, 1]])
-    sel = bq.oracle_select(mass, qs, ks, np.array([1.0]))
+    sel = selectors.oracle_select(mass, qs, ks, np.array([1.0]))
     assert sel.all()
 
 
@@ -113,7 +125,7 @@ def test_block_topk_select_keeps_k_blocks_per_row():
     rng = np.random.default_rng(0)
     qn = rng.normal(size=(2, 100, 8)).astype(np.float32)
     kn = rng.normal(size=(2, 100, 8)).astype(np.float32)
-    ql, kl, sel = bq.block_topk_select(qn, kn, 32, np.array([0.5, 0.01]))
+    ql, kl, sel = selectors.block_topk_select(qn, kn, 32, np.array([0.5, 0.01]))
     assert sel.shape == (2, 4, 4)
     np.testing.assert_array_equal(sel.sum(-1), [[2] * 4, [1] * 4])  # round(0.5*4), at least 1
     np.testing.assert_array_equal(ql[0], np.arange(100) // 32)
@@ -125,7 +137,7 @@ def test_block_topk_select_keeps_k_blocks_per_row():
 
 def test_wan_rope_split_and_relative_positions():
     grid = (3, 4, 5)
-    ang = bq.wan_rope_angles(grid, 128)
+    ang = inputs.wan_rope_angles(grid, 128)
     assert ang.shape == (60, 64)
     pos = np.stack(np.meshgrid(*[np.arange(n) for n in grid], indexing="ij"), -1).reshape(-1, 3)
     # channels [0, 22) rotate with t, [22, 43) with y, [43, 64) with x; freq 1/theta^(2i/dim)
@@ -135,7 +147,7 @@ def test_wan_rope_split_and_relative_positions():
     # consecutive (even, odd) pairs rotate as complex numbers
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 1, 128)).astype(np.float32)
-    y = bq.apply_rope(x, ang)
+    y = inputs.apply_rope(x, ang)
     z = (x[..., 0::2] + 1j * x[..., 1::2]) * np.exp(1j * ang)[:, None]
     np.testing.assert_allclose(y[..., 0::2], z.real, atol=1e-5)
     np.testing.assert_allclose(y[..., 1::2], z.imag, atol=1e-5)
@@ -144,5 +156,40 @@ def test_wan_rope_split_and_relative_positions():
     b = rng.normal(size=(1, 1, 128))
     idx = {tuple(p): i for i, p in enumerate(pos)}
     def dot(pa, pb):
-        return float(np.sum(bq.apply_rope(a, ang[[idx[pa]]]) * bq.apply_rope(b, ang[[idx[pb]]])))
+        return float(np.sum(inputs.apply_rope(a, ang[[idx[pa]]]) * inputs.apply_rope(b, ang[[idx[pb]]])))
     assert dot((0, 1, 2), (1, 0, 0)) == pytest.approx(dot((1, 3, 4), (2, 2, 2)), rel=1e-4)
+
+
+def test_a_new_selector_is_one_row(tiny):
+    q, k, v, _, res = tiny
+    extra = selectors.Selector("every other block ({block})", _every_other_key_block)
+    got = benchmark.run_quality(q, k, v, top_ps=(0.9,), min_kc_ratio=0.1, extra_settings=(),
+                                num_q_clusters=6, num_k_clusters=16, kmeans_iters=10,
+                                block=32, tile=64, api_check="none", token_stride=1,
+                                selectors=selectors.SELECTORS + (extra,), verbose=False)
+    rows = {r["method"]: r for r in got["rows"]}
+    assert list(rows) == ["SVG2", "oracle (same clusters)", "block top-k (32)",
+                          "block oracle (32)", "every other block (32)"]
+    new = rows["every other block (32)"]
+    # 288 tokens = 9 blocks of 32; keys in blocks 0, 2, 4, 6, 8: 5 x 32 of 288 keys
+    np.testing.assert_allclose(new["density_per_head"], 160 / 288)
+    np.testing.assert_allclose(new["target_density_per_head"], rows["SVG2"]["density_per_head"],
+                               rtol=1e-6)
+    # the existing methods' figures do not depend on the table they are in
+    for method in ("SVG2", "oracle (same clusters)", "block top-k (32)", "block oracle (32)"):
+        assert rows[method]["rel_error_per_head"] == row(res, method, 0.9, 0.1)[
+            "rel_error_per_head"]
+
+
+def test_cli_writes_every_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "q.json", tmp_path / "q.png"
+    res = bench_quality.run_cli(["--images", "astronaut", "--frames", "3", "--height", "64",
+                                 "--width", "96", "--heads", "2", "--patch", "8", "--qc", "6",
+                                 "--kc", "16", "--kmeans-iters", "10", "--block", "32",
+                                 "--tile", "64", "--top-p", "0.5,0.9", "--api-check", "none",
+                                 "--json", str(out), "--plot", str(png)])
+    data = __import__("json").loads(out.read_text())
+    assert data["inputs"]["S"] == 288 and (data["QC"], data["KC"]) == (6, 16)
+    assert data["rows"] == res["rows"] and len(res["rows"]) == 4 * 3
+    assert png.exists() and png.stat().st_size > 0

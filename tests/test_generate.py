@@ -1,9 +1,14 @@
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from scripts import generate
+from svg2_jax import SVG2Config
+from svg2_jax.cli import defaults, generate
+from svg2_jax.models import hunyuan, wan
+from svg2_jax.pipelines.hunyuan import HunyuanSampler
+from svg2_jax.sampling import SamplerConfig
 
 
 def test_tiny_model_end_to_end(tmp_path):
@@ -19,6 +24,19 @@ def test_tiny_model_end_to_end(tmp_path):
     assert (dens[:, :, 0] == 1).all()  # layer 0 always dense
     assert (dens[n_dense:, :, 1] < 1).all()  # sparse afterwards
     assert report["timings_s"]["sample"] > 0
+    # what was run: the configs' defaults, with the tiny model's clusters and size
+    cfg = SVG2Config()
+    att = report["attention"]
+    assert (att["qc"], att["kc"]) == defaults.TINY_CLUSTERS
+    assert att["top_p"] == cfg.top_p and att["min_kc_ratio"] == cfg.min_kc_ratio
+    assert (att["kmeans_iters_cold"], att["kmeans_iters_warm"]) == (cfg.kmeans_iters_cold,
+                                                                    cfg.kmeans_iters_warm)
+    assert att["dense_layers"] == [0] and att["target_density"] is None
+    assert att["shared_cfg_cache"] == SamplerConfig().share_cfg_cache
+    samp = report["sampling"]
+    assert samp["guidance"] == SamplerConfig().guidance_scale
+    assert samp["scheduler"] == "unipc" and samp["shift"] == 3.0
+    assert report["video"]["fps"] == 16
     lat = np.load(tmp_path / "v.latents.npy")
     assert lat.shape == (1, 16, 5, 16, 24) and np.isfinite(lat).all()
 
@@ -120,3 +138,55 @@ def test_console_entry_point_exits_zero(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["svg2-generate", "--out", str(tmp_path / "c.mp4"),
                                      "--steps", "2", "--attention", "dense", "--no-progress"])
     assert generate.cli() == 0
+
+
+def _resolve(*argv):
+    return generate.resolve(generate.parse_args(list(argv)))
+
+
+def test_defaults_come_from_the_configs():
+    wan_480 = _resolve("--checkpoint", "ckpt")
+    assert wan_480.family == "wan" and wan_480.model in wan.PRESETS
+    assert wan_480.svg2 == dataclasses.replace(SVG2Config(), num_q_clusters=200)
+    assert wan_480.sampler == SamplerConfig()
+    assert (wan_480.height, wan_480.width, wan_480.frames) == (480, 832, 81)
+    assert wan_480.guidance == SamplerConfig().guidance_scale and wan_480.shift == 3.0
+    wan_720 = _resolve("--checkpoint", "ckpt", "--height", "720", "--width", "1280")
+    assert wan_720.svg2 == SVG2Config() and wan_720.shift == 5.0
+    # a preset name picks the family; HunyuanVideo's guidance is the sampler's own default
+    hy = _resolve("--checkpoint", "c", "--model", "hunyuan-video-t2v-720p", "--height", "1280",
+                  "--width", "720")
+    assert hy.family == "hunyuan" and hy.model in hunyuan.PRESETS
+    assert hy.svg2 == dataclasses.replace(SVG2Config(), num_q_clusters=400)
+    assert hy.guidance == HunyuanSampler.__dataclass_fields__["embedded_guidance"].default
+    assert hy.sampler == dataclasses.replace(SamplerConfig(), guidance_scale=1.0,
+                                             dense_fraction=0.1)
+    assert hy.scheduler == "euler" and hy.shift == 7.0
+
+
+def test_flags_override_only_what_they_name():
+    run = _resolve("--checkpoint", "c", "--kc", "500", "--top-p", "0.8", "--guidance", "3",
+                   "--dense-fraction", "0.5", "--separate-cfg-cache", "--dense-layers", "0,3",
+                   "--no-progress", "--steps", "7")
+    assert run.svg2 == dataclasses.replace(SVG2Config(), num_q_clusters=200,
+                                           num_k_clusters=500, top_p=0.8)
+    assert run.sampler == SamplerConfig(num_steps=7, guidance_scale=3.0, dense_fraction=0.5,
+                                        share_cfg_cache=False, progress=False)
+    assert run.dense_layers == (0, 3)
+    dense = _resolve("--attention", "dense")
+    assert dense.svg2 is None and dense.sampler.dense_fraction == 0.0
+    assert dense.sampler.num_steps == defaults.TINY_STEPS
+
+
+def test_help_states_the_config_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        generate.parse_args(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    cfg = SVG2Config()
+    for flag, value in (("--top-p", cfg.top_p), ("--min-kc-ratio", cfg.min_kc_ratio),
+                        ("--kmeans-iters-cold", cfg.kmeans_iters_cold),
+                        ("--kmeans-iters-warm", cfg.kmeans_iters_warm)):
+        assert f"{flag} {flag.upper().lstrip('-').replace('-', '_')} default {value}" in text
+    assert f"key clusters (default {cfg.num_k_clusters};" in text
+    assert f"default {SamplerConfig().num_steps};" in text

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from scripts import generate
+from svg2_jax.cli import generate
+from svg2_jax.cli.text import encode_prompt
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -39,7 +40,7 @@ def tiny_umt5(tmp_path_factory):
 
 
 def test_encode_prompt_matches_umt5(tiny_umt5):
-    states = generate.encode_prompt("a cat runs on the beach", tiny_umt5, max_length=16)
+    states = encode_prompt("a cat runs on the beach", tiny_umt5, max_length=16)
     assert states.shape == (1, 16, 64)
     enc = transformers.UMT5EncoderModel.from_pretrained(tiny_umt5)
     ids = torch.tensor([[3, 4, 5, 6, 7, 8, 1]])                 # 6 words + </s>

@@ -23,7 +23,8 @@ def test_every_output_is_returned_and_summarised():
     assert timing.outputs["elements"] == 2 * 64 * 64 + 1
     assert timing.outputs["nonfinite"] == 0
     np.testing.assert_allclose(timing.outputs["checksum"], want, rtol=1e-4)
-    assert len(timing.times_ms) == 2 and timing.median_ms > 0 and timing.first_s > 0
+    assert len(timing.times_ms) == 2 and timing.median_ms > 0
+    assert 0 < timing.compile_s < timing.first_s
 
 
 def test_consumed_work_is_timed_not_skipped():
@@ -60,3 +61,15 @@ def test_time_calls_back_to_back_and_arguments():
     assert len(timing.times_ms) == 3 and timing.outputs is None
     with pytest.raises(ValueError, match="reps"):
         time_calls(lambda: 0, reps=0)
+    with pytest.raises(ValueError, match="warmup"):
+        time_calls(lambda: 0, warmup=-1)
+
+
+def test_time_calls_without_warmup_times_the_first_call():
+    """warmup=0: every call is timed (a whole denoising loop runs once); first_s is the
+    first repetition."""
+    calls = []
+    timing, out = time_calls(lambda: calls.append(1) or len(calls), reps=2, warmup=0,
+                             back_to_back=3, sync=lambda x: x)
+    assert len(calls) == 6 and out == 6
+    assert timing.first_s == pytest.approx(timing.times_ms[0] * 3 / 1e3)
