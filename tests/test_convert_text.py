@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from test_text_helpers import rel_error, saved, torch, torch_clip, torch_llama, torch_umt5, \
-    transformers
+from test_text_helpers import rel_error, saved, torch, torch_encoder, transformers
 
 from convert.cli import main as cli_main
 from convert.common import convert_to_orbax, count_reads
@@ -22,8 +21,9 @@ from svg2_jax.models.clip_text.load import FAMILY as CLIP_TEXT
 from svg2_jax.models.llama.load import FAMILY as LLAMA
 from svg2_jax.models.umt5.load import FAMILY as UMT5
 
-KINDS = {"umt5": (umt5, UMT5, torch_umt5), "llama": (llama, LLAMA, torch_llama),
-         "clip_text": (clip_text, CLIP_TEXT, torch_clip)}
+# our kind -> (model package, ModelFamily, test_text_helpers.TORCH_ENCODERS kind)
+KINDS = {"umt5": (umt5, UMT5, "umt5"), "llama": (llama, LLAMA, "llama"),
+         "clip_text": (clip_text, CLIP_TEXT, "clip")}
 
 
 def flat(model) -> dict:
@@ -42,8 +42,8 @@ def ckpts(tmp_path_factory):
     """kind -> (torch model, its save_pretrained directory)."""
     root = tmp_path_factory.mktemp("text_ckpts")
     out = {}
-    for kind, (_, _, make) in KINDS.items():
-        model = make()
+    for kind, (_, _, torch_kind) in KINDS.items():
+        model = torch_encoder(torch_kind)
         out[kind] = (model, saved(model, root / kind))
     return out
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from test_text_helpers import (PROMPTS, clip_tokenizer, llama_tokenizer, rel_error, saved,
-                               torch, torch_clip, torch_llama, torch_umt5, transformers,
-                               umt5_tokenizer)
+                               torch, torch_encoder, transformers, umt5_tokenizer)
 
 from svg2_jax.models import clip_text, llama, umt5
 from svg2_jax.models.umt5.model import relative_position_buckets
@@ -40,7 +39,7 @@ def _load(module, model, directory):
 
 @pytest.mark.parametrize("variant", [{}, {"feed_forward_proj": "relu", "num_layers": 3}])
 def test_umt5_matches_transformers(tmp_path, variant):
-    model = torch_umt5(**variant)
+    model = torch_encoder("umt5", **variant)
     ours = _load(umt5, model, tmp_path / "umt5")
     ids, mask = _ids(160, length=40)  # longer than max_distance: log buckets in use
     with torch.no_grad():
@@ -74,7 +73,7 @@ LLAMA_VARIANTS = {
 
 @pytest.mark.parametrize("variant", sorted(LLAMA_VARIANTS))
 def test_llama_hidden_states_match_transformers(tmp_path, variant):
-    model = torch_llama(**LLAMA_VARIANTS[variant])
+    model = torch_encoder("llama", **LLAMA_VARIANTS[variant])
     ours = _load(llama, model, tmp_path / "llama")
     ids, mask = _ids(400, length=24)
     with torch.no_grad():
@@ -90,7 +89,7 @@ def test_llama_hidden_states_match_transformers(tmp_path, variant):
 def test_clip_text_matches_transformers(tmp_path, eos):
     """eos_token_id 2: pooled at the highest id (HunyuanVideo's config); else at the first
     eos_token_id. The second row holds an id above the eos and an early eos."""
-    model = torch_clip(eos_token_id=eos)
+    model = torch_encoder("clip", eos_token_id=eos)
     ours = _load(clip_text, model, tmp_path / "clip")
     ids, _ = _ids(300, length=20)
     ids[0, 12:] = 301
@@ -109,7 +108,7 @@ def test_clip_text_reads_transformers_4_prefixed_keys(tmp_path):
     text_encoder_2), with a `position_ids` buffer: the same model."""
     from safetensors.numpy import load_file, save_file
 
-    model = torch_clip()
+    model = torch_encoder("clip")
     path = saved(model, tmp_path / "v5")
     state = {f"text_model.{k}": v for k, v in load_file(path / "model.safetensors").items()}
     state["text_model.embeddings.position_ids"] = np.arange(20, dtype=np.float32)[None]
@@ -123,7 +122,7 @@ def test_clip_text_reads_transformers_4_prefixed_keys(tmp_path):
 @pytest.fixture(scope="module")
 def wan_parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("wan")
-    model = torch_umt5()
+    model = torch_encoder("umt5")
     return dict(tokenizer_dir=umt5_tokenizer(root / "tokenizer"), model=model,
                 encoder_dir=root / "text_encoder", ours=_load(umt5, model, root / "text_encoder"))
 
@@ -147,7 +146,7 @@ def test_wan_prompt_encoding_matches_diffusers(wan_parts):
 @pytest.fixture(scope="module")
 def hunyuan_parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("hunyuan")
-    llama_model, clip_model = torch_llama(), torch_clip(seed=1)
+    llama_model, clip_model = torch_encoder("llama"), torch_encoder("clip", seed=1)
     return dict(llama_dir=llama_tokenizer(root / "tokenizer"),
                 clip_dir=clip_tokenizer(root / "tokenizer_2", files="vocab+merges"),
                 llama_model=llama_model, clip_model=clip_model,

@@ -130,28 +130,26 @@ def randomize(model, seed: int):
     return model.eval()
 
 
-def torch_umt5(vocab_size: int = 160, seed: int = 0, **kw):
-    config = dict(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=48, num_layers=2,
-                  num_heads=4, relative_attention_num_buckets=8,
-                  relative_attention_max_distance=20)
-    config.update(kw)
-    return randomize(transformers.UMT5EncoderModel(transformers.UMT5Config(**config)), seed)
+# tiny transformers configs: vocabularies cover the tiny tokenizers above
+TORCH_ENCODERS = {
+    "umt5": ("UMT5EncoderModel", "UMT5Config", dict(
+        vocab_size=160, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20)),
+    "llama": ("LlamaModel", "LlamaConfig", dict(
+        vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0)),
+    "clip": ("CLIPTextModel", "CLIPTextConfig", dict(
+        vocab_size=304, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=20, eos_token_id=2, bos_token_id=0,
+        pad_token_id=1)),
+}
 
 
-def torch_llama(vocab_size: int = 400, seed: int = 0, **kw):
-    config = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
-                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                  rope_theta=500000.0)
-    config.update(kw)
-    return randomize(transformers.LlamaModel(transformers.LlamaConfig(**config)), seed)
-
-
-def torch_clip(vocab_size: int = 304, seed: int = 0, **kw):
-    config = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=37,
-                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=20,
-                  eos_token_id=2, bos_token_id=0, pad_token_id=1)
-    config.update(kw)
-    return randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(**config)), seed)
+def torch_encoder(kind: str, seed: int = 0, **overrides):
+    """A tiny random transformers encoder of `TORCH_ENCODERS[kind]`, fp32, eval."""
+    model_cls, config_cls, config = TORCH_ENCODERS[kind]
+    config = getattr(transformers, config_cls)(**{**config, **overrides})
+    return randomize(getattr(transformers, model_cls)(config), seed)
 
 
 def saved(model, directory):

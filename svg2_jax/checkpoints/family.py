@@ -1,6 +1,7 @@
 """`ModelFamily`: what the family-independent checkpoint code needs to know about one model
 family (its config and model classes, key tables, file names); one per family, next to
-its model (`svg2_jax.models.wan.load.FAMILY`, `svg2_jax.models.hunyuan.load.FAMILY`)."""
+its model (`svg2_jax.models.wan.load.FAMILY`, `svg2_jax.models.hunyuan.load.FAMILY`, and
+the text encoders' `svg2_jax.models.{umt5,llama,clip_text}.load.FAMILY`)."""
 
 from __future__ import annotations
 

@@ -35,8 +35,10 @@ class KeyMap:
     feed_forwards: module names whose `proj_in` / `proj_out` are diffusers' `net.0.proj` /
       `net.2`.
     patch_embedding: module path of the Conv3d patch embedding (a Linear here).
-    ignored: substrings of diffusers keys that diffusers itself skips on load.
-    diffusers_markers: key prefixes only diffusers' layout has (layout detection).
+    ignored: substrings of diffusers keys that diffusers (or transformers, for the text
+      encoders) itself skips on load.
+    diffusers_markers: key prefixes only the canonical (diffusers') layout has (layout
+      detection).
     official_layout: the official release's layout name (`--from`).
     official_roots: its top-level module prefixes (other keys are not renamed: a diffusers
       key would pass through the renames unchanged).

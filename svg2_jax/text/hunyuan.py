@@ -113,7 +113,8 @@ def encode_clip_prompt(tokenizer: Tokenizer, clip: CLIPTextModel, prompts: str |
     full = tokenizer(prompts, padding="longest", truncation=False)
     if full.input_ids.shape[1] > max_length:
         removed = [tokenizer.backend.decode(row[max_length - 1:-1].tolist())
-                   for row, mask in zip(full.input_ids, full.attention_mask) if mask.sum() > max_length]
+                   for row, mask in zip(full.input_ids, full.attention_mask)
+                   if mask.sum() > max_length]
         log.warning("The following part of your input was truncated because CLIP can only handle "
                     "sequences up to %d tokens: %s", max_length, removed)
     return _clip_pooled(clip, jnp.asarray(tokens.input_ids))

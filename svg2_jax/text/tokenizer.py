@@ -36,7 +36,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Regex, Tokenizer as Backend, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 TOKENIZER_FILE = "tokenizer.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from svg2_jax.models.common import text_encoder
+from svg2_jax.models.common import config as common_config
 from svg2_jax.models.common.text_encoder import TransformersConfig, activation_problems
 
 ARCHITECTURE = "CLIPTextModel"
@@ -81,4 +81,5 @@ PRESETS: dict[str, CLIPTextConfig] = {
 def get_config(preset: "str | CLIPTextConfig | os.PathLike") -> CLIPTextConfig:
     """A preset name, a CLIPTextConfig (returned as is), or a path to a transformers
     config.json."""
-    return text_encoder.get_config(preset, CLIPTextConfig, PRESETS, "CLIP text")
+    return common_config.get_config(preset, CLIPTextConfig, PRESETS, "CLIP text",
+                                    json_kind="transformers")

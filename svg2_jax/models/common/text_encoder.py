@@ -1,9 +1,10 @@
 """What the text encoders ported from transformers (umT5, Llama, CLIP text) share: a config
 read from a transformers `config.json` (`TransformersConfig.from_transformers`, strict
-about keys it does not know), its presets / config.json lookup (`get_config`,
-`names_config`), the activations by their transformers `ACT2FN` names (`ACTIVATIONS`),
-torch-style linears with or without bias (`linear`), the token-id input check and the
-padding mask.
+about keys it does not know; presets and config.json paths go through
+`svg2_jax.models.common.config.get_config(..., json_kind="transformers")`), whether a
+--model names a family (`names_config`), the activations by their transformers `ACT2FN`
+names (`ACTIVATIONS`), torch-style linears with or without bias (`linear`), the token-id
+input check and the padding mask.
 
 The configs keep transformers' field names, so a config.json maps onto them one to one;
 `to_diffusers` / `from_diffusers` (inherited from `ModelConfig`) are the field dict stored
@@ -95,22 +96,6 @@ class TransformersConfig(ModelConfig):
         if raw.get("model_type") not in cls.MODEL_TYPES:
             return None
         return cls.from_transformers(raw)
-
-
-def get_config(preset, cls: type[TransformersConfig], presets: dict, family: str):
-    """A preset name, an instance of `cls` (returned as is), or a path to a transformers
-    config.json -> `cls`; a clear ValueError otherwise."""
-    if isinstance(preset, cls):
-        return preset
-    if isinstance(preset, str) and preset in presets:
-        return presets[preset]
-    if isinstance(preset, (str, os.PathLike)) and str(preset).endswith(".json"):
-        if not os.path.isfile(preset):
-            raise ValueError(f"config file {os.fspath(preset)!r} does not exist")
-        with open(preset) as f:
-            return cls.from_transformers(json.load(f))
-    raise ValueError(f"unknown {family} preset {preset!r}; known presets: {sorted(presets)} "
-                     f"(or pass a {cls.__name__} or a path to a transformers config.json)")
 
 
 def names_config(preset, cls: type[TransformersConfig], presets: dict) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from svg2_jax.models.common import text_encoder
+from svg2_jax.models.common import config as common_config
 from svg2_jax.models.common.config import pos_int
 from svg2_jax.models.common.text_encoder import TransformersConfig, activation_problems
 
@@ -132,4 +132,5 @@ PRESETS: dict[str, LlamaConfig] = {
 
 def get_config(preset: "str | LlamaConfig | os.PathLike") -> LlamaConfig:
     """A preset name, a LlamaConfig (returned as is), or a path to a transformers config.json."""
-    return text_encoder.get_config(preset, LlamaConfig, PRESETS, "Llama")
+    return common_config.get_config(preset, LlamaConfig, PRESETS, "Llama",
+                                    json_kind="transformers")

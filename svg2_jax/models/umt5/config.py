@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from svg2_jax.models.common import text_encoder
+from svg2_jax.models.common import config as common_config
 from svg2_jax.models.common.text_encoder import TransformersConfig, activation_problems
 
 ARCHITECTURE = "UMT5EncoderModel"
@@ -108,4 +108,5 @@ PRESETS: dict[str, UMT5Config] = {
 
 def get_config(preset: "str | UMT5Config | os.PathLike") -> UMT5Config:
     """A preset name, a UMT5Config (returned as is), or a path to a transformers config.json."""
-    return text_encoder.get_config(preset, UMT5Config, PRESETS, "umT5")
+    return common_config.get_config(preset, UMT5Config, PRESETS, "umT5",
+                                    json_kind="transformers")
