@@ -186,22 +186,29 @@ def test_hunyuan_prompt_encoding_matches_diffusers(hunyuan_parts, caplog):
     assert "CLIP can only handle sequences up to 12 tokens" in caplog.text
 
 
-def test_text_modules_encode_without_torch(wan_parts):
-    """Loading a tokenizer and an encoder and encoding a prompt, in a fresh interpreter,
-    leaves torch unimported."""
-    code = (
-        "import sys, jax.numpy as jnp\n"
-        "import svg2_jax.text, svg2_jax.models.umt5, svg2_jax.models.llama, "
-        "svg2_jax.models.clip_text\n"
-        "from svg2_jax.text import encode_wan_prompt, load_tokenizer\n"
-        "from svg2_jax.models import umt5\n"
-        f"tok = load_tokenizer({str(wan_parts['tokenizer_dir'])!r})\n"
-        f"enc = umt5.load({str(wan_parts['encoder_dir'])!r}, "
-        f"{str(wan_parts['encoder_dir'] / 'config.json')!r}, dtype=jnp.float32)\n"
-        "out = encode_wan_prompt(tok, enc, ['a fox'], max_length=8)\n"
-        "assert out.shape == (1, 8, 32), out.shape\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "print('ok')\n")
+def test_text_modules_encode_without_torch(wan_parts, hunyuan_parts):
+    """Loading the tokenizers and encoders and encoding prompts for both families, in a
+    fresh interpreter, leaves torch unimported."""
+    w, h = wan_parts, hunyuan_parts
+    root = h["llama_dir"].parent
+    code = f"""
+import sys, jax.numpy as jnp
+from svg2_jax.models import clip_text, llama, umt5
+from svg2_jax.text import (HUNYUAN_VIDEO_TEMPLATE, PromptTemplate, encode_hunyuan_prompt,
+                           encode_wan_prompt, load_tokenizer)
+enc = umt5.load({str(w['encoder_dir'])!r}, {str(w['encoder_dir'] / 'config.json')!r})
+out = encode_wan_prompt(load_tokenizer({str(w['tokenizer_dir'])!r}), enc, ['a fox'], max_length=8)
+assert out.shape == (1, 8, 32), out.shape
+te, te2 = {str(root / 'text_encoder')!r}, {str(root / 'text_encoder_2')!r}
+text = encode_hunyuan_prompt(
+    load_tokenizer({str(h['llama_dir'])!r}), llama.load(te, te + '/config.json'),
+    load_tokenizer({str(h['clip_dir'])!r}), clip_text.load(te2, te2 + '/config.json'),
+    ['a fox', 'a cat'], template=PromptTemplate(HUNYUAN_VIDEO_TEMPLATE.template, 3),
+    max_length=8, clip_max_length=12)
+assert [x.shape for x in text] == [(2, 8, 32), (2, 8), (2, 32)], [x.shape for x in text]
+assert 'torch' not in sys.modules, 'torch was imported'
+print('ok')
+"""
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
