@@ -194,6 +194,12 @@ def test_config_json_keys(ckpts, tmp_path):
     raw = json.loads((ckpts["umt5"][1] / "config.json").read_text())
     with pytest.raises(ValueError, match=r"does not know \['cross_layer_sharing'\]"):
         umt5.UMT5Config.from_transformers({**raw, "cross_layer_sharing": True})
+    assert umt5.UMT5Config.from_transformers({**raw, "pruned_heads": {}, "num_beams": 4}) \
+        == umt5.get_config(str(ckpts["umt5"][1] / "config.json"))
+    with pytest.raises(ValueError, match=r"does not know \['pruned_heads'\]"):
+        umt5.UMT5Config.from_transformers({**raw, "pruned_heads": {"0": [1]}})
+    with pytest.raises(ValueError, match="is_decoder=true describes a decoder"):
+        umt5.UMT5Config.from_transformers({**raw, "is_decoder": True})
     with pytest.raises(ValueError, match="model_type must be one of \\('llama',\\)"):
         llama.LlamaConfig.from_transformers(raw)
     with pytest.raises(ValueError, match="rope_type must be one of"):

@@ -3,6 +3,7 @@ random configs, loaded through our checkpoint code from `save_pretrained` safete
 of the prompt encodings with diffusers' WanPipeline / HunyuanVideoPipeline methods called
 on the same tiny models and tokenizers."""
 
+import os
 import subprocess
 import sys
 import types
@@ -209,6 +210,8 @@ assert [x.shape for x in text] == [(2, 8, 32), (2, 8), (2, 32)], [x.shape for x 
 assert 'torch' not in sys.modules, 'torch was imported'
 print('ok')
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    # posix_spawn (no cwd, no close_fds), not fork: JAX warns about forking this process
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, close_fds=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

@@ -27,15 +27,28 @@ from flax import nnx
 from svg2_jax.models.common.config import ModelConfig
 
 # config.json keys that never change an encoder's forward pass (inference, fp32 weights):
-# file metadata, initialisation, dropout, generation and training switches
+# file metadata, initialisation, dropout, labels, generation and training switches (the
+# `PretrainedConfig` attributes transformers 4 wrote into every config.json among them)
 INERT_KEYS = frozenset({
     "_name_or_path", "architectures", "model_type", "torch_dtype", "dtype",
     "transformers_version", "use_cache", "initializer_range", "initializer_factor",
-    "bos_token_id", "pad_token_id", "eos_token_id", "tie_word_embeddings", "return_dict",
-    "output_hidden_states", "output_attentions", "attention_dropout", "dropout",
+    "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id", "tie_word_embeddings",
+    "return_dict", "output_hidden_states", "output_attentions", "attention_dropout", "dropout",
     "dropout_rate", "classifier_dropout", "tokenizer_class", "pretraining_tp",
-    "_attn_implementation_autoset", "chunk_size_feed_forward", "problem_type",
+    "_attn_implementation_autoset", "chunk_size_feed_forward", "problem_type", "torchscript",
+    "use_bfloat16", "tf_legacy_loss", "finetuning_task", "id2label", "label2id", "prefix",
+    "task_specific_params", "decoder_start_token_id", "forced_bos_token_id",
+    "forced_eos_token_id", "max_length", "min_length", "do_sample", "early_stopping",
+    "num_beams", "num_beam_groups", "diversity_penalty", "temperature", "top_k", "top_p",
+    "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "is_encoder_decoder",
 })
+# structural `PretrainedConfig` switches: harmless while off (False / None / empty), not
+# ported when on
+INERT_WHEN_OFF = frozenset({"pruned_heads", "add_cross_attention", "cross_attention_hidden_size",
+                            "is_decoder", "tie_encoder_decoder"})
 
 # transformers' ACT2FN names -> the same functions
 ACTIVATIONS = {
@@ -83,7 +96,8 @@ class TransformersConfig(ModelConfig):
                              f"{cls.MODEL_TYPES} ({cls.ARCHITECTURE}), got "
                              f"{raw.get('model_type')!r}")
         values, consumed = cls.fields_from_json(raw)
-        unknown = sorted(set(raw) - consumed - INERT_KEYS - cls.INERT)
+        off = {k for k in INERT_WHEN_OFF if not raw.get(k)}
+        unknown = sorted(set(raw) - consumed - INERT_KEYS - off - cls.INERT)
         if unknown:
             raise ValueError(f"{cls.__name__}.from_transformers: config keys this port does not "
                              f"know {unknown} (they may change the model; not converted)")

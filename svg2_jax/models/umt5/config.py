@@ -30,11 +30,11 @@ class UMT5Config(TransformersConfig):
 
     MODEL_TYPES = ("umt5",)
     ARCHITECTURE = ARCHITECTURE
-    # decoder-only or encoder-decoder settings, and values transformers derives from
-    # feed_forward_proj (it overwrites dense_act_fn / is_gated_act from it)
-    INERT = frozenset({"num_decoder_layers", "is_encoder_decoder", "decoder_start_token_id",
-                       "dense_act_fn", "is_gated_act", "output_past", "scalable_attention",
-                       "is_decoder", "scale_decoder_outputs"})
+    # the decoder's settings, values transformers derives from feed_forward_proj (it
+    # overwrites dense_act_fn / is_gated_act with them), and `scalable_attention`, which
+    # transformers' UMT5 does not read
+    INERT = frozenset({"num_decoder_layers", "scale_decoder_outputs", "output_past",
+                       "dense_act_fn", "is_gated_act", "scalable_attention"})
 
     # defaults: transformers' (a config.json without a key means its default)
     vocab_size: int = 250112
