@@ -1,4 +1,5 @@
-"""`svg2-convert`: Wan2.1 or HunyuanVideo checkpoints (diffusers or official layout) -> orbax.
+"""`svg2-convert`: model checkpoints -> orbax: the Wan2.1 and HunyuanVideo transformers
+(diffusers or official layout) and their text encoders (transformers layout).
 
     svg2-convert --from diffusers /ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer \\
         --model wan2.1-t2v-1.3b --out /ckpt/wan13b-orbax
@@ -7,20 +8,32 @@
         --model hunyuan-video-t2v-720p --out /ckpt/hunyuan-orbax
     svg2-convert --from diffusers /ckpt/HunyuanVideo-diffusers/transformer \\
         --model hunyuan-video-t2v-720p --out /ckpt/hunyuan-orbax
+    svg2-convert --from transformers /ckpt/Wan2.1-T2V-1.3B-Diffusers/text_encoder \\
+        --model umt5-xxl --out /ckpt/umt5-orbax
+    svg2-convert --from transformers /ckpt/HunyuanVideo-diffusers/text_encoder \\
+        --model hunyuan-video-llama --out /ckpt/llama-orbax
+    svg2-convert --from transformers /ckpt/HunyuanVideo-diffusers/text_encoder_2 \\
+        --model clip-vit-l-text --out /ckpt/clip-orbax
 
 SRC is a .safetensors file, an .index.json, or a directory holding them, or a torch state
 dict file (.pt, .pth, .bin, .ckpt; the official HunyuanVideo release is one). --model is a
-preset name or a diffusers config.json; it picks the model family (HunyuanVideo or Wan). Load the result with
-`svg2_jax.models.wan.load(OUT, PRESET)` / `svg2_jax.models.hunyuan.load(OUT, PRESET)` (which
-also read SRC directly, without this step).
+preset name or a config.json (diffusers' for the transformers, transformers' for the text
+encoders: e.g. SRC/config.json); it picks the model family (`families()`). Load the result
+with the family's `load(OUT, PRESET)` (`svg2_jax.models.wan`, `.hunyuan`, `.umt5`,
+`.llama`, `.clip_text`), which also reads SRC directly, without this step.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import sys
+from typing import Callable
 
 import jax.numpy as jnp
+
+from svg2_jax.checkpoints import ModelFamily
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
@@ -52,36 +65,66 @@ class _Counter:
             self.bar.close()
 
 
-def _family(layout: str, model: str):
-    """The converter module of the model family --model names, checked against --from."""
-    from convert import hunyuan, wan
-    from svg2_jax.models.hunyuan.config import is_hunyuan_config
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One model family svg2-convert writes. family: its `ModelFamily`; presets: its preset
+    names; names(model) -> whether --model (a preset name or a config.json) is this family's."""
 
-    family = hunyuan if is_hunyuan_config(model) else wan
-    if layout not in family.LAYOUTS:
-        raise ValueError(f"--from {layout} is not a layout of {family.FAMILY.name} checkpoints "
-                         f"(--model {model!r}); use one of {family.LAYOUTS}")
+    family: ModelFamily
+    presets: tuple[str, ...]
+    names: Callable[[str], bool]
+
+
+def families() -> tuple[Kind, ...]:
+    """The families, tried in this order: the first whose `names` accepts --model converts.
+    Wan comes last and takes every other --model (an unknown name fails as a Wan preset)."""
+    from svg2_jax.models import clip_text, hunyuan, llama, umt5, wan
+    from svg2_jax.models.clip_text.load import FAMILY as CLIP_TEXT
+    from svg2_jax.models.common.text_encoder import names_config
+    from svg2_jax.models.hunyuan.config import is_hunyuan_config
+    from svg2_jax.models.hunyuan.load import FAMILY as HUNYUAN
+    from svg2_jax.models.llama.load import FAMILY as LLAMA
+    from svg2_jax.models.umt5.load import FAMILY as UMT5
+    from svg2_jax.models.wan.load import FAMILY as WAN
+
+    def text(family, presets):
+        return Kind(family, tuple(presets), functools.partial(
+            names_config, cls=family.config_cls, presets=presets))
+
+    return (Kind(HUNYUAN, tuple(hunyuan.PRESETS), is_hunyuan_config),
+            text(UMT5, umt5.PRESETS), text(LLAMA, llama.PRESETS),
+            text(CLIP_TEXT, clip_text.PRESETS),
+            Kind(WAN, tuple(wan.PRESETS), lambda model: True))
+
+
+def _family(layout: str, model: str) -> ModelFamily:
+    """The model family --model names, checked against --from."""
+    family = next(kind.family for kind in families() if kind.names(model))
+    if layout not in family.layouts:
+        raise ValueError(f"--from {layout} is not a layout of {family.name} checkpoints "
+                         f"(--model {model!r}); use one of {family.layouts}")
     return family
 
 
 def main(argv=None) -> int:
-    from convert import hunyuan, wan
-    from svg2_jax.models.hunyuan.config import PRESETS as HUNYUAN_PRESETS
-    from svg2_jax.models.wan.config import PRESETS
+    from convert import common
 
+    kinds = families()
     p = argparse.ArgumentParser(prog="svg2-convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="layout", required=True,
-                   choices=tuple(dict.fromkeys(wan.LAYOUTS + hunyuan.LAYOUTS)),
-                   help="key layout of SRC: diffusers, wan (official Wan2.1 release) or "
-                        "hunyuan (official HunyuanVideo release)")
+                   choices=tuple(dict.fromkeys(x for k in kinds for x in k.family.layouts)),
+                   help="key layout of SRC: diffusers, wan (official Wan2.1 release), "
+                        "hunyuan (official HunyuanVideo release) or transformers (the text "
+                        "encoders)")
     p.add_argument("src", metavar="SRC")
     p.add_argument("--model", required=True,
-                   help=f"preset ({', '.join(sorted(PRESETS) + sorted(HUNYUAN_PRESETS))}) "
-                        "or a diffusers config.json")
+                   help=f"preset ({', '.join(n for k in kinds for n in sorted(k.presets))}) "
+                        "or a config.json")
     p.add_argument("--out", required=True, help="orbax checkpoint directory to create")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
-                   help="weight dtype (norms, modulation tables, timestep MLP stay float32)")
+                   help="weight dtype (the parameters each model keeps in float32 stay "
+                        "float32: norms, modulation tables, timestep MLP, umT5's wo)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -90,11 +133,11 @@ def main(argv=None) -> int:
 
     try:
         family = _family(args.layout, args.model)
-        total = family.count_reads(args.src, args.layout, args.model)
+        total = common.count_reads(family, args.src, args.layout, args.model)
         counter = _Counter(total, enabled=not args.quiet)
         try:
-            report = family.convert_to_orbax(args.src, args.layout, args.model, args.out,
-                                             dtype=DTYPES[args.dtype],
+            report = common.convert_to_orbax(family, args.src, args.layout, args.model,
+                                             args.out, dtype=DTYPES[args.dtype],
                                              overwrite=args.overwrite, progress=counter)
         finally:
             counter.close()
@@ -104,7 +147,8 @@ def main(argv=None) -> int:
     print(f"wrote {args.out} ({report.tensors} tensors, {report.bytes_written / 2**30:.2f} GiB, "
           f"{args.dtype})")
     if report.ignored:
-        print(f"skipped {len(report.ignored)} keys diffusers also ignores: {report.ignored}")
+        print(f"skipped {len(report.ignored)} keys diffusers / transformers also ignore: "
+              f"{report.ignored}")
     if args.verbose:
         print(f"time {report.seconds:.1f} s; peak RSS {report.peak_rss_mb:.0f} MiB "
               f"(+{report.peak_rss_increase_mb:.0f} MiB during the conversion)")

@@ -1,5 +1,6 @@
 """Reading checkpoints, for every model family: tensor sources (`TensorSource`: safetensors,
-torch state dict files), key maps (ours <-> diffusers <-> official), the validated `Plan`,
+torch state dict files), key maps (ours <-> diffusers <-> official; ours <-> transformers
+for the text encoders), the validated `Plan`,
 streaming into device arrays, our orbax directories, and the generic `load_model`.
 
 Each family supplies a `ModelFamily` (svg2_jax/models/<family>/load.py) with its key

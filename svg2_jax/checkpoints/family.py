@@ -1,6 +1,7 @@
 """`ModelFamily`: what the family-independent checkpoint code needs to know about one model
 family (its config and model classes, key tables, file names); one per family, next to
-its model (`svg2_jax.models.wan.load.FAMILY`, `svg2_jax.models.hunyuan.load.FAMILY`)."""
+its model (`svg2_jax.models.wan.load.FAMILY`, `svg2_jax.models.hunyuan.load.FAMILY`, and
+the text encoders' `svg2_jax.models.{umt5,llama,clip_text}.load.FAMILY`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ class ModelFamily:
     model_cls(config, *, dtype, param_dtype, rngs, **model_kwargs); diffusers_class: the
     `_class_name` of its diffusers config.json; keys: its `KeyMap`; config_file, format: the
     metadata file of its orbax checkpoints and the format name stored in it; describe: the
-    config fields named when a checkpoint does not fit."""
+    config fields named when a checkpoint does not fit; config_from_json(raw) -> the config a
+    checkpoint directory's config.json describes, or None when that file is not this
+    family's (default: diffusers' `_class_name` is `diffusers_class`, read by
+    `config_cls.from_diffusers`; the text encoders read transformers' config.json)."""
 
     name: str
     config_cls: type
@@ -29,10 +33,19 @@ class ModelFamily:
     config_file: str
     format: str
     describe: tuple[str, ...]
+    config_from_json: Callable[[dict], object | None] | None = None
 
     @property
-    def layouts(self) -> tuple[str, str]:
+    def layouts(self) -> tuple[str, ...]:
         return self.keys.layouts
+
+    def config_of_json(self, raw: dict):
+        """The config of a checkpoint directory's config.json, None if not this family's."""
+        if self.config_from_json is not None:
+            return self.config_from_json(raw)
+        if raw.get("_class_name") != self.diffusers_class:
+            return None
+        return self.config_cls.from_diffusers(raw)
 
     def describe_config(self, config) -> str:
         return "(" + ", ".join(f"{f}={getattr(config, f)!r}" for f in self.describe) + ")"

@@ -35,14 +35,23 @@ class KeyMap:
     feed_forwards: module names whose `proj_in` / `proj_out` are diffusers' `net.0.proj` /
       `net.2`.
     patch_embedding: module path of the Conv3d patch embedding (a Linear here).
-    ignored: substrings of diffusers keys that diffusers itself skips on load.
-    diffusers_markers: key prefixes only diffusers' layout has (layout detection).
+    ignored: substrings of diffusers keys that diffusers (or transformers, for the text
+      encoders) itself skips on load.
+    diffusers_markers: key prefixes only the canonical (diffusers') layout has (layout
+      detection).
     official_layout: the official release's layout name (`--from`).
     official_roots: its top-level module prefixes (other keys are not renamed: a diffusers
       key would pass through the renames unchanged).
     official_markers: key prefixes only the official layout has (layout detection).
     official_to_diffusers(key, shape, config) -> [(diffusers key, dim-0 rows or None)]:
       the diffusers tensors one official tensor holds (several when it is fused).
+    canonical_layout: the name of the layout whose keys `expected_keys` produces ("diffusers";
+      "transformers" for the text encoders, whose module names are transformers').
+    aliases: (alias key, canonical key) pairs of tied tensors: the alias is read in place of
+      an absent canonical key, and skipped (reported as ignored) when both are present.
+    key_prefixes: prefixes other saves of the canonical layout put before every key (CLIP's
+      `text_model.`, which transformers 5 removes on load): removed on read.
+    A family with one layout leaves the official_* fields at their defaults.
     """
 
     stacked: tuple[tuple[tuple[str, ...], str], ...]
@@ -50,14 +59,20 @@ class KeyMap:
     patch_embedding: tuple[str, ...]
     ignored: tuple[str, ...]
     diffusers_markers: tuple[str, ...]
-    official_layout: str
-    official_roots: tuple[str, ...]
-    official_markers: tuple[str, ...]
-    official_to_diffusers: Callable[[str, tuple[int, ...], Any], list[tuple[str, Rows | None]]]
+    official_layout: str | None = None
+    official_roots: tuple[str, ...] = ()
+    official_markers: tuple[str, ...] = ()
+    official_to_diffusers: Callable[[str, tuple[int, ...], Any],
+                                    list[tuple[str, Rows | None]]] | None = None
+    canonical_layout: str = DIFFUSERS
+    aliases: tuple[tuple[str, str], ...] = ()
+    key_prefixes: tuple[str, ...] = ()
 
     @property
-    def layouts(self) -> tuple[str, str]:
-        return (DIFFUSERS, self.official_layout)
+    def layouts(self) -> tuple[str, ...]:
+        if self.official_layout is None:
+            return (self.canonical_layout,)
+        return (self.canonical_layout, self.official_layout)
 
 
 def replace_in_order(key: str, table: tuple[tuple[str, str], ...]) -> str:
@@ -104,7 +119,7 @@ def diffusers_name(keys: KeyMap, path: tuple[str, ...]) -> tuple[str, str]:
     name = ".".join(parts)
     if leaf == "kernel":
         return f"{name}.weight", "conv" if tuple(modules) == keys.patch_embedding else "transpose"
-    if leaf == "scale":
+    if leaf in ("scale", "embedding"):  # norm scales and nnx.Embed tables: torch's `weight`
         return f"{name}.weight", "copy"
     return (f"{name}.{leaf}" if name else leaf), "copy"
 
@@ -199,27 +214,40 @@ class RenamedSource(KeyedSource):
         self.inner.close()
 
 
+def strip_prefix(key: str, prefixes: tuple[str, ...]) -> str:
+    """`key` without the first of `prefixes` it starts with."""
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
 def check_layout(keys: KeyMap, layout: str):
     if layout not in keys.layouts:
         raise ValueError(f"unknown source layout {layout!r}; expected one of {keys.layouts}")
 
 
 def layout_view(keys: KeyMap, source: TensorSource, layout: str, config) -> TensorSource:
-    """The source as diffusers-named tensors: itself for "diffusers", a `RenamedSource`
-    over it for the official layout."""
+    """The source as diffusers-named tensors: itself for "diffusers" (the family's canonical
+    layout; a `RenamedSource` dropping `keys.key_prefixes` if its keys carry them), a
+    `RenamedSource` over it for the official layout."""
     check_layout(keys, layout)
-    if layout == DIFFUSERS:
-        return source
+    if layout == keys.canonical_layout:
+        if not any(k.startswith(keys.key_prefixes) for k in source.keys()):
+            return source
+        return RenamedSource(source, lambda key, shape: [(strip_prefix(key, keys.key_prefixes),
+                                                          None)], ("",))
     return RenamedSource(source, lambda key, shape: keys.official_to_diffusers(key, shape, config),
                          keys.official_roots)
 
 
 def detect_layout(keys: KeyMap, source_keys) -> str | None:
-    """"diffusers", the official layout's name, or None when the keys look like neither."""
+    """"diffusers" (the canonical layout), the official layout's name, or None when the keys
+    look like neither."""
     source_keys = list(source_keys)
     if any(k.startswith(keys.diffusers_markers) for k in source_keys):
-        return DIFFUSERS
-    if any(k.removeprefix(OFFICIAL_PREFIX).startswith(keys.official_markers)
-           for k in source_keys):
+        return keys.canonical_layout
+    if keys.official_layout is not None and any(
+            k.removeprefix(OFFICIAL_PREFIX).startswith(keys.official_markers) for k in source_keys):
         return keys.official_layout
     return None

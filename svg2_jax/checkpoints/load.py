@@ -75,8 +75,10 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
         with raw:
             layout = detect_layout(family.keys, raw.keys())
             if layout is None:
-                raise ValueError(f"{str(path)!r} holds tensors whose keys are neither the "
-                                 f"diffusers nor the official {family.name} transformer layout "
+                expected = (f"neither the diffusers nor the official {family.name} transformer "
+                            "layout" if family.keys.official_layout is not None else
+                            f"not the {family.keys.canonical_layout} layout of {family.name}")
+                raise ValueError(f"{str(path)!r} holds tensors whose keys are {expected} "
                                  f"(first keys: {sorted(raw.keys())[:5]})")
             source = layout_view(family.keys, raw, layout, config)
             plan = make_plan(family, source, layout, config, abstract)
@@ -95,12 +97,13 @@ def check_config(family: ModelFamily, want, have, where: str):
 
 
 def check_diffusers_config(family: ModelFamily, config, path: Path):
-    """A diffusers transformer directory carries config.json: it must match the preset."""
+    """A diffusers (or transformers) model directory carries config.json: when it is the
+    family's (`ModelFamily.config_of_json`), it must match the preset."""
     config_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
     if not config_file.is_file():
         return
     with open(config_file) as f:
         raw = json.load(f)
-    if raw.get("_class_name") != family.diffusers_class:
-        return
-    check_config(family, config, family.config_cls.from_diffusers(raw), str(config_file))
+    have = family.config_of_json(raw)
+    if have is not None:
+        check_config(family, config, have, str(config_file))

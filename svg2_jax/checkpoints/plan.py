@@ -41,19 +41,29 @@ def make_plan(family: ModelFamily, source: TensorSource, layout: str, config,
     named = (lambda k: f"{k} (from {origin(k)})") if renamed else (lambda k: k)
     reads, ignored, mismatched = {}, list(source.ignored), []
     unexpected = source.foreign + source.duplicates if renamed else []
+    present, covered = set(source.keys()), set()
+    aliases = dict(keys.aliases)
     for key in source.keys():
-        if key not in expected:
+        if key in aliases:  # a tied copy: read it only where its canonical key is absent
+            if aliases[key] in present:
+                ignored.append(f"{key} (tied to {aliases[key]})")
+                continue
+            canonical = aliases[key]
+        else:
+            canonical = key
+        if canonical not in expected:
             if any(p in key for p in keys.ignored):
                 ignored.append(origin(key))
             else:
                 unexpected.append(named(key))
             continue
-        target, shape = expected[key], source.shape(key)
+        target, shape = expected[canonical], source.shape(key)
         if shape != target.source_shape:
             mismatched.append(f"{named(key)}: checkpoint {shape}, model expects "
                               f"{target.source_shape}")
         reads[key] = target
-    missing = sorted(set(expected) - set(reads))
+        covered.add(canonical)
+    missing = sorted(set(expected) - covered)
     if missing or unexpected or mismatched:
         lines = [f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} "
                  f"shape mismatches converting {str(source.path)!r} ({layout} layout) to "
@@ -61,7 +71,8 @@ def make_plan(family: ModelFamily, source: TensorSource, layout: str, config,
         detected = detect_layout(keys, (source.inner if renamed else source).keys())
         if detected not in (None, layout):
             lines.append(f"hint: the keys look like the {detected!r} layout, not {layout!r}")
-        for title, items in (("missing keys" + (" (diffusers names)" if renamed else ""),
+        for title, items in (("missing keys" + (f" ({keys.canonical_layout} names)"
+                                                 if renamed else ""),
                               missing), ("unexpected keys", sorted(unexpected)),
                              ("shape mismatches", mismatched)):
             if items:
@@ -75,5 +86,8 @@ def make_plan(family: ModelFamily, source: TensorSource, layout: str, config,
 
 def count_reads(family: ModelFamily, source: TensorSource) -> int:
     """How many tensors (progress callbacks) a plan over this diffusers-named source reads
-    if it fits: its keys but those diffusers ignores."""
-    return sum(not any(p in key for p in family.keys.ignored) for key in source.keys())
+    if it fits: its keys but those diffusers ignores and tied copies of present keys."""
+    keys = set(source.keys())
+    tied = {alias for alias, canonical in family.keys.aliases
+            if alias in keys and canonical in keys}
+    return sum(not any(p in key for p in family.keys.ignored) for key in keys - tied)

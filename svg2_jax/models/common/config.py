@@ -53,9 +53,10 @@ class ModelConfig:
                 for name in names if not pos_int(getattr(self, name))]
 
 
-def get_config(preset, cls, presets: dict, family: str):
-    """A preset name, an instance of `cls` (returned as is), or a path to a diffusers
-    config.json -> `cls`; a clear ValueError otherwise."""
+def get_config(preset, cls, presets: dict, family: str, json_kind: str = "diffusers"):
+    """A preset name, an instance of `cls` (returned as is), or a path to a `json_kind`
+    ("diffusers", or "transformers" for the text encoders) config.json, read by
+    `cls.from_<json_kind>` -> `cls`; a clear ValueError otherwise."""
     if isinstance(preset, cls):
         return preset
     if isinstance(preset, str) and preset in presets:
@@ -64,6 +65,6 @@ def get_config(preset, cls, presets: dict, family: str):
         if not os.path.isfile(preset):
             raise ValueError(f"config file {os.fspath(preset)!r} does not exist")
         with open(preset) as f:
-            return cls.from_diffusers(json.load(f))
+            return getattr(cls, f"from_{json_kind}")(json.load(f))
     raise ValueError(f"unknown {family} preset {preset!r}; known presets: {sorted(presets)} "
-                     f"(or pass a {cls.__name__} or a path to a diffusers config.json)")
+                     f"(or pass a {cls.__name__} or a path to a {json_kind} config.json)")
