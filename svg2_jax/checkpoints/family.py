@@ -5,6 +5,8 @@ its model (`svg2_jax.models.wan.load.FAMILY`, `svg2_jax.models.hunyuan.load.FAMI
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Callable
 
 from flax import nnx
@@ -31,8 +33,32 @@ class ModelFamily:
     describe: tuple[str, ...]
 
     @property
-    def layouts(self) -> tuple[str, str]:
+    def layouts(self) -> tuple[str, ...]:
         return self.keys.layouts
+
+    def accepts(self, preset) -> bool:
+        """Whether `preset` (what `get_config` takes) describes this family: a config of
+        its class, one of its preset names, or a diffusers config.json of its
+        `diffusers_class` (one without `_class_name` when its keys make a config)."""
+        if isinstance(preset, self.config_cls):
+            return True
+        if not isinstance(preset, (str, os.PathLike)):
+            return False
+        if not str(preset).endswith(".json"):
+            try:
+                self.get_config(preset)
+            except ValueError:
+                return False
+            return True
+        try:
+            with open(preset) as f:
+                raw = json.load(f)
+            if "_class_name" in raw:
+                return raw["_class_name"] == self.diffusers_class
+            self.config_cls.from_diffusers(raw)
+        except (OSError, ValueError, TypeError, AttributeError):
+            return False
+        return True
 
     def describe_config(self, config) -> str:
         return "(" + ", ".join(f"{f}={getattr(config, f)!r}" for f in self.describe) + ")"

@@ -37,7 +37,8 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
         Checkpoints other than orbax are converted on the fly, one tensor at a time.
       preset: a preset name, a config, or a diffusers config.json path (`family.get_config`).
         Must agree with the checkpoint (an orbax checkpoint's stored config, a diffusers
-        directory's config.json, and every tensor shape are checked).
+        directory's config.json, and every tensor shape are checked). None: the
+        checkpoint's own config (`checkpoint_config`).
       dtype: weight and activation dtype (the model keeps some parameters float32).
       mesh: optional `jax.sharding.Mesh`; every parameter is placed replicated over it
         (NamedSharding with an empty PartitionSpec). Real sharding rules (FSDP / tensor
@@ -50,10 +51,10 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
         the preset is unknown or disagrees with the checkpoint, or keys / shapes do not
         match (all listed in one message).
     """
-    config = family.get_config(preset)
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{family.name} checkpoint path {str(path)!r} does not exist")
+    config = family.get_config(preset) if preset is not None else checkpoint_config(family, path)
     sharding = None
     if mesh is not None:
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -75,9 +76,10 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
         with raw:
             layout = detect_layout(family.keys, raw.keys())
             if layout is None:
-                raise ValueError(f"{str(path)!r} holds tensors whose keys are neither the "
-                                 f"diffusers nor the official {family.name} transformer layout "
-                                 f"(first keys: {sorted(raw.keys())[:5]})")
+                which = ("neither the diffusers nor the official" if len(family.layouts) > 1
+                         else "not the diffusers")
+                raise ValueError(f"{str(path)!r} holds tensors whose keys are {which} "
+                                 f"{family.name} layout (first keys: {sorted(raw.keys())[:5]})")
             source = layout_view(family.keys, raw, layout, config)
             plan = make_plan(family, source, layout, config, abstract)
             pure = to_device_tree(source, plan, sharding or jax.devices()[0], progress)
@@ -94,13 +96,34 @@ def check_config(family: ModelFamily, want, have, where: str):
                          + "; ".join(diff))
 
 
-def check_diffusers_config(family: ModelFamily, config, path: Path):
-    """A diffusers transformer directory carries config.json: it must match the preset."""
+def _diffusers_config(family: ModelFamily, path: Path) -> tuple[Path, dict] | None:
+    """(config.json, its contents) beside a diffusers checkpoint of this family, if any."""
     config_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
     if not config_file.is_file():
-        return
+        return None
     with open(config_file) as f:
         raw = json.load(f)
-    if raw.get("_class_name") != family.diffusers_class:
-        return
-    check_config(family, config, family.config_cls.from_diffusers(raw), str(config_file))
+    return (config_file, raw) if raw.get("_class_name") == family.diffusers_class else None
+
+
+def check_diffusers_config(family: ModelFamily, config, path: Path):
+    """A diffusers model directory carries config.json: it must match the preset."""
+    found = _diffusers_config(family, path)
+    if found is not None:
+        check_config(family, config, family.config_cls.from_diffusers(found[1]), str(found[0]))
+
+
+def checkpoint_config(family: ModelFamily, path: str | os.PathLike):
+    """The config a checkpoint carries: an orbax directory's stored one, or the diffusers
+    config.json beside the weights (of the family's `diffusers_class`). Raises ValueError
+    when it carries none (then a preset must be named)."""
+    path = Path(path)
+    meta = read_orbax_meta(path, family.config_file, family.format)
+    if meta is not None:
+        return family.config_cls.from_diffusers(meta["config"])
+    found = _diffusers_config(family, path)
+    if found is None:
+        raise ValueError(f"{str(path)!r} carries no {family.name} config (neither an svg2-convert "
+                         f"orbax directory nor beside a config.json of {family.diffusers_class}): "
+                         "name a preset or a config.json")
+    return family.config_cls.from_diffusers(found[1])
