@@ -19,6 +19,7 @@ from svg2_jax.models import hunyuan_vae
 from svg2_jax.models.hunyuan_vae import (PRESETS, HunyuanVAETiling, HunyuanVideoVAEConfig,
                                          hunyuan_vae_decode, hunyuan_vae_encode, load)
 from svg2_jax.models.hunyuan_vae.load import FAMILY
+from svg2_jax.models.hunyuan_vae.model import frame_causal_attention
 from svg2_jax.models.hunyuan_vae.tiling import decode_tiled, encode_tiled
 from svg2_jax.pipelines import hunyuan as hunyuan_pipeline
 
@@ -160,6 +161,19 @@ def test_tiling_matches_diffusers_methods(tiling):
     assert moments.shape == want_moments.shape and out.shape == want_video.shape
     np.testing.assert_allclose(moments, want_moments, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out, want_video, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_in_query_blocks_is_the_same():
+    """Blocks of queries (the last one padded) give what one pass over all queries gives."""
+    rng = np.random.default_rng(7)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 30, 8)), jnp.float32) for _ in range(3))
+    frame = jnp.repeat(jnp.arange(5), 6)
+    whole = frame_causal_attention(q, k, v, frame)
+    np.testing.assert_allclose(frame_causal_attention(q, k, v, frame, query_block=7), whole,
+                               rtol=1e-6, atol=1e-6)
+    # and it is diffusers' mask: a token of frame 0 sees frame 0 only
+    np.testing.assert_allclose(whole[:, :6], frame_causal_attention(
+        q[:, :6], k[:, :6], v[:, :6], frame[:6]), rtol=1e-6, atol=1e-6)
 
 
 def test_tiling_defaults_are_diffusers():

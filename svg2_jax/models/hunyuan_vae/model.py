@@ -81,10 +81,37 @@ class HunyuanVideoResnetBlockCausal3D(nnx.Module):
         return h + (x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
+def frame_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, frame: jax.Array,
+                           query_block: int = 4096) -> jax.Array:
+    """Single-head attention where token i sees the keys of frames <= frame[i] (diffusers'
+    `prepare_causal_attention_mask`). q, k, v: [B, S, C]; frame: [S] -> [B, S, C].
+
+    Queries go `query_block` at a time (each row's softmax still over all its keys, so the
+    result is the same), so memory is [query_block, S] scores, not [S, S]: the mid block
+    sees every token of a (temporal) tile, 72,000 of them for 5 latent frames at 720p.
+    """
+    s = q.shape[1]
+
+    def attend(q, frame_q):
+        mask = frame_q[:, None] >= frame[None, :]
+        return jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None],
+                                            mask=mask[None, None])[:, :, 0]
+
+    if s <= query_block:
+        return attend(q, frame)
+    n = -(-s // query_block)
+    pad = n * query_block - s  # padded queries (of the last frame) are computed, then cut
+    qs = jnp.moveaxis(jnp.pad(q, ((0, 0), (0, pad), (0, 0))).reshape(
+        q.shape[0], n, query_block, -1), 1, 0)
+    frames = jnp.pad(frame, (0, pad), mode="edge").reshape(n, query_block)
+    out = jax.lax.map(lambda args: attend(*args), (qs, frames))
+    return jnp.moveaxis(out, 0, 1).reshape(q.shape[0], n * query_block, -1)[:, :s]
+
+
 class HunyuanVideoMidAttention(nnx.Module):
     """diffusers' `Attention(..., norm_num_groups, residual_connection=True, bias=True)` of
     the mid block, over every token of the clip with one head of the full width; a token
-    sees the tokens of its own and earlier frames (`prepare_causal_attention_mask`)."""
+    sees the tokens of its own and earlier frames (`frame_causal_attention`)."""
 
     def __init__(self, channels: int, groups: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -95,11 +122,9 @@ class HunyuanVideoMidAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, T, H, W, C] -> same shape."""
         b, t, h, w, c = x.shape
-        tokens = self.group_norm(x).astype(x.dtype).reshape(b, t * h * w, 1, c)
-        frame = jnp.repeat(jnp.arange(t), h * w)
-        mask = frame[None, :] <= frame[:, None]  # [query, key]
-        out = jax.nn.dot_product_attention(self.to_q(tokens), self.to_k(tokens),
-                                           self.to_v(tokens), mask=mask[None, None])
+        tokens = self.group_norm(x).astype(x.dtype).reshape(b, t * h * w, c)
+        out = frame_causal_attention(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens),
+                                     jnp.repeat(jnp.arange(t), h * w))
         return self.to_out(out.reshape(b, t, h, w, c)) + x
 
 
