@@ -17,7 +17,7 @@ VAEs (diffusers layout) -> orbax.
 
 SRC is a .safetensors file, an .index.json, or a directory holding them, or a torch state
 dict file (.pt, .pth, .bin, .ckpt; the official HunyuanVideo release is one). --model is a
-preset name or a diffusers config.json; it picks the model family (`FAMILIES`). Load the
+preset name or a diffusers config.json; it picks the model family (`kinds()`). Load the
 result with the family's `load(OUT, PRESET)` (`svg2_jax.models.wan`, `.hunyuan`,
 `.wan_vae`, `.hunyuan_vae`; each also reads SRC directly, without this step).
 """

@@ -174,8 +174,12 @@ class HunyuanVideoUpsampleCausal3D(nnx.Module):
         return self.conv(x)
 
 
-class HunyuanVideoDownBlock3D(nnx.Module):
-    """`layers` resnets, then a downsampler if the level halves space or time."""
+class _Level(nnx.Module):
+    """`layers` resnets, then the level's resample (`RESAMPLE`, in a one-element list under
+    diffusers' name `RESAMPLERS`) when it resamples space or time (by 2)."""
+
+    RESAMPLE: type
+    RESAMPLERS: str
 
     def __init__(self, in_channels: int, out_channels: int, layers: int, groups: int,
                  space: bool, time: bool, *, dtype, param_dtype, rngs: nnx.Rngs):
@@ -183,31 +187,22 @@ class HunyuanVideoDownBlock3D(nnx.Module):
         dims = [in_channels] + [out_channels] * layers
         self.resnets = nnx.List([HunyuanVideoResnetBlockCausal3D(a, o, groups, **kw)
                                  for a, o in zip(dims, dims[1:])])
-        self.downsamplers = (nnx.List([HunyuanVideoDownsampleCausal3D(
+        setattr(self, self.RESAMPLERS, nnx.List([self.RESAMPLE(
             out_channels, 2 if time else 1, 2 if space else 1, **kw)]) if space or time else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for resnet in self.resnets:
             x = resnet(x)
-        return x if self.downsamplers is None else self.downsamplers[0](x)
+        resample = getattr(self, self.RESAMPLERS)
+        return x if resample is None else resample[0](x)
 
 
-class HunyuanVideoUpBlock3D(nnx.Module):
-    """`layers` resnets, then an upsampler if the level doubles space or time."""
+class HunyuanVideoDownBlock3D(_Level):
+    RESAMPLE, RESAMPLERS = HunyuanVideoDownsampleCausal3D, "downsamplers"
 
-    def __init__(self, in_channels: int, out_channels: int, layers: int, groups: int,
-                 space: bool, time: bool, *, dtype, param_dtype, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        dims = [in_channels] + [out_channels] * layers
-        self.resnets = nnx.List([HunyuanVideoResnetBlockCausal3D(a, o, groups, **kw)
-                                 for a, o in zip(dims, dims[1:])])
-        self.upsamplers = (nnx.List([HunyuanVideoUpsampleCausal3D(
-            out_channels, 2 if time else 1, 2 if space else 1, **kw)]) if space or time else None)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for resnet in self.resnets:
-            x = resnet(x)
-        return x if self.upsamplers is None else self.upsamplers[0](x)
+class HunyuanVideoUpBlock3D(_Level):
+    RESAMPLE, RESAMPLERS = HunyuanVideoUpsampleCausal3D, "upsamplers"
 
 
 class HunyuanVideoEncoder3D(nnx.Module):
