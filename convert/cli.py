@@ -1,5 +1,6 @@
 """`svg2-convert`: model checkpoints -> orbax: the Wan2.1 and HunyuanVideo transformers
-(diffusers or official layout) and their text encoders (transformers layout).
+(diffusers or official layout), their text encoders (transformers layout) and their VAEs
+(diffusers layout).
 
     svg2-convert --from diffusers /ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer \\
         --model wan2.1-t2v-1.3b --out /ckpt/wan13b-orbax
@@ -14,13 +15,20 @@
         --model hunyuan-video-llama --out /ckpt/llama-orbax
     svg2-convert --from transformers /ckpt/HunyuanVideo-diffusers/text_encoder_2 \\
         --model clip-vit-l-text --out /ckpt/clip-orbax
+    svg2-convert --from diffusers /ckpt/Wan2.1-T2V-1.3B-Diffusers/vae --model wan2.1-vae \\
+        --out /ckpt/wan21-vae-orbax
+    svg2-convert --from diffusers /ckpt/Wan2.2-TI2V-5B-Diffusers/vae --model wan2.2-vae \\
+        --out /ckpt/wan22-vae-orbax
+    svg2-convert --from diffusers /ckpt/HunyuanVideo-diffusers/vae --model hunyuan-video-vae \\
+        --out /ckpt/hunyuan-vae-orbax
 
 SRC is a .safetensors file, an .index.json, or a directory holding them, or a torch state
 dict file (.pt, .pth, .bin, .ckpt; the official HunyuanVideo release is one). --model is a
 preset name or a config.json (diffusers' for the transformers, transformers' for the text
 encoders: e.g. SRC/config.json); it picks the model family (`families()`). Load the result
 with the family's `load(OUT, PRESET)` (`svg2_jax.models.wan`, `.hunyuan`, `.umt5`,
-`.llama`, `.clip_text`), which also reads SRC directly, without this step.
+`.llama`, `.clip_text`, `.wan_vae`, `.hunyuan_vae`), which also reads SRC directly, without
+this step.
 """
 
 from __future__ import annotations
@@ -68,17 +76,20 @@ class _Counter:
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """One model family svg2-convert writes. family: its `ModelFamily`; presets: its preset
-    names; names(model) -> whether --model (a preset name or a config.json) is this family's."""
+    names; names(model) -> whether --model (a preset name or a config.json) is this family's;
+    dtype: its default weight dtype."""
 
     family: ModelFamily
     presets: tuple[str, ...]
     names: Callable[[str], bool]
+    dtype: str = "bfloat16"
 
 
 def families() -> tuple[Kind, ...]:
     """The families, tried in this order: the first whose `names` accepts --model converts.
-    Wan comes last and takes every other --model (an unknown name fails as a Wan preset)."""
-    from svg2_jax.models import clip_text, hunyuan, llama, umt5, wan
+    Wan comes last and takes every other --model (an unknown name fails as a Wan preset).
+    VAEs default to float32 weights, as diffusers' pipelines run them."""
+    from svg2_jax.models import clip_text, hunyuan, hunyuan_vae, llama, umt5, wan, wan_vae
     from svg2_jax.models.clip_text.load import FAMILY as CLIP_TEXT
     from svg2_jax.models.common.text_encoder import names_config
     from svg2_jax.models.hunyuan.config import is_hunyuan_config
@@ -86,24 +97,30 @@ def families() -> tuple[Kind, ...]:
     from svg2_jax.models.llama.load import FAMILY as LLAMA
     from svg2_jax.models.umt5.load import FAMILY as UMT5
     from svg2_jax.models.wan.load import FAMILY as WAN
+    from svg2_jax.models.hunyuan_vae.load import FAMILY as HUNYUAN_VAE
+    from svg2_jax.models.wan_vae.load import FAMILY as WAN_VAE
 
     def text(family, presets):
         return Kind(family, tuple(presets), functools.partial(
             names_config, cls=family.config_cls, presets=presets))
 
-    return (Kind(HUNYUAN, tuple(hunyuan.PRESETS), is_hunyuan_config),
+    def vae(family, presets):
+        return Kind(family, tuple(presets), family.accepts, "float32")
+
+    return (vae(WAN_VAE, wan_vae.PRESETS), vae(HUNYUAN_VAE, hunyuan_vae.PRESETS),
+            Kind(HUNYUAN, tuple(hunyuan.PRESETS), is_hunyuan_config),
             text(UMT5, umt5.PRESETS), text(LLAMA, llama.PRESETS),
             text(CLIP_TEXT, clip_text.PRESETS),
             Kind(WAN, tuple(wan.PRESETS), lambda model: True))
 
 
-def _family(layout: str, model: str) -> ModelFamily:
+def _kind(layout: str, model: str) -> Kind:
     """The model family --model names, checked against --from."""
-    family = next(kind.family for kind in families() if kind.names(model))
-    if layout not in family.layouts:
-        raise ValueError(f"--from {layout} is not a layout of {family.name} checkpoints "
-                         f"(--model {model!r}); use one of {family.layouts}")
-    return family
+    kind = next(kind for kind in families() if kind.names(model))
+    if layout not in kind.family.layouts:
+        raise ValueError(f"--from {layout} is not a layout of {kind.family.name} checkpoints "
+                         f"(--model {model!r}); use one of {kind.family.layouts}")
+    return kind
 
 
 def main(argv=None) -> int:
@@ -122,9 +139,10 @@ def main(argv=None) -> int:
                    help=f"preset ({', '.join(n for k in kinds for n in sorted(k.presets))}) "
                         "or a config.json")
     p.add_argument("--out", required=True, help="orbax checkpoint directory to create")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
-                   help="weight dtype (the parameters each model keeps in float32 stay "
-                        "float32: norms, modulation tables, timestep MLP, umT5's wo)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="weight dtype (default bfloat16, float32 for the VAEs; the parameters "
+                        "each model keeps in float32 stay float32: norms, modulation tables, "
+                        "timestep MLP, umT5's wo)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -132,12 +150,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     try:
-        family = _family(args.layout, args.model)
+        kind = _kind(args.layout, args.model)
+        family, dtype = kind.family, args.dtype or kind.dtype
         total = common.count_reads(family, args.src, args.layout, args.model)
         counter = _Counter(total, enabled=not args.quiet)
         try:
             report = common.convert_to_orbax(family, args.src, args.layout, args.model,
-                                             args.out, dtype=DTYPES[args.dtype],
+                                             args.out, dtype=DTYPES[dtype],
                                              overwrite=args.overwrite, progress=counter)
         finally:
             counter.close()
@@ -145,7 +164,7 @@ def main(argv=None) -> int:
         print(f"svg2-convert: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({report.tensors} tensors, {report.bytes_written / 2**30:.2f} GiB, "
-          f"{args.dtype})")
+          f"{dtype})")
     if report.ignored:
         print(f"skipped {len(report.ignored)} keys diffusers / transformers also ignore: "
               f"{report.ignored}")

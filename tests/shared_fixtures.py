@@ -37,5 +37,7 @@ def torch_layout(ours: dict, targets: dict) -> dict:
             value = value.T
         elif target.transform == "conv":
             value = value.T.reshape(target.source_shape)
+        elif target.transform == "conv_kernel":  # [*window, I, O] -> [O, I, *window]
+            value = value.transpose(value.ndim - 1, value.ndim - 2, *range(value.ndim - 2))
         out[key] = value
     return out

@@ -183,7 +183,7 @@ def test_load_checks_the_config_json_next_to_the_weights(ckpts, tmp_path):
 
     with pytest.raises(ValueError, match="rms_norm_eps: checkpoint 1e-06, requested 1e-05"):
         llama.load(path, dataclasses.replace(config, rms_norm_eps=1e-5))
-    with pytest.raises(ValueError, match="not the transformers layout of umT5"):
+    with pytest.raises(ValueError, match="not the transformers umT5 layout"):
         umt5.load(path / "model.safetensors", umt5.get_config(str(ckpts["umt5"][1] /
                                                                   "config.json")))
     with pytest.raises(ValueError, match="unknown Llama preset 'llama-2'"):

@@ -10,7 +10,7 @@ tables (svg2_jax/models/<family>/keys.py). Writing checkpoints is `convert/`'s j
 from svg2_jax.checkpoints.family import ModelFamily, abstract_state
 from svg2_jax.checkpoints.keymap import (KeyMap, RenamedSource, Target, detect_layout,
                                          expected_keys, layout_view)
-from svg2_jax.checkpoints.load import load_model
+from svg2_jax.checkpoints.load import checkpoint_config, load_model
 from svg2_jax.checkpoints.orbax_io import STATE_DIR, read_orbax_meta, restore_orbax
 from svg2_jax.checkpoints.plan import Plan, count_reads, make_plan
 from svg2_jax.checkpoints.safetensors_source import SafetensorsSource
@@ -21,6 +21,7 @@ from svg2_jax.checkpoints.torch_source import TorchCheckpointSource
 
 __all__ = ["KeyMap", "ModelFamily", "Plan", "RenamedSource", "Rows", "SOURCES", "STATE_DIR",
            "SafetensorsSource", "Target", "TensorSource", "TorchCheckpointSource",
-           "abstract_state", "count_reads", "detect_layout", "expected_keys", "iter_leaves",
-           "layout_view", "load_model", "make_plan", "nest", "open_source", "read_orbax_meta",
-           "restore_orbax", "to_device_flat", "to_device_tree"]
+           "abstract_state", "checkpoint_config", "count_reads", "detect_layout",
+           "expected_keys", "iter_leaves", "layout_view", "load_model", "make_plan", "nest",
+           "open_source", "read_orbax_meta", "restore_orbax", "to_device_flat",
+           "to_device_tree"]

@@ -6,6 +6,8 @@ the text encoders' `svg2_jax.models.{umt5,llama,clip_text}.load.FAMILY`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Callable
 
 from flax import nnx
@@ -46,6 +48,31 @@ class ModelFamily:
         if raw.get("_class_name") != self.diffusers_class:
             return None
         return self.config_cls.from_diffusers(raw)
+
+    def accepts(self, preset) -> bool:
+        """Whether `preset` (what `get_config` takes) describes this family: a config of
+        its class, one of its preset names, or a config.json of this family
+        (`config_of_json`; a diffusers one without `_class_name` when its keys make a
+        config)."""
+        if isinstance(preset, self.config_cls):
+            return True
+        if not isinstance(preset, (str, os.PathLike)):
+            return False
+        if not str(preset).endswith(".json"):
+            try:
+                self.get_config(preset)
+            except ValueError:
+                return False
+            return True
+        try:
+            with open(preset) as f:
+                raw = json.load(f)
+            if "_class_name" not in raw and self.config_from_json is None:
+                self.config_cls.from_diffusers(raw)
+                return True
+            return self.config_of_json(raw) is not None
+        except (OSError, ValueError, TypeError, AttributeError):
+            return False
 
     def describe_config(self, config) -> str:
         return "(" + ", ".join(f"{f}={getattr(config, f)!r}" for f in self.describe) + ")"

@@ -3,11 +3,13 @@ driven by a family's `KeyMap`), and official-release keys -> diffusers keys
 (`RenamedSource`, driven by the family's rename function). The tables themselves live
 beside each model (`svg2_jax/models/<family>/keys.py`).
 
-Our module names are diffusers' except `to_out.0` -> `to_out` and a feed-forward's
-`net.0.proj` / `net.2` -> `proj_in` / `proj_out`; torch Linear `weight` [out, in] ->
-`kernel` [in, out]; norm `weight` -> `scale`; the Conv3d patch embedding weight
-[D, C, p_t, p_h, p_w] -> kernel [C*p_t*p_h*p_w, D]; `<container>.{i}.*` of a stacked
-container -> index i of its stacked parameters.
+Our module names are diffusers' except `to_out.0` -> `to_out`, a feed-forward's
+`net.0.proj` / `net.2` -> `proj_in` / `proj_out`, and a family's own `module_renames`;
+torch Linear `weight` [out, in] -> `kernel` [in, out]; norm `weight` -> `scale`; the Conv3d
+patch embedding weight [D, C, p_t, p_h, p_w] -> kernel [C*p_t*p_h*p_w, D] (a Linear on
+patches); any other convolution's weight [O, I, *window] -> a channels-last kernel
+[*window, I, O] (`nnx.Conv`'s layout); `<container>.{i}.*` of a stacked container -> index
+i of its stacked parameters.
 """
 
 from __future__ import annotations
@@ -27,19 +29,21 @@ OFFICIAL_PREFIX = "model.diffusion_model."
 _FEED_FORWARD_NAMES = {"proj_in": "net.0.proj", "proj_out": "net.2"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class KeyMap:
     """How one model family's parameters are named in its checkpoints.
 
+    diffusers_markers: key prefixes only diffusers' layout has (layout detection).
     stacked: our stacked block containers (path prefix) -> the config field with their count.
     feed_forwards: module names whose `proj_in` / `proj_out` are diffusers' `net.0.proj` /
       `net.2`.
     patch_embedding: module path of the Conv3d patch embedding (a Linear here).
+    module_renames: (our module name, diffusers' dotted name) for modules named otherwise
+      (e.g. the conv of diffusers' `nn.Sequential(upsample, conv)` -> `resample.1`).
     ignored: substrings of diffusers keys that diffusers (or transformers, for the text
       encoders) itself skips on load.
-    diffusers_markers: key prefixes only the canonical (diffusers') layout has (layout
-      detection).
-    official_layout: the official release's layout name (`--from`).
+    official_layout: the official release's layout name (`--from`), None when the family
+      is read in its canonical layout only (the rest of the official_* fields then unused).
     official_roots: its top-level module prefixes (other keys are not renamed: a diffusers
       key would pass through the renames unchanged).
     official_markers: key prefixes only the official layout has (layout detection).
@@ -54,11 +58,12 @@ class KeyMap:
     A family with one layout leaves the official_* fields at their defaults.
     """
 
-    stacked: tuple[tuple[tuple[str, ...], str], ...]
-    feed_forwards: tuple[str, ...]
-    patch_embedding: tuple[str, ...]
-    ignored: tuple[str, ...]
     diffusers_markers: tuple[str, ...]
+    stacked: tuple[tuple[tuple[str, ...], str], ...] = ()
+    feed_forwards: tuple[str, ...] = ()
+    patch_embedding: tuple[str, ...] = ()
+    module_renames: tuple[tuple[str, str], ...] = ()
+    ignored: tuple[str, ...] = ()
     official_layout: str | None = None
     official_roots: tuple[str, ...] = ()
     official_markers: tuple[str, ...] = ()
@@ -86,8 +91,9 @@ def replace_in_order(key: str, table: tuple[tuple[str, str], ...]) -> str:
 @dataclasses.dataclass(frozen=True)
 class Target:
     """Where one source tensor goes. path: our parameter path; layer: index on the
-    stacked layer axis (None: unstacked); transform: "copy", "transpose" (Linear) or
-    "conv" (Conv3d patch embedding); source_shape: the tensor shape the source must have."""
+    stacked layer axis (None: unstacked); transform: "copy", "transpose" (Linear), "conv"
+    (Conv3d patch embedding as a Linear) or "conv_kernel" (a convolution: torch
+    [O, I, *window] -> [*window, I, O]); source_shape: the tensor shape the source must have."""
 
     path: tuple[str, ...]
     layer: int | None
@@ -101,6 +107,8 @@ def to_ours(tensor: np.ndarray, target: Target) -> np.ndarray:
         return tensor.T
     if target.transform == "conv":
         return tensor.reshape(tensor.shape[0], -1).T
+    if target.transform == "conv_kernel":
+        return tensor.transpose(*range(2, tensor.ndim), 1, 0)
     return tensor
 
 
@@ -109,8 +117,11 @@ def diffusers_name(keys: KeyMap, path: tuple[str, ...]) -> tuple[str, str]:
     name, transform)."""
     *modules, leaf = path
     parts = []
+    renames = dict(keys.module_renames)
     for i, p in enumerate(modules):
-        if p == "to_out":
+        if p in renames:
+            parts.append(renames[p])
+        elif p == "to_out":
             parts.append("to_out.0")
         elif p in _FEED_FORWARD_NAMES and i and modules[i - 1] in keys.feed_forwards:
             parts.append(_FEED_FORWARD_NAMES[p])
@@ -142,7 +153,10 @@ def expected_keys(keys: KeyMap, config, abstract_state) -> dict[str, Target]:
         if n:
             shape = shape[1:]
         name, transform = diffusers_name(keys, path)
-        if transform == "transpose":
+        if transform == "transpose" and len(shape) > 2:
+            transform = "conv_kernel"  # a convolution: only Linear kernels are 2-D
+            src_shape = (shape[-1], shape[-2], *shape[:-2])
+        elif transform == "transpose":
             src_shape = shape[::-1]
         elif transform == "conv":
             src_shape = (shape[1], config.in_channels, *config.patch)

@@ -37,7 +37,8 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
         Checkpoints other than orbax are converted on the fly, one tensor at a time.
       preset: a preset name, a config, or a diffusers config.json path (`family.get_config`).
         Must agree with the checkpoint (an orbax checkpoint's stored config, a diffusers
-        directory's config.json, and every tensor shape are checked).
+        directory's config.json, and every tensor shape are checked). None: the
+        checkpoint's own config (`checkpoint_config`).
       dtype: weight and activation dtype (the model keeps some parameters float32).
       mesh: optional `jax.sharding.Mesh`; every parameter is placed replicated over it
         (NamedSharding with an empty PartitionSpec). Real sharding rules (FSDP / tensor
@@ -50,10 +51,10 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
         the preset is unknown or disagrees with the checkpoint, or keys / shapes do not
         match (all listed in one message).
     """
-    config = family.get_config(preset)
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{family.name} checkpoint path {str(path)!r} does not exist")
+    config = family.get_config(preset) if preset is not None else checkpoint_config(family, path)
     sharding = None
     if mesh is not None:
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -77,7 +78,7 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
             if layout is None:
                 expected = (f"neither the diffusers nor the official {family.name} transformer "
                             "layout" if family.keys.official_layout is not None else
-                            f"not the {family.keys.canonical_layout} layout of {family.name}")
+                            f"not the {family.keys.canonical_layout} {family.name} layout")
                 raise ValueError(f"{str(path)!r} holds tensors whose keys are {expected} "
                                  f"(first keys: {sorted(raw.keys())[:5]})")
             source = layout_view(family.keys, raw, layout, config)
@@ -96,14 +97,38 @@ def check_config(family: ModelFamily, want, have, where: str):
                          + "; ".join(diff))
 
 
-def check_diffusers_config(family: ModelFamily, config, path: Path):
-    """A diffusers (or transformers) model directory carries config.json: when it is the
-    family's (`ModelFamily.config_of_json`), it must match the preset."""
+def _checkpoint_json(family: ModelFamily, path: Path):
+    """(config.json, the config it describes) beside a checkpoint, when that file is this
+    family's (`ModelFamily.config_of_json`: diffusers' `_class_name`, or transformers'
+    `model_type` for the text encoders); else None."""
     config_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
     if not config_file.is_file():
-        return
+        return None
     with open(config_file) as f:
         raw = json.load(f)
     have = family.config_of_json(raw)
-    if have is not None:
-        check_config(family, config, have, str(config_file))
+    return None if have is None else (config_file, have)
+
+
+def check_diffusers_config(family: ModelFamily, config, path: Path):
+    """A diffusers (or transformers) model directory carries config.json: when it is the
+    family's, it must match the preset."""
+    found = _checkpoint_json(family, path)
+    if found is not None:
+        check_config(family, config, found[1], str(found[0]))
+
+
+def checkpoint_config(family: ModelFamily, path: str | os.PathLike):
+    """The config a checkpoint carries: an orbax directory's stored one, or the config.json
+    beside the weights (when it is this family's). Raises ValueError when it carries none
+    (then a preset must be named)."""
+    path = Path(path)
+    meta = read_orbax_meta(path, family.config_file, family.format)
+    if meta is not None:
+        return family.config_cls.from_diffusers(meta["config"])
+    found = _checkpoint_json(family, path)
+    if found is None:
+        raise ValueError(f"{str(path)!r} carries no {family.name} config (neither an svg2-convert "
+                         f"orbax directory nor beside a config.json of this family): name a "
+                         "preset or a config.json")
+    return found[1]

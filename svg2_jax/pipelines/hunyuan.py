@@ -2,18 +2,21 @@
 
 As diffusers' HunyuanVideoPipeline: FlowMatchEuler with sigmas linspace(1, 0, n + 1)[:-1]
 shifted by 7, the distilled (embedded) guidance input guidance_scale x 1000 and no true
-classifier-free guidance. The text encoders (Llama + CLIP) and the VAE stay in PyTorch:
-the loop takes precomputed text states.
+classifier-free guidance. The text encoders (Llama + CLIP) stay in PyTorch: the loop takes
+precomputed text states. Latents decode with the JAX VAE (`decode_with_jax_vae`) or
+diffusers' (`decode_with_diffusers_vae`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from svg2_jax.models import hunyuan_vae
 from svg2_jax.models.hunyuan import (HunyuanVideoConfig, HunyuanVideoTransformer3DModel,
                                      hunyuan_forward)
 from svg2_jax.pipelines import video
@@ -95,7 +98,25 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
         raise RuntimeError("decoding needs PyTorch and diffusers: pip install 'svg2-jax[torch]'"
                            ) from e
     vae = AutoencoderKLHunyuanVideo.from_pretrained(vae_path, torch_dtype=torch.float32)
-    z = torch.from_numpy(np.asarray(latents, np.float32)) / vae.config.scaling_factor
+    z = torch.from_numpy(np.array(latents, np.float32)) / vae.config.scaling_factor
     with torch.no_grad():
         decoded = vae.decode(z).sample
     return video.to_uint8_frames(decoded)
+
+
+def decode_with_jax_vae(latents, vae: "hunyuan_vae.AutoencoderKLHunyuanVideo | str | os.PathLike",
+                        preset: "str | hunyuan_vae.HunyuanVideoVAEConfig | None" = None, *,
+                        tiling: hunyuan_vae.HunyuanVAETiling = hunyuan_vae.HunyuanVAETiling(),
+                        dtype=jnp.float32) -> np.ndarray:
+    """Latents [B, 16, F, H, W] -> uint8 video [B, 1 + 4(F - 1), H*8, W*8, 3] through the JAX
+    HunyuanVideo VAE, dividing by its scaling_factor as HunyuanVideoPipeline does, in
+    diffusers' tiles (`tiling`: temporal tiles by default; `use_tiling=True` adds spatial
+    ones, as `vae.enable_tiling()`).
+
+    vae: a loaded `AutoencoderKLHunyuanVideo`, or a checkpoint path for `hunyuan_vae.load`
+      with `preset` (None: the checkpoint's own config) and weight `dtype`.
+    """
+    if not isinstance(vae, hunyuan_vae.AutoencoderKLHunyuanVideo):
+        vae = hunyuan_vae.load(vae, preset, dtype)
+    z = hunyuan_vae.unscale(jnp.asarray(latents, jnp.float32), vae.config)
+    return video.to_uint8_frames(hunyuan_vae.hunyuan_vae_decode(vae, z, tiling))

@@ -50,11 +50,14 @@ def initial_noise(seed: int, shape) -> jax.Array:
 
 
 def to_uint8_frames(video) -> np.ndarray:
-    """A decoded torch video [B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
-    import torch
-
-    video = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return video.permute(0, 2, 3, 4, 1).numpy()
+    """A decoded video [B, 3, T, H, W] in [-1, 1] (a torch tensor, or a numpy / jax array)
+    -> uint8 [B, T, H, W, 3]: round((clip(x, -1, 1) + 1) * 127.5) in float32, the same
+    float32 operations (round half to even) whichever framework decoded it."""
+    if hasattr(video, "detach"):  # torch, possibly on a GPU or in bf16
+        video = video.detach().float().cpu().numpy()
+    x = np.asarray(video, np.float32)
+    x = np.round((np.clip(x, -1, 1) + 1) * np.float32(127.5)).astype(np.uint8)
+    return np.moveaxis(x, 1, -1)
 
 
 def latent_preview(latents: np.ndarray) -> np.ndarray:

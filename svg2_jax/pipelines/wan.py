@@ -1,17 +1,22 @@
 """Wan2.1 text-to-video sampling: shapes, the compiled denoising loop, latent decoding.
 
-The denoiser and the loop are JAX; the text encoder (umT5-XXL) and the VAE stay in
-PyTorch through transformers/diffusers until JAX ports exist, and are optional: the loop
-takes precomputed text embeddings, and latents can be saved without decoding.
+The denoiser and the loop are JAX; the text encoder (umT5-XXL) stays in PyTorch through
+transformers until a JAX port exists, and is optional: the loop takes precomputed text
+embeddings. Latents decode with the JAX VAE (`decode_with_jax_vae`) or diffusers'
+(`decode_with_diffusers_vae`), or are saved without decoding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import os
+
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from svg2_jax.models import wan_vae
 from svg2_jax.models.wan import WanConfig, WanTransformer3DModel, wan_forward
 from svg2_jax.pipelines import video
 from svg2_jax.sampling import SamplerConfig, make_sampler
@@ -78,7 +83,7 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
         raise RuntimeError("decoding needs PyTorch and diffusers: pip install 'svg2-jax[torch]'"
                            ) from e
     vae = AutoencoderKLWan.from_pretrained(vae_path, torch_dtype=torch.float32)
-    z = torch.from_numpy(np.asarray(latents, np.float32))
+    z = torch.from_numpy(np.array(latents, np.float32))  # a writable copy
     mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1)
     with torch.no_grad():
@@ -86,6 +91,18 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
     return video.to_uint8_frames(decoded)
 
 
+def decode_with_jax_vae(latents, vae: "wan_vae.AutoencoderKLWan | str | os.PathLike",
+                        preset: "str | wan_vae.WanVAEConfig | None" = None, *,
+                        chunk_frames: int | None = 1, dtype=jnp.float32) -> np.ndarray:
+    """Latents [B, z_dim, F, H, W] -> uint8 video [B, 1 + 4(F - 1), H*s, W*s, 3] through the
+    JAX Wan VAE, un-normalising with its latents_mean/std as diffusers' WanPipeline does,
+    decoding `chunk_frames` latent frames per compiled step (memory bounded by a chunk).
 
-
-
+    vae: a loaded `AutoencoderKLWan`, or a checkpoint path for `wan_vae.load` (an
+      svg2-convert orbax directory or a diffusers `vae` directory) with `preset` (None:
+      the checkpoint's own config) and weight `dtype`.
+    """
+    if not isinstance(vae, wan_vae.AutoencoderKLWan):
+        vae = wan_vae.load(vae, preset, dtype)
+    z = wan_vae.denormalize(jnp.asarray(latents, jnp.float32), vae.config)
+    return video.to_uint8_frames(wan_vae.wan_vae_decode(vae, z, chunk_frames))
