@@ -2,7 +2,9 @@
 
 One call, on per-head problems (`svg2_core`): cluster queries and keys
 (`clustering.cluster_qk`), select blocks (`selection.select_blocks`), attend to the
-selected blocks with the config's backend (`backends.SPARSE_BACKENDS`).
+selected blocks with the config's backend (`backends.SPARSE_BACKENDS`), and, when the
+config asks for it, merge in the compensation of the left-out key clusters
+(`compensation.compensate`, the same for every backend).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from einops import rearrange
 
 from svg2_jax.backends import SPARSE_BACKENDS, resolve_backend
 from svg2_jax.clustering import Clustering, SVG2Cache, cluster_qk, to_cache
+from svg2_jax.compensation import KeyClusterStats, compensate, key_cluster_stats
 from svg2_jax.config import SVG2Config
 from svg2_jax.selection import Selection, block_density, select_blocks
 
@@ -26,8 +29,12 @@ from svg2_jax.selection import Selection, block_density, select_blocks
 class SVG2Stats:
     """What one call did, all on device (no host sync).
 
-    density: [B, H] fraction of query-key token pairs computed.
+    density: [B, H] fraction of query-key token pairs computed exactly.
     kept_k_clusters: [B, H] mean number of key clusters kept per non-empty query cluster.
+    compensated_mass: [B, H] mean over queries of the share of the softmax denominator
+      that the compensation of left-out key clusters supplied (0 without compensation).
+    estimated_error: [B, H] the selection rule's estimate of the relative output error
+      after compensation ("error" rule); NaN for a rule that estimates none ("svg2").
     {q,k}_size_min / _max: [B, H] smallest / largest non-empty cluster.
     {q,k}_empty: [B, H] number of empty clusters.
     {q,k}_kmeans_iters: [] k-means iterations run (early stop may cut them short).
@@ -35,6 +42,8 @@ class SVG2Stats:
 
     density: jax.Array
     kept_k_clusters: jax.Array
+    compensated_mass: jax.Array
+    estimated_error: jax.Array
     q_size_min: jax.Array
     q_size_max: jax.Array
     q_empty: jax.Array
@@ -127,20 +136,25 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
     qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
     core = svg2_core(qn, kn, vn, cache, config, key, scale)
     out = rearrange(core.out, "(b h) s d -> b s h d", b=b)
-    clustering, selected = core.clustering, core.selection.selected
-    density = block_density(selected, clustering.q.sizes, clustering.k.sizes)
-    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b)
+    clustering, selection = core.clustering, core.selection
+    density = block_density(selection.selected, clustering.q.sizes, clustering.k.sizes)
+    return out, to_cache(clustering, b), svg2_stats(
+        density, clustering, selection, b, compensated_share(core.comp_lse, core.lse))
 
 
 class CoreResult(NamedTuple):
     """`svg2_core` on N = batch x heads problems: out [N, Sq, D]; lse [N, Sq] float32
-    (natural log, -inf for a query with no selected key); the clustering and the
-    selection it used."""
+    (natural log of the softmax denominator over the exactly computed keys and the
+    compensation; -inf for a query with neither); the clustering and the selection it
+    used; key_stats (None unless the config needed them); comp_lse [N, Sq]: the
+    compensation's part of lse (-inf where there is none, or None without compensation)."""
 
     out: jax.Array
     lse: jax.Array
     clustering: Clustering
     selection: Selection
+    key_stats: KeyClusterStats | None = None
+    comp_lse: jax.Array | None = None
 
 
 def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scale: float
@@ -150,16 +164,39 @@ def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scal
     softmax scale -> CoreResult."""
     backend = SPARSE_BACKENDS[resolve_backend(config, qn.dtype, qn.shape[-1])]
     clustering = cluster_qk(qn, kn, cache, config, key)
-    selection = select_blocks(clustering, config)
+    stats = key_cluster_stats(kn, vn, clustering.k) if config.needs_key_stats else None
+    selection = select_blocks(clustering, config, qn=qn, key_stats=stats, scale=scale)
     out, lse = backend(qn, kn, vn, clustering, selection, scale, config)
-    return CoreResult(out, lse, clustering, selection)
+    if not config.compensation:
+        return CoreResult(out, lse, clustering, selection, stats)
+    out, lse, comp_lse = compensate(qn, kn, vn, clustering.q.labels, clustering.k.labels,
+                                    selection.selected, stats, scale, out, lse,
+                                    own_key=config.compensate_own_key, q_tile=config.q_tile)
+    return CoreResult(out, lse, clustering, selection, stats, comp_lse)
 
 
-def svg2_stats(density, clustering: Clustering, selected, batch: int) -> SVG2Stats:
-    """SVG2Stats from per-problem results: density [B * H]; the call's clustering;
-    selected [B * H, QC, KC]."""
+def compensated_share(comp_lse, lse) -> jax.Array | None:
+    """[N] mean over queries of exp(comp_lse - lse): the compensation's share of each
+    query's softmax denominator (None when there was no compensation)."""
+    if comp_lse is None:
+        return None
+    share = jnp.where(jnp.isfinite(comp_lse), jnp.exp(comp_lse - lse), 0.0)
+    return jnp.mean(share, axis=-1)
+
+
+def svg2_stats(density, clustering: Clustering, selection: Selection, batch: int,
+               compensated=None) -> SVG2Stats:
+    """SVG2Stats from per-problem results: density [B * H]; the call's clustering and
+    selection; compensated [B * H] (`compensated_share`, None: no compensation)."""
     qk, kk = clustering.q, clustering.k
+    selected = selection.selected
     per_head = functools.partial(rearrange, pattern="(b h) -> b h", b=batch)
+    n = selected.shape[0]
+    if compensated is None:
+        compensated = jnp.zeros((n,), jnp.float32)
+    estimated = selection.estimated_error
+    if estimated is None:
+        estimated = jnp.full((n,), jnp.nan, jnp.float32)
     q_min, q_max, q_empty = _size_summary(qk.sizes)
     k_min, k_max, k_empty = _size_summary(kk.sizes)
     kept = jnp.sum(selected, axis=-1).astype(jnp.float32)
@@ -167,6 +204,7 @@ def svg2_stats(density, clustering: Clustering, selected, batch: int) -> SVG2Sta
     return SVG2Stats(
         density=per_head(density),
         kept_k_clusters=per_head(jnp.sum(kept * q_nonempty, -1) / jnp.sum(q_nonempty, -1)),
+        compensated_mass=per_head(compensated), estimated_error=per_head(estimated),
         q_size_min=per_head(q_min), q_size_max=per_head(q_max), q_empty=per_head(q_empty),
         k_size_min=per_head(k_min), k_size_max=per_head(k_max), k_empty=per_head(k_empty),
         q_kmeans_iters=qk.iterations, k_kmeans_iters=kk.iterations)

@@ -8,31 +8,50 @@ from typing import Literal
 from pallas_kernels.sparse_worklist import SparseTuningConfig
 from svg2_jax.backends import SPARSE_BACKENDS
 from svg2_jax.kmeans import IMPLS
+from svg2_jax.selection import SELECTION_RULES
 
 Backend = Literal["auto", "pallas", "pallas_reference", "jax", "masked_dense"]
 KMeansImpl = Literal["auto", "xla", "pallas"]
+SelectionRule = Literal["error", "svg2"]
 
 BACKENDS = ("auto",) + tuple(SPARSE_BACKENDS)
 KMEANS_IMPLS = ("auto",) + IMPLS
+SELECTIONS = tuple(SELECTION_RULES)
+# The paper's exact SVG2 (svg-project/Sparse-VideoGen): `SVG2Config.reference()`.
+REFERENCE_RULE = dict(selection="svg2", compensation=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class SVG2Config:
     """Settings of one SVG2 attention call.
 
-    Defaults are the reference's (svg-project/Sparse-VideoGen) Wan 720p settings:
-    QC=300 query clusters, KC=1000 key clusters, top_p 0.9, at least 10% of the
-    key clusters kept, 50 k-means iterations on a cold start and 2 when warm
-    started from the previous call's centroids.
+    The clustering defaults are the reference's (svg-project/Sparse-VideoGen) Wan 720p
+    settings: QC=300 query clusters, KC=1000 key clusters, 50 k-means iterations on a
+    cold start and 2 when warm started from the previous call's centroids. The block
+    selection and compensation defaults are the measured best of issue #13
+    (docs/quality.md): error-aware selection at error_tolerance 0.02 with the left-out
+    key clusters compensated. `SVG2Config.reference()` is the paper's exact rule
+    (selection "svg2", top_p 0.9 with at least 10% of the key clusters, no compensation).
 
     Attributes:
       num_q_clusters: QC, k-means clusters over the queries of each (batch, head).
       num_k_clusters: KC, k-means clusters over the keys of each (batch, head).
-      top_p: per query cluster, key clusters are kept by descending attention
-        mass until the cumulative mass reaches top_p (the crossing cluster is
-        kept). In (0, 1]; 1 keeps every non-empty key cluster.
-      min_kc_ratio: at least int(min_kc_ratio * KC) non-empty key clusters are
-        kept per query cluster, whatever their mass.
+      selection: the block selection rule, a name of `selection.SELECTION_RULES`:
+        "error" (error-aware, per head: `selection.select_by_error`) or "svg2" (the
+        reference's centroid top-p per query cluster).
+      error_tolerance: "error" rule without target_density: the estimated relative
+        output error the compensated blocks may add per head (tau, >= 0; 0 computes
+        every block). Measured errors are about 2-4x tau (docs/quality.md).
+      compensation: the key clusters a query's cluster did not select still enter its
+        softmax through their mean value, weighted by their estimated mass
+        (`compensation.compensate`); False gives the plain sparse attention.
+      compensate_own_key: with compensation in self-attention (Sq == Sk), each query's
+        own key (same position) is taken exactly instead of through its cluster.
+      top_p: "svg2" rule: per query cluster, key clusters are kept by descending
+        attention mass until the cumulative mass reaches top_p (the crossing cluster
+        is kept). In (0, 1]; 1 keeps every non-empty key cluster.
+      min_kc_ratio: "svg2" rule: at least int(min_kc_ratio * KC) non-empty key clusters
+        are kept per query cluster, whatever their mass.
       kmeans_iters_cold: iterations when there is no cache (random init).
       kmeans_iters_warm: iterations when warm-started from the cache.
       kmeans_tol: early stop when the largest centroid shift (L2) is below it.
@@ -46,18 +65,25 @@ class SVG2Config:
         segment_sum; GPU only), "auto" (pallas on GPU, the fastest measured there, see
         docs/performance.md; xla elsewhere: `clustering.resolve_kmeans_impl`).
       q_tile: query rows per step of the "jax" backend (bounds its memory to
-        B * H * q_tile * S floats).
+        B * H * q_tile * S floats) and of the error estimate and compensation passes
+        (B * H * q_tile * KC floats).
       kmeans_chunk: tokens per chunk in the XLA k-means assignment (bounds the
         distance matrix to N * kmeans_chunk * K floats).
-      target_density: None (SVG2's top-p rule) or a fixed budget: per query cluster,
-        key clusters by descending mass until this fraction of the keys is kept
-        (`selection.select_by_density`; a control for benchmarks on random weights).
+      target_density: None (the rule's adaptive criterion: top_p, error_tolerance) or a
+        fixed budget: this fraction of the query-key pairs is computed ("svg2": per
+        query cluster, key clusters by descending mass until this fraction of the keys,
+        `selection.select_by_density`; "error": per head, blocks by estimated error per
+        pair). A control for benchmarks on random weights and for budgeted generation.
       kernel: the "pallas" and "pallas_reference" backends' tuning (KV tile rows,
         rows per TMA box, pipeline stages, tail splitting, CTA order).
     """
 
     num_q_clusters: int = 300
     num_k_clusters: int = 1000
+    selection: SelectionRule = "error"
+    error_tolerance: float = 0.02
+    compensation: bool = True
+    compensate_own_key: bool = True
     top_p: float = 0.9
     min_kc_ratio: float = 0.10
     kmeans_iters_cold: int = 50
@@ -77,6 +103,16 @@ class SVG2Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive int, got {value!r}")
+        if self.selection not in SELECTIONS:
+            problems.append(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if (isinstance(self.error_tolerance, bool)
+                or not isinstance(self.error_tolerance, (int, float))
+                or not 0.0 <= self.error_tolerance < float("inf")):
+            problems.append(f"error_tolerance must be a finite number >= 0, got "
+                            f"{self.error_tolerance!r}")
+        for name in ("compensation", "compensate_own_key"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not 0.0 <= self.min_kc_ratio <= 1.0:
@@ -96,6 +132,19 @@ class SVG2Config:
                             f"{type(self.kernel).__name__}")
         if problems:
             raise ValueError("SVG2Config: " + "; ".join(problems))
+
+    @classmethod
+    def reference(cls, **changes) -> SVG2Config:
+        """The paper's exact SVG2 (svg-project/Sparse-VideoGen): selection "svg2" (centroid
+        top-p per query cluster with the min_kc_ratio floor), no compensation; other
+        fields as given (defaults: the reference's Wan 720p settings). Its outputs are
+        those of the library before issue #13, bit for bit."""
+        return cls(**{**REFERENCE_RULE, **changes})
+
+    @property
+    def needs_key_stats(self) -> bool:
+        """Whether a call computes the key clusters' statistics (`KeyClusterStats`)."""
+        return self.compensation or self.selection == "error"
 
     @property
     def min_k_clusters(self) -> int:

@@ -5,7 +5,9 @@ tokens are real and the rest padding. As in the reference, only video tokens are
 clustered and permuted; text is handled densely:
 - video queries attend to their selected video key clusters and to every real text key;
 - text queries (real or padding) attend to every video key and every real text key.
-Padding text keys are masked for every query, which is exactly diffusers' dense
+With compensation (SVG2Config.compensation) only the left-out video key clusters are
+compensated, for video queries (the video part is self-attention over the video tokens);
+text stays exact. Padding text keys are masked for every query, which is exactly diffusers' dense
 masking (padded query rows still get outputs; the model ignores them). So with top_p=1
 the result equals dense masked attention. (The reference lets padding queries attend
 only each other; their outputs are never used, so the difference is invisible.)
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from svg2_jax.attention import check_inputs, svg2_core, svg2_stats
+from svg2_jax.attention import check_inputs, compensated_share, svg2_core, svg2_stats
 from svg2_jax.clustering import SVG2Cache, to_cache
 from svg2_jax.config import SVG2Config
 from svg2_jax.selection import block_density
@@ -55,7 +57,8 @@ def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths:
     holds the video tokens' centroids).
 
     Returns (out [B, Sv + T, H, D], new cache, SVG2Stats). stats.density counts every
-    computed (real query, real key) pair, text ones included, over all real pairs.
+    computed (real query, real key) pair, text ones included, over all real pairs;
+    stats.compensated_mass is over the video queries.
     """
     _check_joint(q, num_text, text_lengths)
     sv = q.shape[1] - num_text
@@ -69,18 +72,20 @@ def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths:
     video = svg2_core(qn[:, :sv], kn[:, :sv], vn[:, :sv], cache, config, key, scale)
     o_vt, lse_vt = masked_attention(qn[:, :sv], kn[:, sv:], vn[:, sv:], text_valid[:, None, :],
                                     scale)
-    o_video, _ = merge_attention(video.out, video.lse, o_vt, lse_vt)
+    o_video, lse_video = merge_attention(video.out, video.lse, o_vt, lse_vt)
 
     key_valid = jnp.concatenate([jnp.ones((b * h, sv), bool), text_valid], axis=-1)
     o_text, _ = masked_attention(qn[:, sv:], kn, vn, key_valid[:, None, :], scale)
     out = rearrange(jnp.concatenate([o_video, o_text], axis=1), "(b h) s d -> b s h d", b=b)
 
     n_text = jnp.sum(text_valid, axis=-1).astype(jnp.float32)  # [B*H]
-    clustering, selected = video.clustering, video.selection.selected
-    video_pairs = block_density(selected, clustering.q.sizes, clustering.k.sizes) * sv * sv
+    clustering, selection = video.clustering, video.selection
+    video_pairs = block_density(selection.selected, clustering.q.sizes,
+                                clustering.k.sizes) * sv * sv
     computed = video_pairs + sv * n_text + n_text * (sv + n_text)
     density = computed / (sv + n_text) ** 2
-    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b)
+    return out, to_cache(clustering, b), svg2_stats(
+        density, clustering, selection, b, compensated_share(video.comp_lse, lse_video))
 
 
 def dense_joint_attention(q, k, v, text_lengths, *, num_text: int, implementation=None):

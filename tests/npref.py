@@ -69,3 +69,104 @@ def masked_attention_lse(q, k, v, mask, scale):
     with np.errstate(divide="ignore"):
         lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -np.inf)[..., 0]
     return np.einsum("nqk,nkd->nqd", p, v) / np.where(l > 0, l, 1.0), lse
+
+
+# ---- error-aware selection and compensation (issue #13) ---------------------------------
+# Written from the algorithm's description (svg2_jax/compensation.py and
+# selection.select_by_error docstrings), per head, float64.
+
+SIG2_MAX = 20.0
+
+
+def key_stats(k, v, klab, kc):
+    """k, v [Sk, D]; labels [Sk] -> sizes [KC], key mean [KC, D], value mean [KC, D],
+    key variance [KC] (mean over members and dimensions), value variance [KC] (mean
+    over members of the squared distance)."""
+    k, v = np.asarray(k, np.float64), np.asarray(v, np.float64)
+    d = k.shape[1]
+    n = np.bincount(klab, minlength=kc).astype(np.float64)
+    c, vb, kv, vv = np.zeros((kc, d)), np.zeros((kc, d)), np.zeros(kc), np.zeros(kc)
+    for j in range(kc):
+        members = klab == j
+        if members.any():
+            c[j], vb[j] = k[members].mean(0), v[members].mean(0)
+            kv[j] = ((k[members] - c[j]) ** 2).mean()
+            vv[j] = ((v[members] - vb[j]) ** 2).sum(-1).mean()
+    return n, c, vb, kv, vv
+
+
+def token_logits(q, n, c, kv, scale):
+    """-> (l [Sq, KC], -inf for empty clusters; sig2 [Sq, KC])."""
+    q = np.asarray(q, np.float64)
+    sig2 = np.minimum(scale ** 2 * (q * q).sum(-1, keepdims=True) * kv[None], SIG2_MAX)
+    with np.errstate(divide="ignore"):
+        l = scale * q @ c.T + np.log(np.maximum(n, 1)) + 0.5 * sig2
+    return np.where(n > 0, l, -np.inf), sig2
+
+
+def error_select(q, qlab, qc, n, c, vb, kv, vv, scale, tau=None, density=None):
+    """One head: -> (selected [QC, KC], mass [QC, KC], estimated relative error)."""
+    l, sig2 = token_logits(q, n, c, kv, scale)
+    pi = np.exp(l - l.max(-1, keepdims=True))
+    pi /= pi.sum(-1, keepdims=True)
+    e2 = pi ** 2 / np.maximum(n, 1) * (np.expm1(sig2) * (vb ** 2).sum(-1) + np.exp(sig2) * vv)
+    e2 = np.where(n > 0, e2, 0.0)
+    qn = np.bincount(qlab, minlength=qc).astype(np.float64)
+    err = np.zeros((qc, len(n)))
+    mass = np.zeros((qc, len(n)))
+    np.add.at(err, qlab, e2)
+    np.add.at(mass, qlab, pi)
+    mass /= np.maximum(qn, 1)[:, None]
+    out2 = (qn * ((mass @ vb) ** 2).sum(-1)).sum()
+    area = qn[:, None] * n[None]
+    blocks = [(i, j) for i in range(qc) for j in range(len(n)) if area[i, j] > 0]
+    rank = {b: err[b] / area[b] for b in blocks}
+    sel = np.zeros((qc, len(n)), bool)
+    if density is not None:  # most error per pair first, while the pairs before < budget
+        taken = 0.0
+        for b in sorted(blocks, key=lambda b: -rank[b]):  # sorted() is stable
+            if taken < density * len(q) * n.sum():
+                sel[b] = True
+            taken += area[b]
+    else:  # least error per pair left out first, while the summed error < tau^2 out2
+        for b in blocks:
+            sel[b] = True
+        left = 0.0
+        for b in sorted(blocks, key=lambda b: rank[b]):
+            left += err[b]
+            if left < tau ** 2 * out2:
+                sel[b] = False
+    left_err = sum(err[b] for b in blocks if not sel[b])
+    return sel, mass, np.sqrt(left_err / out2)
+
+
+def compensated_attention(q, k, v, qlab, klab, sel, n, c, vb, kv, scale, own_key=True):
+    """One head: exact softmax over the selected blocks plus, for each query, the left-out
+    non-empty clusters through their mean value with weight e^{l_tj}, and (own_key) its
+    own key exactly instead of one average member of its cluster. -> (out [Sq, D], lse)."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    mask = sel[qlab][:, klab]
+    logits = scale * q @ k.T
+    l, _ = token_logits(q, n, c, kv, scale)
+    left = ~sel[qlab] & (n > 0)[None]
+    w_num = np.zeros(q.shape)
+    w_den = np.zeros(len(q))
+    m = np.max(np.concatenate([np.where(mask, logits, -np.inf), np.where(left, l, -np.inf)],
+                              -1), -1)
+    for t in range(len(q)):
+        e = np.exp(logits[t] - m[t]) * mask[t]
+        num, den = e @ v, e.sum()
+        for j in np.nonzero(left[t])[0]:
+            w = np.exp(l[t, j] - m[t])
+            if own_key and j == klab[t]:  # n - 1 average members + the exact own key
+                num += w * (n[j] - 1) / n[j] * (n[j] * vb[j] - v[t]) / max(n[j] - 1, 1)
+                den += w * (n[j] - 1) / n[j]
+                a = np.exp(logits[t, t] - m[t])
+                num, den = num + a * v[t], den + a
+            else:
+                num, den = num + w * vb[j], den + w
+        w_num[t], w_den[t] = num, den
+    out = w_num / np.where(w_den > 0, w_den, 1)[:, None]
+    with np.errstate(divide="ignore"):
+        lse = np.where(w_den > 0, m + np.log(np.where(w_den > 0, w_den, 1)), -np.inf)
+    return out, lse

@@ -28,25 +28,43 @@ def clustered_qkv(seed, b=2, s=300, h=2, d=32, nq=6, nk=12, noise=0.2):
 
 
 def numpy_svg2(q, k, v, cache, cfg):
-    """The whole warm-started algorithm in numpy, from the same centroids."""
+    """The whole warm-started algorithm in numpy, from the same centroids: the reference
+    rule (top-p, no compensation) or the error-aware rule with compensation."""
     heads = lambda x: rearrange(x, "b s h d -> (b h) s d")
     qn, kn, vn = heads(q), heads(k), heads(v)
     c = lambda x: rearrange(np.asarray(x), "b h c d -> (b h) c d")
     ql, qc, qs, _ = npref.kmeans(qn, c(cache.q_centroids), cfg.kmeans_iters_warm, cfg.kmeans_tol)
     kl, kc, ks, _ = npref.kmeans(kn, c(cache.k_centroids), cfg.kmeans_iters_warm, cfg.kmeans_tol)
-    sel = npref.select(qc, kc, ks, cfg.top_p, int(cfg.min_kc_ratio * cfg.num_k_clusters))
+    scale = q.shape[-1] ** -0.5
+    if cfg.selection == "svg2":
+        sel = npref.select(qc, kc, ks, cfg.top_p, int(cfg.min_kc_ratio * cfg.num_k_clusters))
+    else:
+        sel = []
+        for n in range(len(qn)):
+            st = npref.key_stats(kn[n], vn[n], kl[n], cfg.num_k_clusters)
+            sel.append(npref.error_select(qn[n], ql[n], cfg.num_q_clusters, *st, scale,
+                                          tau=cfg.error_tolerance)[0])
+        sel = np.stack(sel)
     mask = np.stack([sel[n][ql[n]][:, kl[n]] for n in range(len(sel))])
-    out = npref.masked_attention(qn, kn, vn, mask, q.shape[-1] ** -0.5)
+    if cfg.compensation:
+        out = np.stack([npref.compensated_attention(
+            qn[n], kn[n], vn[n], ql[n], kl[n], sel[n],
+            *npref.key_stats(kn[n], vn[n], kl[n], cfg.num_k_clusters)[:4], scale,
+            cfg.compensate_own_key)[0] for n in range(len(qn))])
+    else:
+        out = npref.masked_attention(qn, kn, vn, mask, scale)
     density = (mask.sum((1, 2)) / mask[0].size).reshape(q.shape[0], q.shape[2])
     return rearrange(out, "(b h) s d -> b s h d", b=q.shape[0]), density
 
 
 @pytest.mark.parametrize("backend,q_tile", [("jax", 64), ("jax", 512), ("masked_dense", 64)])
-@pytest.mark.parametrize("top_p", [0.5, 0.9])
-def test_warm_call_equals_numpy_pipeline(backend, q_tile, top_p):
-    q, k, v, cache = clustered_qkv(int(top_p * 10) + q_tile)
-    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12, top_p=top_p, min_kc_ratio=0.25,
-                     kmeans_iters_warm=3, backend=backend, q_tile=q_tile)
+@pytest.mark.parametrize("rule", [dict(selection="svg2", compensation=False, top_p=0.5),
+                                  dict(selection="svg2", compensation=False, top_p=0.9),
+                                  dict(error_tolerance=0.05)])
+def test_warm_call_equals_numpy_pipeline(backend, q_tile, rule):
+    q, k, v, cache = clustered_qkv(int(rule.get("top_p", 0.3) * 10) + q_tile)
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12, min_kc_ratio=0.25,
+                     kmeans_iters_warm=3, backend=backend, q_tile=q_tile, **rule)
     out, new_cache, stats = svg2_attention(q, k, v, cache, cfg)
     want, density = numpy_svg2(q, k, v, cache, cfg)
     assert out.shape == q.shape and out.dtype == q.dtype
@@ -59,15 +77,21 @@ def test_warm_call_equals_numpy_pipeline(backend, q_tile, top_p):
 
 @pytest.mark.parametrize("backend", ["jax", "masked_dense"])
 def test_keep_everything_equals_dense_attention(backend):
+    """Every block selected: nothing to compensate, with or without compensation."""
     rng = np.random.default_rng(4)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 200, 3, 16)).astype(np.float32)) for _ in range(3))
-    for top_p, ratio in ((1.0, 1.0), (1.0, 0.0), (0.5, 1.0)):
-        cfg = SVG2Config(num_q_clusters=8, num_k_clusters=20, top_p=top_p, min_kc_ratio=ratio,
-                         kmeans_iters_cold=5, backend=backend, q_tile=64)
+    for rule in (dict(selection="svg2", top_p=1.0, min_kc_ratio=1.0),
+                 dict(selection="svg2", top_p=1.0, min_kc_ratio=0.0, compensation=False),
+                 dict(selection="svg2", top_p=0.5, min_kc_ratio=1.0),
+                 dict(selection="error", error_tolerance=0.0),
+                 dict(selection="error", target_density=1.0)):
+        cfg = SVG2Config(num_q_clusters=8, num_k_clusters=20, kmeans_iters_cold=5,
+                         backend=backend, q_tile=64, **rule)
         out, _, stats = svg2_attention(q, k, v, None, cfg, jax.random.PRNGKey(1))
         dense = jax.nn.dot_product_attention(q, k, v)
         np.testing.assert_allclose(np.asarray(out), np.asarray(dense), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.asarray(stats.density), 1.0, rtol=1e-6)
+        assert (np.asarray(stats.compensated_mass) == 0).all()
 
 
 def test_rows_with_no_selected_key_give_zeros_not_nan():
@@ -135,13 +159,19 @@ def test_cold_start_is_deterministic_per_key():
 
 def test_stats_summaries():
     q, k, v, cache = clustered_qkv(6)
-    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12)
+    cfg = SVG2Config.reference(num_q_clusters=6, num_k_clusters=12)
     _, _, st = svg2_attention(q, k, v, cache, cfg)
     assert st.density.shape == (2, 2)
     assert (np.asarray(st.k_size_min) >= 1).all()
     assert (np.asarray(st.k_size_max) <= 300).all()
     assert (np.asarray(st.q_empty) >= 0).all() and (np.asarray(st.k_empty) < 12).all()
     assert (np.asarray(st.kept_k_clusters) >= int(0.1 * 12)).all()
+    assert (np.asarray(st.compensated_mass) == 0).all()  # the reference compensates nothing
+    assert np.isnan(np.asarray(st.estimated_error)).all()  # nor estimates an error
+    _, _, st = svg2_attention(q, k, v, cache, SVG2Config(num_q_clusters=6, num_k_clusters=12,
+                                                         error_tolerance=0.05))
+    share, est = np.asarray(st.compensated_mass), np.asarray(st.estimated_error)
+    assert ((share > 0) & (share < 1)).all() and ((est > 0) & (est <= 0.05 + 1e-6)).all()
 
 
 # ---- bad input -------------------------------------------------------------------------
@@ -187,6 +217,12 @@ def test_bad_cache():
     (dict(kmeans_tol=-1.0), "kmeans_tol"),
     (dict(backend="flashinfer"), "backend"),
     (dict(kmeans_impl="cuvs"), "kmeans_impl"),
+    (dict(selection="topk"), "selection must be one of"),
+    (dict(error_tolerance=-0.1), "error_tolerance"),
+    (dict(error_tolerance=float("nan")), "error_tolerance"),
+    (dict(error_tolerance=True), "error_tolerance"),
+    (dict(compensation="yes"), "compensation must be a bool"),
+    (dict(compensate_own_key=1), "compensate_own_key must be a bool"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -212,8 +248,8 @@ def test_every_portable_backend_meets_the_seam_contract():
     from svg2_jax.selection import Selection, select_blocks
 
     q, k, v, cache = clustered_qkv(12)
-    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=12, top_p=0.6, q_tile=128,
-                     kernel=SparseTuningConfig(block_kv=64, box_rows=8))
+    cfg = SVG2Config.reference(num_q_clusters=6, num_k_clusters=12, top_p=0.6, q_tile=128,
+                               kernel=SparseTuningConfig(block_kv=64, box_rows=8))
     heads = lambda x: rearrange(jnp.asarray(x), "b s h d -> (b h) s d")
     qn, kn, vn = heads(q), heads(k), heads(v)
     clustering = cluster_qk(qn, kn, cache, cfg)
@@ -262,8 +298,8 @@ def test_cluster_qk_cold_start_is_documented_kmeans():
 
 
 def test_errors_list_every_problem():
-    with pytest.raises(ValueError, match="top_p.*backend.*target_density"):
-        SVG2Config(top_p=2.0, backend="flashinfer", target_density=0.0)
+    with pytest.raises(ValueError, match="error_tolerance.*top_p.*backend.*target_density"):
+        SVG2Config(top_p=2.0, backend="flashinfer", target_density=0.0, error_tolerance=-1.0)
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="dtypes differ.*fewer than num_k_clusters"):
         svg2_attention(q.astype(jnp.bfloat16), k[:, :7], v[:, :7], None, CFG)

@@ -68,7 +68,7 @@ def _rel(a, b):
 
 def test_top_p_one_equals_dense_including_text_cold_and_warm(setup):
     model, args, dense = setup
-    attention = SVG2Attention(SVG2Config(top_p=1.0, **SMALL), dense_layers=())
+    attention = SVG2Attention(SVG2Config(selection="svg2", top_p=1.0, **SMALL), dense_layers=())
     step, params = _with(model, attention)
     out, state, density = step(params, *args, attention.init_state(LAYERS, B, H, D))
     assert _rel(out, dense) <= 1e-5

@@ -36,10 +36,11 @@ def test_dense_joint_attention_masks_padded_text_keys():
                                rtol=1e-5, atol=1e-5)
 
 
-def test_keep_everything_equals_dense_masked_attention():
+@pytest.mark.parametrize("rule", [dict(selection="svg2", top_p=1.0),
+                                  dict(selection="error", error_tolerance=0.0)])
+def test_keep_everything_equals_dense_masked_attention(rule):
     q, k, v = qkv(1)
-    cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, top_p=1.0, kmeans_iters_cold=3,
-                     q_tile=64)
+    cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, kmeans_iters_cold=3, q_tile=64, **rule)
     out, cache, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, num_text=T)
     np.testing.assert_allclose(np.asarray(out), numpy_dense_masked(q, k, v, LENGTHS),
                                rtol=1e-5, atol=1e-5)
@@ -57,9 +58,9 @@ def test_sparse_joint_attention_equals_numpy_with_the_same_selection(backend):
     from svg2_jax.selection import select_clusters
 
     q, k, v = qkv(2)
-    cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, top_p=0.5, min_kc_ratio=0.2,
-                     kmeans_iters_cold=3, backend=backend,
-                     kernel=SparseTuningConfig(block_kv=64, box_rows=8))
+    cfg = SVG2Config.reference(num_q_clusters=5, num_k_clusters=9, top_p=0.5, min_kc_ratio=0.2,
+                               kmeans_iters_cold=3, backend=backend,
+                               kernel=SparseTuningConfig(block_kv=64, box_rows=8))
     out, _, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, jax.random.PRNGKey(4),
                                          num_text=T)
     # Rebuild the clustering with the documented cold start (same key split) and build the
@@ -85,13 +86,54 @@ def test_sparse_joint_attention_equals_numpy_with_the_same_selection(backend):
     assert (pairs < 1).all()
 
 
+def test_compensation_is_of_video_keys_only_and_text_stays_exact():
+    """The error-aware selection (a density budget, random q, k being far from sparse) with
+    compensation: video queries get their
+    compensated video part (own video key exact) merged with every real text key; text
+    queries attend exactly to everything real."""
+    from svg2_jax import kmeans as km
+    from svg2_jax.compensation import key_cluster_stats
+    from svg2_jax.selection import select_by_error
+
+    q, k, v = qkv(5)
+    cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, kmeans_iters_cold=3,
+                     target_density=0.4)
+    out, _, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, jax.random.PRNGKey(6),
+                                         num_text=T)
+    heads = lambda x: rearrange(x, "b s h d -> (b h) s d")
+    qn, kn, vn = heads(q), heads(k), heads(v)
+    kq, kk_ = jax.random.split(jax.random.PRNGKey(6))
+    rq = km.kmeans(qn[:, :SV], km.random_init(kq, qn[:, :SV], 5), 3, cfg.kmeans_tol)
+    rk = km.kmeans(kn[:, :SV], km.random_init(kk_, kn[:, :SV], 9), 3, cfg.kmeans_tol)
+    ql, kl = np.asarray(rq.labels), np.asarray(rk.labels)
+    text_ok = np.repeat(np.arange(T)[None] < np.asarray(LENGTHS)[:, None], H, axis=0)
+    scale = D ** -0.5
+    got = np.asarray(heads(out))
+    for n in range(B * H):
+        st = npref.key_stats(kn[n, :SV], vn[n, :SV], kl[n], 9)
+        sel = npref.error_select(qn[n, :SV], ql[n], 5, *st, scale, density=0.4)[0]
+        assert 0 < sel.sum() < sel.size
+        o_v, lse_v = npref.compensated_attention(qn[n, :SV], kn[n, :SV], vn[n, :SV], ql[n],
+                                                 kl[n], sel, *st[:4], scale)
+        o_t, lse_t = npref.masked_attention_lse(qn[None, n, :SV], kn[None, n, SV:],
+                                                vn[None, n, SV:], text_ok[None, n, None], scale)
+        w_v, w_t = np.exp(lse_v - np.maximum(lse_v, lse_t[0])), np.exp(lse_t[0] - np.maximum(
+            lse_v, lse_t[0]))
+        want_video = (w_v[:, None] * o_v + w_t[:, None] * o_t[0]) / (w_v + w_t)[:, None]
+        np.testing.assert_allclose(got[n, :SV], want_video, rtol=1e-5, atol=1e-5)
+    dense = np.asarray(heads(numpy_dense_masked(q, k, v, LENGTHS)))
+    np.testing.assert_allclose(got[:, SV:], dense[:, SV:], rtol=1e-5, atol=1e-5)
+    assert (np.asarray(stats.compensated_mass) > 0).all()
+    assert (np.asarray(stats.density) < 1).all()
+
+
 def test_layer_attention_joint_mode_dense_and_sparse():
     q, k, v = qkv(3)
     dense, _, _ = DenseAttention()(q, k, v, None, 0, num_text=T, text_lengths=LENGTHS)
     np.testing.assert_allclose(np.asarray(dense), numpy_dense_masked(q, k, v, LENGTHS),
                                rtol=1e-5, atol=1e-5)
-    attn = SVG2Attention(SVG2Config(num_q_clusters=5, num_k_clusters=9, top_p=1.0,
-                                    kmeans_iters_cold=3), dense_layers=())
+    attn = SVG2Attention(SVG2Config(num_q_clusters=5, num_k_clusters=9, selection="svg2",
+                                    top_p=1.0, kmeans_iters_cold=3), dense_layers=())
     state = jax.tree.map(lambda x: x[0], attn.init_state(1, B, H, D))
     out, state, dens = attn(q, k, v, state, 0, num_text=T, text_lengths=LENGTHS)
     np.testing.assert_allclose(np.asarray(out), np.asarray(dense), rtol=1e-5, atol=1e-5)

@@ -33,7 +33,12 @@ def toy_model(attention, seed=0):
     return model_fn
 
 
-CFG = SVG2Config(num_q_clusters=4, num_k_clusters=8, top_p=0.6, kmeans_iters_cold=4)
+# the reference rule with compensation (random q, k are sparse under top-p), and the default
+# error-aware rule at a tolerance that leaves blocks of random q, k to the compensation
+CFG = SVG2Config(num_q_clusters=4, num_k_clusters=8, selection="svg2", top_p=0.6,
+                 kmeans_iters_cold=4)
+CFG_ERROR = SVG2Config(num_q_clusters=4, num_k_clusters=8, error_tolerance=0.3,
+                       kmeans_iters_cold=4)
 
 
 def inputs(seed=0):
@@ -65,10 +70,11 @@ def python_loop(model_fn, attention, scheduler, cfg, latents, cond, uncond, stat
     return latents
 
 
-@pytest.mark.parametrize("scheduler,share,warmup_kmeans", [
-    (FlowUniPC(flow_shift=3.0), True, False), (FlowMatchEuler(shift=3.0), False, True)])
-def test_compiled_loop_equals_python_loop(scheduler, share, warmup_kmeans):
-    attention = SVG2Attention(CFG, dense_layers=(0,))
+@pytest.mark.parametrize("scheduler,share,warmup_kmeans,svg2", [
+    (FlowUniPC(flow_shift=3.0), True, False, CFG_ERROR),
+    (FlowMatchEuler(shift=3.0), False, True, CFG)])
+def test_compiled_loop_equals_python_loop(scheduler, share, warmup_kmeans, svg2):
+    attention = SVG2Attention(svg2, dense_layers=(0,))
     model_fn = toy_model(attention)
     cfg = SamplerConfig(num_steps=6, guidance_scale=4.0, dense_fraction=0.34,
                         share_cfg_cache=share, kmeans_during_warmup=warmup_kmeans,
@@ -80,6 +86,7 @@ def test_compiled_loop_equals_python_loop(scheduler, share, warmup_kmeans):
     want = python_loop(model_fn, attention, scheduler, cfg, latents, cond, uncond, state)
     np.testing.assert_allclose(np.asarray(res.latents), np.asarray(want), rtol=1e-4, atol=1e-5)
     assert res.density.shape == (6, 2, L, B, H)
+    assert (np.asarray(res.density)[2:, :, 1:] < 1).all()  # sparse after the warm-up
 
 
 def test_warmup_is_dense_then_sparse_and_no_recompilation():

@@ -340,7 +340,8 @@ def backend_outputs(seed, shape, dtype, backends, **config):
 def test_svg2_pallas_path_through_twin_equals_masked_dense():
     outs, stats = backend_outputs(7, (2, 333, 2, 64), jnp.float32,
                                   ("pallas_reference", "masked_dense"), num_q_clusters=7,
-                                  num_k_clusters=19, top_p=0.6, kmeans_iters_cold=4,
+                                  num_k_clusters=19, selection="svg2", top_p=0.6,
+                                  kmeans_iters_cold=4,
                                   kernel=SparseTuningConfig(block_kv=64, box_rows=8))
     assert float(stats.density.mean()) < 0.95
     np.testing.assert_allclose(outs["pallas_reference"], outs["masked_dense"], atol=2e-5,

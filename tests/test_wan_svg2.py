@@ -1,4 +1,5 @@
-"""The Wan model with SVG2 self-attention: exact at top_p=1, sparse and stateful below."""
+"""The Wan model with SVG2 self-attention: exact at top_p=1, sparse and stateful below (the
+default error-aware selection with compensation)."""
 
 import functools
 
@@ -50,7 +51,7 @@ def _rel(a, b):
 
 def test_top_p_one_equals_dense(setup):
     model, args, dense = setup
-    attention = SVG2Attention(SVG2Config(top_p=1.0, **SMALL), dense_layers=())
+    attention = SVG2Attention(SVG2Config(selection="svg2", top_p=1.0, **SMALL), dense_layers=())
     step, params = _with(model, attention)
     out, state, density = step(params, *args, attention.init_state(3, 2, 2, 12))
     assert _rel(out, dense) <= 1e-5
