@@ -10,7 +10,8 @@ Attention (random bf16 q, k, v of that shape, through `svg2_jax.layer_attention`
 as the model calls it: num_text=T, text_lengths=[text_valid]):
   dense: `DenseAttention("cudnn")` = `jax.nn.dot_product_attention(implementation="cudnn")`
     with the padded text keys masked;
-  svg2-cold: `SVG2Attention(SVG2Config(num_q_clusters=400, num_k_clusters=1000, top_p=0.9))`
+  svg2-cold: `SVG2Attention(SVG2Config.reference(num_q_clusters=400, num_k_clusters=1000))`
+    (the reference rule: top_p 0.9, no compensation)
     without centroids (k-means from random tokens, 50 iterations: the first sparse step);
   svg2-warm: the same from the previous call's centroids (2 iterations: every later step).
 Full model: `HunyuanVideoTransformer3DModel(PRESETS["hunyuan-video-t2v-720p"])` with random
@@ -93,9 +94,9 @@ def bench_attention(config, shape: dict, text_valid: int, impl, reps, warmup) ->
     q, k, v = (jax.random.normal(kx, (1, sv + t, h, d), jnp.bfloat16) for kx in keys)
     lengths = jnp.array([text_valid], jnp.int32)
     flops = 4.0 * (sv + t) ** 2 * d * h
-    svg2 = SVG2Attention(SVG2Config(num_q_clusters=shape["qc"], num_k_clusters=shape["kc"],
-                                    top_p=shape["top_p"]), dense_layers=(),
-                         dense_implementation=impl)
+    svg2 = SVG2Attention(SVG2Config.reference(num_q_clusters=shape["qc"],
+                                              num_k_clusters=shape["kc"], top_p=shape["top_p"]),
+                         dense_layers=(), dense_implementation=impl)
     layer = 1  # any layer: per-layer state, same shapes everywhere
 
     def call(attention):

@@ -1,13 +1,21 @@
-"""Quality of SVG2's block selection: density vs output error and attention-mass recall.
+"""Quality of SVG2's block selection and compensation: density vs output error and
+attention-mass recall.
 
 This is a quality benchmark, not a timing one. On structured queries and keys built from
-real images it compares, at equal density, three ways (and a diagnostic fourth) of choosing
-which query-key pairs to compute:
+real images it compares ways of choosing which query-key pairs to compute, and of
+standing in for the rest:
 
-1. SVG2 (`svg2_jax`): cold start (random init, 50 k-means iterations), per-head k-means
-   on Q (QC clusters) and K (KC clusters), centroid-level top-p selection of
-   (query cluster, key cluster) blocks, for several top_p with min_kc_ratio 0.10, plus
-   one row with min_kc_ratio 0 at top_p 0.9.
+1. SVG2, the reference rule (`SVG2Config.reference()`): cold start (random init, 50
+   k-means iterations), per-head k-means on Q (QC clusters) and K (KC clusters),
+   centroid-level top-p selection of (query cluster, key cluster) blocks, for several
+   top_p with min_kc_ratio 0.10, plus one row with min_kc_ratio 0 at top_p 0.9; the
+   same selections with the left-out key clusters compensated (`svg2_jax.compensation`),
+   per query token (the library's) and per query cluster (cheaper, coarser).
+1b. The error-aware rule with compensation (the library's default, `SVG2Config()`), swept
+   over its error tolerance (the default's knob), with and without the own-key term,
+   and over a per-head density budget; and the oracle below with compensation over the
+   same budgets. These rows have their own densities: compare along the density axis
+   (the curves, and `scripts/quality/targets.py`'s interpolation at SVG2's density).
 2. Oracle at equal density: the same SVG2 clusters, but blocks chosen by the TRUE
    attention mass (from the exact dense softmax): per head, (query cluster, key cluster)
    blocks are taken greedily in descending order of true mass per token pair until the
@@ -68,15 +76,28 @@ once per problem, exactly as `svg2_attention` calls it; `selectors` holds the me
 (`SELECTORS`: adding a method is a function and one row there), each top_p re-running
 only the selection; `metrics` has the dense and masked passes; `benchmark.run_quality`
 puts them together; `report` and `plot` write docs/quality.md and its figure.
-`svg2_attention` itself is then run (`--api-check`) and must reproduce the same per-head
-densities and output error, which checks that the numbers are those of the public
-function.
+`svg2_attention` itself is then run (`--api-check`) for every row the library can
+produce (SVG2, SVG2 + compensation, the error-aware rows) and must reproduce the same
+per-head densities and output errors, which checks that the numbers are those of the
+public function. `targets` reads issue #13's targets off the curves; `flops` counts the
+added work at Wan 720p.
+
+Input sets (`--inputs`, or `--quick` = quick, `--full` = all four; flags such as
+--images or --temperature override the named sets' values):
+  quick      astronaut, 5 frames 256x448, 2 heads, temperature 0.5 (peaked: the query's
+             own key is its top key for most queries)
+  full       astronaut, coffee, chelsea, 9 frames 320x576, 4 heads, temperature 0.5
+  peaky      chelsea, 4 frames 384x384, 2 heads, temperature 0.5, QC 40, KC 120
+             (peakier: the largest mean max probability of the four)
+  neighbour  coffee, 4 frames 384x384, 2 heads, temperature 0.7, QC 40, KC 120, keys and
+             values shifted one token along x (attention peaks at a neighbour: no own-key
+             advantage; the conservative reading for the compensation's own-key term)
 
 Usage:
-  python -m scripts.bench_quality                  # = --quick, under a minute on 2 cores
+  python -m scripts.bench_quality                  # = --quick, a few minutes on 2 cores
   python -m scripts.bench_quality --full --write-doc
 
-Every printed figure, per head, is written to JSON: `--json`, by default
+Every printed figure, per head and input set, is written to JSON: `--json`, by default
 docs/bench/quality_quick.json or docs/bench/quality_full.json (the data behind
 docs/quality.md).
 """
@@ -92,11 +113,22 @@ from scripts.quality.benchmark import DEFAULT_TOP_PS, run_quality
 from scripts.quality.inputs import build_qkv
 from scripts.quality.plot import plot
 from scripts.quality.report import (DOC_PATH, PLOT_PATH, attention_line, machine, summary,
-                                    table_markdown, utc_date, write_doc)
+                                    table_markdown, targets_line, utc_date, write_doc)
 from scripts.raw_data import REPO, default_path, write_json
 
-QUICK = dict(images="astronaut", frames=5, height=256, width=448, heads=2)
-FULL = dict(images="astronaut,coffee,chelsea", frames=9, height=320, width=576, heads=4)
+# The input sets (module docstring). Fields: build_qkv's, plus qc / kc (None: from the
+# tokens per cluster).
+_BASE = dict(temperature=0.5, qk_noise=0.3, roll_kv=0, qc=None, kc=None)
+INPUTS = {
+    "quick": dict(_BASE, images="astronaut", frames=5, height=256, width=448, heads=2),
+    "full": dict(_BASE, images="astronaut,coffee,chelsea", frames=9, height=320, width=576,
+                 heads=4),
+    "peaky": dict(_BASE, images="chelsea", frames=4, height=384, width=384, heads=2, qc=40,
+                  kc=120),
+    "neighbour": dict(_BASE, images="coffee", frames=4, height=384, width=384, heads=2,
+                      temperature=0.7, roll_kv=1, qc=40, kc=120),
+}
+QUICK, FULL = ("quick",), ("quick", "full", "peaky", "neighbour")
 
 
 def main(argv=None) -> None:
@@ -111,8 +143,9 @@ def run_cli(argv=None):
                                 epilog=__doc__.split("\n", 1)[1])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help=f"small problem, the default: {QUICK}")
-    mode.add_argument("--full", action="store_true", help=f"larger problem: {FULL}")
+                      help=f"input set {','.join(QUICK)}, the default")
+    mode.add_argument("--full", action="store_true", help=f"input sets {','.join(FULL)}")
+    mode.add_argument("--inputs", help=f"comma-separated input sets of {tuple(INPUTS)}")
     p.add_argument("--images", help="comma-separated skimage.data names")
     p.add_argument("--frames", type=int)
     p.add_argument("--height", type=int)
@@ -122,10 +155,11 @@ def run_cli(argv=None):
     p.add_argument("--pool", type=int, default=4, help="pooled cells per patch side")
     p.add_argument("--pan-px", type=int, default=8, help="pan per frame, px")
     p.add_argument("--context-weight", type=float, default=0.5)
-    p.add_argument("--temperature", type=float, default=0.5,
-                   help="logits q.k/sqrt(D) scale as 1/temperature")
-    p.add_argument("--qk-noise", type=float, default=0.3,
-                   help="relative noise between Wq and Wk")
+    p.add_argument("--temperature", type=float,
+                   help="logits q.k/sqrt(D) scale as 1/temperature (default: the set's)")
+    p.add_argument("--qk-noise", type=float, help="relative noise between Wq and Wk")
+    p.add_argument("--roll-kv", type=int, help="shift keys and values this many tokens "
+                   "along x (no own-key advantage)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-p", default=",".join(map(str, DEFAULT_TOP_PS)))
     p.add_argument("--min-kc-ratio", type=float, default=0.10)
@@ -137,60 +171,80 @@ def run_cli(argv=None):
     p.add_argument("--block", type=int, default=64)
     p.add_argument("--tile", type=int, default=128, help="query rows per evaluation step")
     p.add_argument("--api-check", choices=("all", "one", "none"), default="one",
-                   help="re-run svg2_attention itself for all settings or one (top_p 0.9; "
-                        "default) and check it gives the same densities and errors")
+                   help="re-run svg2_attention itself for all the library's rows or one "
+                        "per method (top_p 0.9, the default tolerance; default) and check "
+                        "it gives the same densities and errors")
     p.add_argument("--json", help="write all numbers here (default: docs/bench/"
                    "quality_quick.json, or quality_full.json with --full)")
     p.add_argument("--write-doc", action="store_true", help=f"(re)write {DOC_PATH}")
     p.add_argument("--plot", help="write the plot here (with --write-doc: docs/quality.png)")
     p.add_argument("--no-plot", action="store_true", help="no plot, even with --write-doc")
     args = p.parse_args(argv)
-    preset = FULL if args.full else QUICK
+    names = FULL if args.full else (QUICK if not args.inputs else
+                                    tuple(x.strip() for x in args.inputs.split(",") if x.strip()))
+    unknown = [n for n in names if n not in INPUTS]
+    if unknown or not names:
+        p.error(f"--inputs: unknown input set(s) {unknown}; choose from {tuple(INPUTS)}")
     if args.json is None:
         args.json = default_path(f"quality_{'full' if args.full else 'quick'}.json")
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
     command = "python -m scripts.bench_quality " + " ".join(
         sys.argv[1:] if argv is None else argv)
+    overrides = {name: getattr(args, name) for name in
+                 ("images", "frames", "height", "width", "heads", "temperature", "qk_noise",
+                  "roll_kv", "qc", "kc") if getattr(args, name) is not None}
 
     t_start = time.perf_counter()
-    images = [s.strip() for s in args.images.split(",") if s.strip()]
-    q, k, v, meta = build_qkv(images, args.frames, args.height, args.width, args.heads,
-                              patch=args.patch, pool=args.pool, pan_px=args.pan_px,
-                              context_weight=args.context_weight,
-                              temperature=args.temperature, qk_noise=args.qk_noise,
-                              seed=args.seed)
-    g = meta["grid"]
-    print(f"inputs: {', '.join(images)}; {args.frames} frames {args.height}x{args.width} px -> "
-          f"{g[0]}x{g[1]}x{g[2]} = {meta['S']} tokens, {args.heads} heads, D=128 "
-          f"({time.perf_counter() - t_start:.1f} s)")
-    res = run_quality(q, k, v, top_ps=[float(x) for x in args.top_p.split(",")],
-                      min_kc_ratio=args.min_kc_ratio, num_q_clusters=args.qc,
-                      num_k_clusters=args.kc, q_tokens_per_cluster=args.q_tokens_per_cluster,
-                      k_tokens_per_cluster=args.k_tokens_per_cluster,
-                      kmeans_iters=args.kmeans_iters, block=args.block, seed=args.seed,
-                      tile=args.tile, api_check=args.api_check)
+    runs = []
+    for name in names:
+        spec = dict(INPUTS[name], **overrides)
+        runs.append(run_input(name, spec, args))
     wall = time.perf_counter() - t_start
-    print("dense attention:", attention_line(res))
-    print()
-    print(table_markdown(res))
-    print()
-    print(summary(res))
-    print(f"wall time {wall:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in res['timings'].items())})")
+    print(f"wall time {wall:.1f} s")
     plot_note = "no plot requested"
     plot_path = args.plot or (PLOT_PATH if args.write_doc else None)
     if plot_path and args.no_plot:
         plot_note = "plot skipped (--no-plot)"
     elif plot_path:
-        plot_note = plot(res, plot_path)
+        plot_note = plot(runs, plot_path)
         print(plot_note)
     write_json(args.json, dict(command=command, date=utc_date(), machine=machine(),
-                               wall_s=wall, inputs=meta, **res))
+                               wall_s=wall, runs=runs))
     if args.write_doc:
-        write_doc(res, meta, command, wall, plot_note, args.json)
+        write_doc(runs, command, wall, plot_note, args.json)
         print(f"wrote {os.path.relpath(DOC_PATH, REPO)}")
-    return res
+    return {run["name"]: run for run in runs}
+
+
+def run_input(name, spec, args) -> dict:
+    """One input set through the benchmark: prints its tables; returns its results with
+    name, inputs (the builder's description) and wall_s."""
+    t_start = time.perf_counter()
+    images = [s.strip() for s in spec["images"].split(",") if s.strip()]
+    q, k, v, meta = build_qkv(images, spec["frames"], spec["height"], spec["width"],
+                              spec["heads"], patch=args.patch, pool=args.pool,
+                              pan_px=args.pan_px, context_weight=args.context_weight,
+                              temperature=spec["temperature"], qk_noise=spec["qk_noise"],
+                              seed=args.seed, roll_kv=spec["roll_kv"])
+    g = meta["grid"]
+    print(f"[{name}] inputs: {', '.join(images)}; {spec['frames']} frames "
+          f"{spec['height']}x{spec['width']} px -> {g[0]}x{g[1]}x{g[2]} = {meta['S']} tokens, "
+          f"{spec['heads']} heads, D=128 ({time.perf_counter() - t_start:.1f} s)")
+    res = run_quality(q, k, v, top_ps=[float(x) for x in args.top_p.split(",")],
+                      min_kc_ratio=args.min_kc_ratio, num_q_clusters=spec["qc"],
+                      num_k_clusters=spec["kc"], q_tokens_per_cluster=args.q_tokens_per_cluster,
+                      k_tokens_per_cluster=args.k_tokens_per_cluster,
+                      kmeans_iters=args.kmeans_iters, block=args.block, seed=args.seed,
+                      tile=args.tile, api_check=args.api_check)
+    wall = time.perf_counter() - t_start
+    print(f"[{name}] dense attention:", attention_line(res))
+    print()
+    print(table_markdown(res))
+    print()
+    print(summary(res))
+    print(targets_line(res))
+    print(f"[{name}] wall time {wall:.1f} s "
+          f"({', '.join(f'{k} {v:.1f}' for k, v in res['timings'].items())})")
+    return dict(name=name, inputs=meta, wall_s=wall, **res)
 
 
 if __name__ == "__main__":

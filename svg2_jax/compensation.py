@@ -18,8 +18,10 @@ extra weight delta_t = e^{s q_t . k_t} - e^{l_tj*} / n_j* on v_t. The compensati
 Empty clusters (n_j = 0) weigh nothing. With every non-empty cluster selected there is
 nothing to compensate and the merge returns the sparse result unchanged.
 
-Everything streams over query tiles of `q_tile` rows (`map_query_tiles`), so the
-[Sq, KC] logits exist one tile at a time: no [S, KC] array for all heads at Wan 720p.
+Everything streams over row tiles (`scan_row_tiles`: `q_tile` queries, or 4096 keys for
+the statistics), so the [Sq, KC] logits exist one tile at a time and nothing is padded or
+copied whole: no [S, KC] array for all heads at Wan 720p, and the output is merged in
+place.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from svg2_jax.kmeans import KMeansResult, update_xla
+from svg2_jax.kmeans import KMeansResult
 from svg2_jax.sparse_attention import merge_attention
 
 # sig2 is clamped here: e^{sig2} appears in the error estimate, and a cluster whose
@@ -55,23 +57,47 @@ class KeyClusterStats(NamedTuple):
     value_var: jax.Array
 
 
-def key_cluster_stats(kn: jax.Array, vn: jax.Array, k_clusters: KMeansResult
-                      ) -> KeyClusterStats:
-    """kn, vn [N, Sk, D]; the keys' k-means result -> KeyClusterStats, with two segment
-    sums over the tokens (the k-means update's, on keys and values together)."""
+def _segment_sum(x, labels, num):
+    """Per problem sums of x [N, t, ...] by labels [N, t] into [N, num, ...]; labels out of
+    [0, num) are dropped."""
+    return jax.vmap(lambda xi, li: jax.ops.segment_sum(xi, li, num_segments=num))(x, labels)
+
+
+def key_cluster_stats(kn: jax.Array, vn: jax.Array, k_clusters: KMeansResult,
+                      tile: int = 4096) -> KeyClusterStats:
+    """kn, vn [N, Sk, D]; the keys' k-means result -> KeyClusterStats: segment sums over the
+    tokens, `tile` tokens at a time (`scan_row_tiles`), so no float32 copy of K or V is
+    made; one pass for the sums, one for the squared deviations from the means."""
     n, _, d = kn.shape
     num = k_clusters.sizes.shape[-1]
     labels = k_clusters.labels
-    sums, counts = update_xla(jnp.concatenate([kn, vn], axis=-1), labels, num)
-    means = sums / jnp.maximum(counts, 1)[..., None].astype(jnp.float32)
-    key_mean, value_mean = means[..., :d], means[..., d:]
-    own = jnp.take_along_axis(means, labels[..., None], axis=1)   # [N, Sk, 2D]
-    dk = kn.astype(jnp.float32) - own[..., :d]
-    dv = vn.astype(jnp.float32) - own[..., d:]
-    sq, _ = update_xla(jnp.stack([jnp.sum(dk * dk, -1), jnp.sum(dv * dv, -1)], -1), labels,
-                       num)
-    den = jnp.maximum(counts, 1).astype(jnp.float32)
-    return KeyClusterStats(counts, key_mean, value_mean, sq[..., 0] / (den * d),
+
+    def tiles(start, valid):
+        ids = jnp.where(valid, jax.lax.dynamic_slice_in_dim(labels, start, valid.shape[1], 1),
+                        num)
+        cut = lambda x: jax.lax.dynamic_slice_in_dim(x, start, valid.shape[1], 1).astype(
+            jnp.float32)
+        return ids, cut(kn), cut(vn)
+
+    def sums(acc, start, valid):
+        ids, k, v = tiles(start, valid)
+        return acc + _segment_sum(jnp.concatenate([k, v], axis=-1), ids, num)
+
+    sizes = k_clusters.sizes
+    den = jnp.maximum(sizes, 1).astype(jnp.float32)
+    total = scan_row_tiles(sums, jnp.zeros((n, num, 2 * d), jnp.float32), kn.shape[1], tile)
+    key_mean, value_mean = total[..., :d] / den[..., None], total[..., d:] / den[..., None]
+
+    def deviations(acc, start, valid):
+        ids, k, v = tiles(start, valid)
+        own = jnp.minimum(ids, num - 1)[..., None]
+        dk = k - jnp.take_along_axis(key_mean, own, axis=1)
+        dv = v - jnp.take_along_axis(value_mean, own, axis=1)
+        return acc + _segment_sum(jnp.stack([jnp.sum(dk * dk, -1), jnp.sum(dv * dv, -1)], -1),
+                                  ids, num)
+
+    sq = scan_row_tiles(deviations, jnp.zeros((n, num, 2), jnp.float32), kn.shape[1], tile)
+    return KeyClusterStats(sizes, key_mean, value_mean, sq[..., 0] / (den * d),
                            sq[..., 1] / den)
 
 
@@ -127,25 +153,20 @@ def compensation_tile(q, own_k, own_v, own_label, left_out, stats: KeyClusterSta
     return jnp.where(ok[..., None], out, 0.0), lse
 
 
-def _cut_tiles(x, tile: int, fill=0):
-    """[N, S, ...] -> [ceil(S / tile), N, tile, ...], the last tile padded with `fill`."""
-    n, s = x.shape[:2]
-    num = -(-s // tile)
-    x = jnp.pad(x, [(0, 0), (0, num * tile - s)] + [(0, 0)] * (x.ndim - 2),
-                constant_values=fill)
-    return jnp.moveaxis(x.reshape(n, num, tile, *x.shape[2:]), 1, 0)
+def scan_row_tiles(fn, carry, num_rows: int, tile: int):
+    """carry = fn(carry, start, valid) for row tiles [start, start + t) covering
+    [0, num_rows), t = min(tile, num_rows): the last tile is moved back to end at num_rows
+    (no padding, so no padded copy of anything), and valid [1, t] bool marks its rows not
+    covered by an earlier tile. One lax.scan: only one tile's temporaries are live, and a
+    carried buffer updated with `dynamic_update_slice` stays in place."""
+    t = min(tile, num_rows)
+    rows = jnp.arange(t)
 
+    def body(c, i):
+        start = jnp.minimum(i * t, num_rows - t)
+        return fn(c, start, (start + rows >= i * t)[None]), None
 
-def map_query_tiles(fn, tile: int, *xs):
-    """fn over query tiles: each x [N, S, ...] is cut into tiles of `tile` rows (the last
-    zero-padded), fn(*tiles) -> a pytree of [N, tile, ...] arrays, re-joined to
-    [N, S, ...]. Runs as one lax.map, so only one tile's temporaries are live."""
-    n, s = xs[0].shape[:2]
-    if s <= tile:
-        return fn(*xs)
-    out = jax.lax.map(lambda args: fn(*args), tuple(_cut_tiles(x, tile) for x in xs))
-    return jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1).reshape(n, -1, *y.shape[3:])[:, :s],
-                        out)
+    return jax.lax.scan(body, carry, jnp.arange(-(-num_rows // t)))[0]
 
 
 def error_estimates(qn: jax.Array, q_labels: jax.Array, num_q_clusters: int,
@@ -164,24 +185,21 @@ def error_estimates(qn: jax.Array, q_labels: jax.Array, num_q_clusters: int,
     n, kc = stats.sizes.shape
     vb2 = jnp.sum(stats.value_mean * stats.value_mean, axis=-1)[:, None, :]
     inv_n = 1.0 / jnp.maximum(stats.sizes, 1).astype(jnp.float32)[:, None, :]
-    seg = jax.vmap(lambda x, ids: jax.ops.segment_sum(x, ids, num_segments=num_q_clusters))
 
-    def body(acc, xs):
-        q, ql = xs
+    def body(acc, start, valid):
+        q = jax.lax.dynamic_slice_in_dim(qn, start, valid.shape[1], 1)
+        ids = jnp.where(valid, jax.lax.dynamic_slice_in_dim(q_labels, start, valid.shape[1], 1),
+                        num_q_clusters)  # rows of an earlier tile are dropped
         l, sig2 = token_logits(q, stats, scale)
         p = jnp.exp(l - _safe_max(l)[..., None])
         pi = p / jnp.sum(p, axis=-1, keepdims=True)
         e2 = pi * pi * inv_n * (jnp.expm1(sig2) * vb2 + jnp.exp(sig2) * stats.value_var[:, None])
         e2 = jnp.where(stats.sizes[:, None, :] > 0, e2, 0.0)
-        return (acc[0] + seg(e2, ql), acc[1] + seg(pi, ql)), None
+        return (acc[0] + _segment_sum(e2, ids, num_q_clusters),
+                acc[1] + _segment_sum(pi, ids, num_q_clusters))
 
     zeros = jnp.zeros((n, num_q_clusters, kc), jnp.float32)
-    tile = min(q_tile, qn.shape[1])
-    # padded rows get the label num_q_clusters, which segment_sum drops
-    (err, mass), _ = jax.lax.scan(body, (zeros, zeros),
-                                  (_cut_tiles(qn, tile), _cut_tiles(q_labels, tile,
-                                                                    num_q_clusters)))
-    return err, mass
+    return scan_row_tiles(body, (zeros, zeros), qn.shape[1], q_tile)
 
 
 def left_out_of(selected: jax.Array, q_labels: jax.Array, sizes: jax.Array) -> jax.Array:
@@ -205,10 +223,19 @@ def compensate(qn, kn, vn, q_labels, k_labels, selected, stats: KeyClusterStats,
     if not own_key:  # placeholders of the right shape, never read
         kn, vn, k_labels = qn, qn, q_labels
 
-    def tile(q, own_k, own_v, own_label, ql, o, l):
-        left = left_out_of(selected, ql, stats.sizes)
-        o_c, lse_c = compensation_tile(q, own_k, own_v, own_label, left, stats, scale, own_key)
-        o, l = merge_attention(o, l, o_c, lse_c)
-        return o, l, lse_c
+    def body(carry, start, valid):
+        o_all, l_all, c_all = carry
+        cut = lambda x: jax.lax.dynamic_slice_in_dim(x, start, valid.shape[1], 1)
+        q, ql = cut(qn), cut(q_labels)
+        o_c, lse_c = compensation_tile(q, cut(kn), cut(vn), cut(k_labels),
+                                       left_out_of(selected, ql, stats.sizes), stats, scale,
+                                       own_key)
+        # rows an earlier tile merged already keep their values (the last tile overlaps)
+        lse_c = jnp.where(valid, lse_c, -jnp.inf)
+        o, l = merge_attention(cut(o_all), cut(l_all), o_c, lse_c)
+        c = jnp.where(valid, lse_c, cut(c_all))
+        put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, start, 1)
+        return put(o_all, o), put(l_all, l), put(c_all, c)
 
-    return map_query_tiles(tile, q_tile, qn, kn, vn, k_labels, q_labels, out, lse)
+    init = (out, lse, jnp.full(lse.shape, -jnp.inf, jnp.float32))
+    return scan_row_tiles(body, init, qn.shape[1], q_tile)

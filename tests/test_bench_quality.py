@@ -8,7 +8,11 @@ import pytest
 pytest.importorskip("skimage")
 
 from scripts import bench_quality  # noqa: E402
-from scripts.quality import benchmark, inputs, selectors  # noqa: E402
+from scripts.quality import benchmark, flops, inputs, selectors, targets  # noqa: E402
+from svg2_jax import SVG2Config  # noqa: E402
+
+FOLLOW = [s for s in selectors.SELECTORS if s.sweep is None]
+SWEPT = sum(len(s.sweep.values) for s in selectors.SELECTORS if s.sweep is not None)
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +54,28 @@ def test_inputs_shapes_and_grid(tiny):
 
 def test_ranges_and_api_agreement(tiny):
     *_, res = tiny
-    assert len(res["rows"]) == 4 * 5
+    assert len(res["rows"]) == len(FOLLOW) * 5 + SWEPT
     for r in res["rows"]:
         for d in r["density_per_head"]:
-            assert 0.0 < d <= 1.0 + 1e-9, r
+            assert 0.0 <= d <= 1.0 + 1e-9, r
+            assert d > 0 or r["param"] == "error_tolerance", r  # a tolerance may drop all
         for rc in r["recall_per_head"]:
             assert -1e-6 <= rc <= 1.0 + 1e-5, r
         for e in r["rel_error_per_head"]:
             assert math.isfinite(e) and e >= 0.0, r
         assert 0.0 <= r["top1_kept"] <= 1.0 and -1e-6 <= r["recall_p10"] <= 1.0 + 1e-5, r
         assert r["empty_queries"] >= 0
-    # svg2_attention itself reproduces the benchmark's SVG2 densities and errors.
-    assert len(res["api_checks"]) == 1
+    # svg2_attention itself reproduces the densities and errors of every method the library
+    # provides: SVG2 (with and without compensation) at top_p 0.9, and the swept ones at
+    # their main value (the error-aware rule at the default tolerance among them).
+    checked = {(c["method"], c["setting"]) for c in res["api_checks"]}
+    tol = SVG2Config().error_tolerance
+    assert checked == {("SVG2", "top_p=0.9, min_kc=0.1"),
+                       ("SVG2 + compensation", "top_p=0.9, min_kc=0.1"),
+                       (selectors.DEFAULT_METHOD, f"error_tolerance={tol:g}"),
+                       (selectors.DEFAULT_METHOD + ", no own key", f"error_tolerance={tol:g}"),
+                       ("error-aware (budget) + compensation",
+                        f"target_density={selectors.DENSITIES.main:g}")}
     for c in res["api_checks"]:
         assert c["max_density_diff"] < 1e-6, c
         assert c["max_rel_error_diff"] < 1e-4, c
@@ -73,7 +87,7 @@ def test_ranges_and_api_agreement(tiny):
 
 def test_everything_selected_is_exact(tiny):
     *_, res = tiny
-    for method in ("SVG2", "oracle", "block top-k", "block oracle"):
+    for method in ("SVG2", "SVG2 + compensation", "oracle", "block top-k", "block oracle"):
         r = row(res, method, 1.0, 1.0)
         assert abs(r["density"] - 1.0) < 1e-9, r
         assert r["rel_error"] < 1e-5, r
@@ -91,6 +105,34 @@ def test_svg2_is_monotone_in_top_p(tiny):
             assert b >= a - 1e-5
     # and the floor min_kc_ratio=0.1 can only add blocks to min_kc_ratio=0
     assert row(res, "SVG2", 0.9, 0.1)["density"] >= row(res, "SVG2", 0.9, 0.0)["density"] - 1e-9
+
+
+def test_compensation_rows(tiny):
+    """Compensation changes no pair that is computed (same density and recall as SVG2) and
+    lowers the error here; the tolerance sweep trades density for error monotonically."""
+    *_, res = tiny
+    for p in (0.5, 0.9):
+        plain, comp = row(res, "SVG2", p, 0.1), row(res, "SVG2 + compensation", p, 0.1)
+        assert comp["method"] == "SVG2 + compensation"
+        assert comp["density_per_head"] == plain["density_per_head"]
+        np.testing.assert_allclose(comp["recall_per_head"], plain["recall_per_head"])
+        assert comp["rel_error"] < plain["rel_error"]
+    tol = targets.curve(res["rows"], selectors.DEFAULT_METHOD)
+    by_tau = sorted(tol, key=lambda r: r["value"])
+    dens = [r["density"] for r in by_tau]
+    assert dens == sorted(dens, reverse=True) and dens[0] > dens[-1]
+    t = targets.evaluate(res)
+    assert t["d0"] == row(res, "SVG2", 0.9, 0.1)["density"]
+    assert set(t["met"]) == {"density", "error", "p10"}
+
+
+def test_flop_count_at_wan_720p():
+    dense, items, variants = flops.cost_items(**flops.WAN_720P)
+    assert dense == 4 * 75600 ** 2 * 128 * 40
+    default = dict(variants)[next(n for n, _ in variants if n.startswith("default"))]
+    logits = 2 * 75600 * 1000 * 128 * 40  # one [S, D] x [D, KC] matmul per head
+    assert 3 * logits < default < 3.2 * logits  # two logit passes and the value matmul
+    assert "| dense attention" in flops.markdown()
 
 
 def test_oracle_matches_target_density_within_one_block(tiny):
@@ -167,18 +209,19 @@ def test_a_new_selector_is_one_row(tiny):
                                 num_q_clusters=6, num_k_clusters=16, kmeans_iters=10,
                                 block=32, tile=64, api_check="none", token_stride=1,
                                 selectors=selectors.SELECTORS + (extra,), verbose=False)
-    rows = {r["method"]: r for r in got["rows"]}
-    assert list(rows) == ["SVG2", "oracle (same clusters)", "block top-k (32)",
-                          "block oracle (32)", "every other block (32)"]
+    rows = {r["method"]: r for r in got["rows"] if r["top_p"] is not None}
+    assert list(rows) == [s.name.format(block=32) for s in FOLLOW] + ["every other block (32)"]
     new = rows["every other block (32)"]
     # 288 tokens = 9 blocks of 32; keys in blocks 0, 2, 4, 6, 8: 5 x 32 of 288 keys
     np.testing.assert_allclose(new["density_per_head"], 160 / 288)
     np.testing.assert_allclose(new["target_density_per_head"], rows["SVG2"]["density_per_head"],
                                rtol=1e-6)
     # the existing methods' figures do not depend on the table they are in
-    for method in ("SVG2", "oracle (same clusters)", "block top-k (32)", "block oracle (32)"):
-        assert rows[method]["rel_error_per_head"] == row(res, method, 0.9, 0.1)[
-            "rel_error_per_head"]
+    for method in ("SVG2", "SVG2 + compensation", "oracle (same clusters)", "block top-k (32)",
+                   "block oracle (32)"):
+        assert rows[method]["rel_error_per_head"] == next(
+            r for r in res["rows"] if r["method"] == method and r["top_p"] == 0.9
+            and r["min_kc_ratio"] == 0.1)["rel_error_per_head"]
 
 
 def test_cli_writes_every_figure(tmp_path):
@@ -190,6 +233,8 @@ def test_cli_writes_every_figure(tmp_path):
                                  "--tile", "64", "--top-p", "0.5,0.9", "--api-check", "none",
                                  "--json", str(out), "--plot", str(png)])
     data = __import__("json").loads(out.read_text())
-    assert data["inputs"]["S"] == 288 and (data["QC"], data["KC"]) == (6, 16)
-    assert data["rows"] == res["rows"] and len(res["rows"]) == 4 * 3
+    (run,) = data["runs"]
+    assert run["name"] == "quick" and list(res) == ["quick"]
+    assert run["inputs"]["S"] == 288 and (run["QC"], run["KC"]) == (6, 16)
+    assert run["rows"] == res["quick"]["rows"] and len(run["rows"]) == len(FOLLOW) * 3 + SWEPT
     assert png.exists() and png.stat().st_size > 0

@@ -76,6 +76,10 @@ def test_key_cluster_stats_match_numpy():
                           (st.value_var, vv)):
             np.testing.assert_allclose(np.asarray(got[n]), want, rtol=1e-5, atol=1e-6)
     assert (np.asarray(st.sizes[:, 3]) == 0).all()
+    # streamed in tiles of 64 tokens (the last one overlapping the one before): the same
+    tiled = key_cluster_stats(k, v, clustering.k, tile=64)
+    for a, b in zip(st, tiled):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("own_key", [True, False])

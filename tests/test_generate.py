@@ -29,6 +29,9 @@ def test_tiny_model_end_to_end(tmp_path):
     att = report["attention"]
     assert (att["qc"], att["kc"]) == defaults.TINY_CLUSTERS
     assert att["top_p"] == cfg.top_p and att["min_kc_ratio"] == cfg.min_kc_ratio
+    assert (att["selection"], att["error_tolerance"], att["compensation"],
+            att["compensate_own_key"]) == (cfg.selection, cfg.error_tolerance,
+                                           cfg.compensation, cfg.compensate_own_key)
     assert (att["kmeans_iters_cold"], att["kmeans_iters_warm"]) == (cfg.kmeans_iters_cold,
                                                                     cfg.kmeans_iters_warm)
     assert att["dense_layers"] == [0] and att["target_density"] is None
@@ -165,17 +168,37 @@ def test_defaults_come_from_the_configs():
 
 
 def test_flags_override_only_what_they_name():
-    run = _resolve("--checkpoint", "c", "--kc", "500", "--top-p", "0.8", "--guidance", "3",
-                   "--dense-fraction", "0.5", "--separate-cfg-cache", "--dense-layers", "0,3",
-                   "--no-progress", "--steps", "7")
+    run = _resolve("--checkpoint", "c", "--kc", "500", "--selection", "svg2", "--top-p", "0.8",
+                   "--guidance", "3", "--dense-fraction", "0.5", "--separate-cfg-cache",
+                   "--dense-layers", "0,3", "--no-progress", "--steps", "7")
     assert run.svg2 == dataclasses.replace(SVG2Config(), num_q_clusters=200,
-                                           num_k_clusters=500, top_p=0.8)
+                                           num_k_clusters=500, selection="svg2", top_p=0.8)
     assert run.sampler == SamplerConfig(num_steps=7, guidance_scale=3.0, dense_fraction=0.5,
                                         share_cfg_cache=False, progress=False)
     assert run.dense_layers == (0, 3)
     dense = _resolve("--attention", "dense")
     assert dense.svg2 is None and dense.sampler.dense_fraction == 0.0
     assert dense.sampler.num_steps == defaults.TINY_STEPS
+
+
+def test_selection_and_compensation_flags():
+    ref = _resolve("--checkpoint", "c", "--reference-svg2")
+    assert ref.svg2 == SVG2Config.reference(num_q_clusters=200)
+    ref = _resolve("--checkpoint", "c", "--reference-svg2", "--top-p", "0.8")
+    assert ref.svg2 == SVG2Config.reference(num_q_clusters=200, top_p=0.8)
+    run = _resolve("--checkpoint", "c", "--error-tolerance", "0.05", "--no-compensation")
+    assert run.svg2 == dataclasses.replace(SVG2Config(), num_q_clusters=200,
+                                           error_tolerance=0.05, compensation=False)
+    run = _resolve("--checkpoint", "c", "--target-density", "0.1")
+    assert (run.svg2.selection, run.svg2.target_density) == ("error", 0.1)
+    for argv, match in ((["--top-p", "0.8"], "--top-p sets the svg2 selection rule"),
+                        (["--min-kc-ratio", "0.2", "--top-p", "0.8"], "--top-p and --min-kc"),
+                        (["--selection", "svg2", "--error-tolerance", "0.1"],
+                         "--error-tolerance sets the error selection rule"),
+                        (["--reference-svg2", "--selection", "error"], "takes no --selection"),
+                        (["--error-tolerance", "-1"], "error_tolerance")):
+        with pytest.raises((SystemExit, ValueError), match=match):
+            _resolve("--checkpoint", "c", *argv)
 
 
 def test_help_states_the_config_defaults(capsys):

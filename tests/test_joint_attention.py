@@ -29,6 +29,26 @@ def numpy_dense_masked(q, k, v, lengths):
     return rearrange(out, "(b h) s d -> b s h d", b=B)
 
 
+def heads(x):
+    return rearrange(x, "b s h d -> (b h) s d")
+
+
+def documented_cold_clusters(q, k, key, cfg):
+    """The video tokens' clustering rebuilt with the documented cold start (the key split
+    in two for queries and keys): (qn, kn, vn heads, query and key k-means results)."""
+    from svg2_jax import kmeans as km
+    qn, kn = heads(q), heads(k)
+    kq, kk = jax.random.split(key)
+    rq = km.kmeans(qn[:, :SV], km.random_init(kq, qn[:, :SV], cfg.num_q_clusters),
+                   cfg.kmeans_iters_cold, cfg.kmeans_tol)
+    rk = km.kmeans(kn[:, :SV], km.random_init(kk, kn[:, :SV], cfg.num_k_clusters),
+                   cfg.kmeans_iters_cold, cfg.kmeans_tol)
+    return qn, kn, rq, rk
+
+
+TEXT_OK = np.repeat(np.arange(T)[None] < np.asarray(LENGTHS)[:, None], H, axis=0)
+
+
 def test_dense_joint_attention_masks_padded_text_keys():
     q, k, v = qkv(0)
     got = dense_joint_attention(q, k, v, LENGTHS, num_text=T)
@@ -54,7 +74,6 @@ def test_sparse_joint_attention_equals_numpy_with_the_same_selection(backend):
     pallas_reference: the Hopper kernel's path (padded layout, work list, output slots,
     lse merged with the text part) through the kernel's pure-JAX twin."""
     from svg2_jax import SparseTuningConfig
-    from svg2_jax import kmeans as km
     from svg2_jax.selection import select_clusters
 
     q, k, v = qkv(2)
@@ -63,16 +82,12 @@ def test_sparse_joint_attention_equals_numpy_with_the_same_selection(backend):
                                kernel=SparseTuningConfig(block_kv=64, box_rows=8))
     out, _, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, jax.random.PRNGKey(4),
                                          num_text=T)
-    # Rebuild the clustering with the documented cold start (same key split) and build the
-    # token mask in numpy.
-    heads = lambda x: rearrange(x, "b s h d -> (b h) s d")
-    qn, kn, vn = heads(q), heads(k), heads(v)
-    kq, kk_ = jax.random.split(jax.random.PRNGKey(4))
-    rq = km.kmeans(qn[:, :SV], km.random_init(kq, qn[:, :SV], 5), 3, cfg.kmeans_tol)
-    rk = km.kmeans(kn[:, :SV], km.random_init(kk_, kn[:, :SV], 9), 3, cfg.kmeans_tol)
+    # the same clustering, and the token mask in numpy
+    qn, kn, rq, rk = documented_cold_clusters(q, k, jax.random.PRNGKey(4), cfg)
+    vn = heads(v)
     sel = np.asarray(select_clusters(rq.centroids, rk.centroids, rk.sizes, 0.5, 1).selected)
     ql, kl = np.asarray(rq.labels), np.asarray(rk.labels)
-    text_ok = np.repeat(np.arange(T)[None] < np.asarray(LENGTHS)[:, None], H, axis=0)
+    text_ok = TEXT_OK
     mask = np.zeros((B * H, SV + T, SV + T), bool)
     for n in range(B * H):
         mask[n, :SV, :SV] = sel[n][ql[n]][:, kl[n]]
@@ -91,22 +106,14 @@ def test_compensation_is_of_video_keys_only_and_text_stays_exact():
     compensation: video queries get their
     compensated video part (own video key exact) merged with every real text key; text
     queries attend exactly to everything real."""
-    from svg2_jax import kmeans as km
-    from svg2_jax.compensation import key_cluster_stats
-    from svg2_jax.selection import select_by_error
-
     q, k, v = qkv(5)
     cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, kmeans_iters_cold=3,
                      target_density=0.4)
     out, _, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, jax.random.PRNGKey(6),
                                          num_text=T)
-    heads = lambda x: rearrange(x, "b s h d -> (b h) s d")
-    qn, kn, vn = heads(q), heads(k), heads(v)
-    kq, kk_ = jax.random.split(jax.random.PRNGKey(6))
-    rq = km.kmeans(qn[:, :SV], km.random_init(kq, qn[:, :SV], 5), 3, cfg.kmeans_tol)
-    rk = km.kmeans(kn[:, :SV], km.random_init(kk_, kn[:, :SV], 9), 3, cfg.kmeans_tol)
+    qn, kn, rq, rk = documented_cold_clusters(q, k, jax.random.PRNGKey(6), cfg)
+    vn = heads(v)
     ql, kl = np.asarray(rq.labels), np.asarray(rk.labels)
-    text_ok = np.repeat(np.arange(T)[None] < np.asarray(LENGTHS)[:, None], H, axis=0)
     scale = D ** -0.5
     got = np.asarray(heads(out))
     for n in range(B * H):
@@ -116,7 +123,7 @@ def test_compensation_is_of_video_keys_only_and_text_stays_exact():
         o_v, lse_v = npref.compensated_attention(qn[n, :SV], kn[n, :SV], vn[n, :SV], ql[n],
                                                  kl[n], sel, *st[:4], scale)
         o_t, lse_t = npref.masked_attention_lse(qn[None, n, :SV], kn[None, n, SV:],
-                                                vn[None, n, SV:], text_ok[None, n, None], scale)
+                                                vn[None, n, SV:], TEXT_OK[None, n, None], scale)
         w_v, w_t = np.exp(lse_v - np.maximum(lse_v, lse_t[0])), np.exp(lse_t[0] - np.maximum(
             lse_v, lse_t[0]))
         want_video = (w_v[:, None] * o_v + w_t[:, None] * o_t[0]) / (w_v + w_t)[:, None]

@@ -1,5 +1,6 @@
-"""The quality benchmark's run: SVG2's clusters, the exact dense pass, every selector of
-`selectors.SELECTORS` at every setting, and one masked pass that scores them all."""
+"""The quality benchmark's run: SVG2's clusters and their key statistics, the exact dense
+pass, every selector of `selectors.SELECTORS` at every setting or sweep value, and one
+masked pass that scores them all (with each row's compensation)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import numpy as np
 from einops import rearrange
 
 from scripts.quality.clustering import svg2_clusters
-from scripts.quality.metrics import dense_pass, masked_pass, pad_selection, token_level_density
-from scripts.quality.selectors import SELECTORS, Problem, Setting
+from scripts.quality.metrics import (CompensationInputs, dense_pass, masked_pass,
+                                     pad_selection, token_level_density)
+from scripts.quality.selectors import COMPENSATIONS, SELECTORS, Point, Problem, Setting
 from svg2_jax import SVG2Config, svg2_attention
+from svg2_jax.compensation import key_cluster_stats
+from svg2_jax.kmeans import update_xla
 
 DEFAULT_TOP_PS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 
@@ -28,9 +32,12 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
 
     Settings are (top_p, min_kc_ratio) pairs: every top_p with `min_kc_ratio`, then
     `extra_settings`. For each setting the first selector that sets the density (SVG2)
-    runs first and the others at its per-head density. api_check: "all" runs
-    `svg2_attention` for every setting, "one" for top_p 0.9 with `min_kc_ratio` (or the
-    first setting), "none" skips it; or a list of (top_p, min_kc_ratio) settings to check.
+    runs first and the others without a sweep at its per-head density; selectors with a
+    sweep run at each value of it. api_check: "all" runs `svg2_attention` for every row
+    of a selector that has a `config`, "one" for each such selector's main row (top_p
+    0.9 with `min_kc_ratio`, or the first setting; a sweep's `main` value), "none" skips
+    it; or a list of (top_p, min_kc_ratio) settings to check for the setting-following
+    selectors (and the sweeps' main values).
     """
     log = print if verbose else (lambda *a, **kw: None)
     b, s, h, d = q.shape
@@ -47,6 +54,7 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
     base = SVG2Config(num_q_clusters=qc, num_k_clusters=kc, kmeans_iters_cold=kmeans_iters,
                       backend="jax", kmeans_impl="xla")
     qk, kk = jax.block_until_ready(svg2_clusters(q, k, base, key))
+    stats = jax.block_until_ready(jax.jit(key_cluster_stats)(kn, vn, kk))
     timings["kmeans_s"] = time.perf_counter() - t0
     log(f"k-means: QC={qc} KC={kc}, {int(qk.iterations)}/{int(kk.iterations)} iterations "
         f"(Q/K), {timings['kmeans_s']:.1f} s")
@@ -60,11 +68,14 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
 
     problem = Problem(qn=qn, kn=kn, config=base, q_clusters=qk, k_clusters=kk,
                       cluster_mass=np.asarray(bmass, np.float64),
-                      tile_mass=np.asarray(tmass, np.float64), block=block)
+                      tile_mass=np.asarray(tmass, np.float64), block=block, key_stats=stats)
+    t0 = time.perf_counter()
     specs = select_all(problem, [Setting(p, r) for p, r in settings], selectors)
+    timings["select_s"] = time.perf_counter() - t0
 
     cq = max(sp["selection"].selected.shape[1] for sp in specs)
     ck = max(sp["selection"].selected.shape[2] for sp in specs)
+    comp = CompensationInputs(stats, kk.labels, _cluster_means(qn, qk.labels, qc))
     t0 = time.perf_counter()
     (err, pairs, empty, top1), rec_q = jax.block_until_ready(
         masked_pass(qn, kn, vn, o_dense,
@@ -74,7 +85,9 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
                                 jnp.int32),
                     jnp.asarray(np.stack([pad_selection(sp["selection"].selected, cq, ck)
                                           for sp in specs])),
-                    tile))
+                    tile,
+                    jnp.asarray([COMPENSATIONS.index(sp["selector"].compensation)
+                                 for sp in specs], jnp.int32), comp))
     err, pairs, empty, top1 = (np.asarray(x, np.float64) for x in (err, pairs, empty, top1))
     rec_q = np.asarray(rec_q, np.float64)
     rec = rec_q.sum(-1)
@@ -85,8 +98,13 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
     for i, sp in enumerate(specs):
         method, setting, sel = sp["method"], sp["setting"], sp["selection"].selected
         rel = np.sqrt(err[i] / ref_sq)
-        rows.append(dict(method=method, setting=setting.label, top_p=setting.top_p,
-                         min_kc_ratio=setting.min_kc_ratio,
+        swept = isinstance(setting, Point)
+        rows.append(dict(method=method, setting=setting.label,
+                         top_p=None if swept else setting.top_p,
+                         min_kc_ratio=None if swept else setting.min_kc_ratio,
+                         param=setting.param if swept else "top_p",
+                         value=setting.value if swept else setting.top_p,
+                         compensation=sp["selector"].compensation,
                          density=float(np.mean(pairs[i] / (s * s))),
                          rel_error=float(np.mean(rel)), recall=float(np.mean(rec[i] / s)),
                          density_per_head=(pairs[i] / (s * s)).tolist(),
@@ -99,12 +117,14 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
                          kept_k_per_q=float(sel.sum() / sel.shape[0] / sel.shape[1]),
                          diagonal_kept=(float(np.mean(np.diagonal(sel, axis1=1, axis2=2)))
                                         if method.startswith("block") else None),
-                         target_density_per_head=sp["target_density"].tolist(),
+                         target_density_per_head=(None if sp["target_density"] is None
+                                                  else sp["target_density"].tolist()),
                          empty_queries=int(empty[i].sum()),
                          blocks_selected=int(sel.sum())))
 
-    checks = api_checks(q, k, v, key, base, rows, o_dense, ref_sq,
-                        _api_settings(api_check, settings, min_kc_ratio), timings, log)
+    checks = api_checks(q, k, v, key, base, rows,
+                        _api_rows(api_check, specs, settings, min_kc_ratio), o_dense, ref_sq,
+                        timings, log)
     return dict(
         S=s, B=b, H=h, D=d, QC=qc, KC=kc, block=block, kmeans_iters=kmeans_iters,
         kmeans_iters_run=[int(qk.iterations), int(kk.iterations)],
@@ -121,12 +141,21 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
         rows=rows, api_checks=checks, timings=timings)
 
 
+def _cluster_means(x, labels, num):
+    """x [N, S, D]; labels [N, S] -> the mean of each cluster's members [N, num, D]."""
+    sums, counts = update_xla(x, labels, num)
+    return sums / jnp.maximum(counts, 1)[..., None].astype(jnp.float32)
+
+
 def select_all(problem: Problem, settings, selectors=SELECTORS) -> list[dict]:
-    """Every selector at every setting, settings outermost and selectors in table order:
-    [{method, setting, target_density [N], selection}]. The first density-setting
-    selector's per-head density is every selector's target at that setting."""
-    lead = next(i for i, sel in enumerate(selectors) if sel.sets_density)
-    order = [lead] + [i for i in range(len(selectors)) if i != lead]
+    """Every selector at every setting (settings outermost, selectors in table order), then
+    every swept selector at each value of its sweep:
+    [{method, selector, setting, target_density [N] or None, selection}]. The first
+    density-setting selector's per-head density is every setting-following selector's
+    target at that setting."""
+    follow = [i for i, sel in enumerate(selectors) if sel.sweep is None]
+    lead = next(i for i in follow if selectors[i].sets_density)
+    order = [lead] + [i for i in follow if i != lead]
     specs = []
     for setting in settings:
         made = {}
@@ -135,9 +164,18 @@ def select_all(problem: Problem, settings, selectors=SELECTORS) -> list[dict]:
             made[i] = selectors[i].select(problem, setting, target)
             if target is None:
                 target = made[i].density
-        specs += [dict(method=selectors[i].label(problem), setting=setting,
-                       target_density=target, selection=made[i])
-                  for i in range(len(selectors))]
+        specs += [dict(method=selectors[i].label(problem), selector=selectors[i],
+                       setting=setting, target_density=target, selection=made[i])
+                  for i in follow]
+    for sel in selectors:
+        if sel.sweep is not None:
+            for value in sel.sweep.values:
+                point = Point(sel.sweep.param, float(value))
+                target = (np.full(problem.qn.shape[0], point.value)
+                          if point.param == "target_density" else None)
+                specs.append(dict(method=sel.label(problem), selector=sel, setting=point,
+                                  target_density=target,
+                                  selection=sel.select(problem, point, None)))
     return specs
 
 
@@ -146,37 +184,49 @@ def _size_range(sizes) -> list[int]:
     return [int(sizes[sizes > 0].min()), int(sizes.max()), int((sizes == 0).sum())]
 
 
-def _api_settings(api_check, settings, min_kc_ratio):
-    if not isinstance(api_check, str):
-        return [(float(p), float(r)) for p, r in api_check]
-    if api_check == "all":
-        return settings
-    if api_check == "one":
+def _api_rows(api_check, specs, settings, min_kc_ratio):
+    """The rows (indices into specs) that `api_checks` re-runs through svg2_attention."""
+    if isinstance(api_check, str) and api_check == "none":
+        return []
+    if isinstance(api_check, str) and api_check == "one":
         main_setting = (0.9, float(min_kc_ratio))
-        return [main_setting if main_setting in settings else settings[0]]
-    return []
+        main_setting = main_setting if main_setting in settings else settings[0]
+        todo = [Setting(*main_setting)]
+    elif isinstance(api_check, str):  # "all"
+        todo = None
+    else:
+        todo = [Setting(float(p), float(r)) for p, r in api_check]
+    out = []
+    for i, sp in enumerate(specs):
+        sel, setting = sp["selector"], sp["setting"]
+        if sel.config is None:
+            continue
+        if isinstance(setting, Point):
+            if todo is None or setting.value == sel.sweep.main:
+                out.append(i)
+        elif todo is None or setting in todo:
+            out.append(i)
+    return [(i, specs[i]) for i in out]
 
 
-def api_checks(q, k, v, key, base: SVG2Config, rows, o_dense, ref_sq, todo, timings, log):
-    """`svg2_attention` itself must give the SVG2 rows' per-head density and output
-    error: one check per (top_p, min_kc_ratio) in `todo`; adds api_rel_error to the rows."""
+def api_checks(q, k, v, key, base: SVG2Config, rows, todo, o_dense, ref_sq, timings, log):
+    """`svg2_attention` itself must give the rows' per-head density and output error:
+    one check per (row index, spec) in `todo`, with the config the row's selector says
+    reproduces it; adds api_rel_error to the rows."""
     checks = []
     if not todo:
         return checks
     t0 = time.perf_counter()
-    for top_p, ratio in todo:
-        cfg = SVG2Config(num_q_clusters=base.num_q_clusters, num_k_clusters=base.num_k_clusters,
-                         top_p=top_p, min_kc_ratio=ratio,
-                         kmeans_iters_cold=base.kmeans_iters_cold, backend="jax",
-                         kmeans_impl="xla")
+    for i, sp in todo:
+        cfg = sp["selector"].config(base, sp["setting"])
         out, _, stats = svg2_attention(q, k, v, None, cfg, key=key)
         on = rearrange(out, "b s h d -> (b h) s d")
         rel_api = np.sqrt(np.asarray(jnp.sum((on - o_dense) ** 2, axis=(1, 2))) / ref_sq)
         dens_api = np.asarray(stats.density).reshape(-1)
-        row = next(r for r in rows if r["method"] == "SVG2"
-                   and r["top_p"] == top_p and r["min_kc_ratio"] == ratio)
+        row = rows[i]
         checks.append(dict(
-            top_p=top_p, min_kc_ratio=ratio,
+            method=row["method"], setting=row["setting"], top_p=row["top_p"],
+            min_kc_ratio=row["min_kc_ratio"],
             max_density_diff=float(np.max(np.abs(dens_api
                                                  - np.asarray(row["density_per_head"])))),
             api_rel_error=float(np.mean(rel_api)),
@@ -186,6 +236,6 @@ def api_checks(q, k, v, key, base: SVG2Config, rows, o_dense, ref_sq, todo, timi
     timings["api_check_s"] = time.perf_counter() - t0
     worst_d = max(c["max_density_diff"] for c in checks)
     worst_e = max(c["max_rel_error_diff"] for c in checks)
-    log(f"svg2_attention check ({len(checks)} settings): max |density diff| {worst_d:.2e}, "
+    log(f"svg2_attention check ({len(checks)} rows): max |density diff| {worst_d:.2e}, "
         f"max |rel. error diff| {worst_e:.2e}")
     return checks

@@ -98,8 +98,13 @@ def apply_rope(x: np.ndarray, angles: np.ndarray) -> np.ndarray:
 
 def build_qkv(images=("astronaut",), frames=5, height=256, width=448, heads=2,
               head_dim=128, patch=16, pool=4, pan_px=8, context_weight=0.5,
-              temperature=0.5, qk_noise=0.3, seed=0):
-    """q, k, v [B = len(images), S, H, D] float32 and a dict describing them."""
+              temperature=0.5, qk_noise=0.3, seed=0, roll_kv=0):
+    """q, k, v [B = len(images), S, H, D] float32 and a dict describing them.
+
+    roll_kv: the keys and values of token (t, y, x) are those built for (t, y, x - roll_kv)
+    (wrapping along x), so each query's most similar key is a neighbour's, not its own:
+    no own-key advantage, which the builder otherwise gives (Wq and Wk are noisy copies of
+    one matrix, so q_t . k_t is large by construction)."""
     rng = np.random.default_rng(seed)
     feats = []
     for name in images:
@@ -125,11 +130,14 @@ def build_qkv(images=("astronaut",), frames=5, height=256, width=448, heads=2,
     q = np.einsum("bsc,hcd->bshd", x, wq) * inv_sqrt_t
     k = np.einsum("bsc,hcd->bshd", x, wk) * inv_sqrt_t
     v = np.einsum("bsc,hcd->bshd", x, wv)
+    if roll_kv:
+        k, v = (np.roll(y.reshape(y.shape[0], *grid, *y.shape[2:]), roll_kv, axis=3)
+                .reshape(y.shape) for y in (k, v))
     angles = wan_rope_angles(grid, head_dim)
     q, k = apply_rope(q, angles), apply_rope(k, angles)
     meta = dict(images=list(images), frames=frames, height=height, width=width,
                 patch=patch, pool=pool, pan_px=pan_px, context_weight=context_weight,
                 temperature=temperature, qk_noise=qk_noise, seed=seed, heads=heads,
-                head_dim=head_dim, grid=list(grid), S=int(x.shape[1]))
+                head_dim=head_dim, grid=list(grid), S=int(x.shape[1]), roll_kv=roll_kv)
     return (jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
             jnp.asarray(v.astype(np.float32)), meta)

@@ -6,9 +6,14 @@ from __future__ import annotations
 import functools
 import math
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from svg2_jax.compensation import KeyClusterStats, compensation_tile, left_out_of
+from svg2_jax.sparse_attention import merge_attention
 
 
 def _pad_tiles(x, tile):
@@ -85,24 +90,56 @@ def token_level_density(qn, kn, stride, mass=0.9):
     return jnp.mean(needed / kn.shape[1], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("tile",))
-def masked_pass(qn, kn, vn, o_dense, q_labels, k_labels, selected, tile):
-    """Every selection at once: for query tiles, the exact softmax attention restricted
-    to each selection's token mask.
+class CompensationInputs(NamedTuple):
+    """What the masked pass needs to compensate cluster selections (the library's
+    `compensation_tile`): the key clusters' stats; k_labels [N, S], the key cluster of
+    each token (for the own-key term); q_means [N, QC, D], the mean query of each query
+    cluster (for the per query cluster variant)."""
 
-    q_labels, k_labels [M, N, S]; selected [M, N, CQ, CK] bool (padded with False).
+    stats: KeyClusterStats
+    k_labels: jax.Array
+    q_means: jax.Array
+
+
+def _compensations(q_t, k_t, v_t, kl_t, qm_t, left, stats, scale):
+    """One branch per `selectors.COMPENSATIONS` entry: (o [N, t, D], lse [N, t])."""
+    tile = lambda q, own: lambda: compensation_tile(q, k_t, v_t, kl_t, left, stats, scale, own)
+    none = lambda: (jnp.zeros(q_t.shape, jnp.float32), jnp.full(q_t.shape[:2], -jnp.inf))
+    return (none, tile(q_t, True), tile(q_t, False), tile(qm_t, False))
+
+
+@functools.partial(jax.jit, static_argnames=("tile",))
+def masked_pass(qn, kn, vn, o_dense, q_labels, k_labels, selected, tile, comp_modes=None,
+                comp: CompensationInputs | None = None):
+    """Every selection at once: for query tiles, the exact softmax attention restricted
+    to each selection's token mask, merged (through the lse) with the selection's
+    compensation of its left-out key clusters.
+
+    q_labels, k_labels [M, N, S]; selected [M, N, CQ, CK] bool (padded with False);
+    comp_modes [M] int32, an index into `selectors.COMPENSATIONS` (None: no compensation
+    anywhere); comp: what the compensation needs (selections with a mode other than
+    "none" are cluster selections of comp.stats' clusters, labels q_labels).
     Returns per (selection, head) [M, N]: squared error sum vs o_dense, computed pairs,
     queries with no computed key, queries whose most probable key is computed; and the
-    recall of every query [M, N, S].
+    recall of every query [M, N, S] (the true mass on the computed pairs).
     """
     n, s, d = qn.shape
     scale = 1.0 / math.sqrt(d)
+    m_ = q_labels.shape[0]
+    if comp_modes is None:
+        comp_modes = jnp.zeros((m_,), jnp.int32)
+        kc = selected.shape[-1]
+        comp = CompensationInputs(
+            KeyClusterStats(jnp.zeros((n, kc), jnp.int32), jnp.zeros((n, kc, d)),
+                            jnp.zeros((n, kc, d)), jnp.zeros((n, kc)), jnp.zeros((n, kc))),
+            jnp.zeros((n, s), jnp.int32), jnp.zeros((n, 1, d)))
+    num_q, num_k = comp.q_means.shape[1], comp.stats.sizes.shape[-1]
     valid = _pad_tiles(jnp.ones((n, s), jnp.float32), tile)
     # [M, N, S] -> [N, S, M] -> tiles [nt, N, t, M] -> [nt, M, N, t]
     ql_tiles = jnp.transpose(_pad_tiles(jnp.transpose(q_labels, (1, 2, 0)), tile), (0, 3, 1, 2))
 
     def body(acc, xs):
-        q_t, od_t, ql_t, val = xs
+        q_t, od_t, ql_t, val, k_t, v_t, kl_t = xs
         sc = jnp.einsum("ntd,nsd->nts", q_t, kn) * scale
         m = jnp.max(sc, axis=-1, keepdims=True)
         e = jnp.exp(sc - m)
@@ -110,24 +147,32 @@ def masked_pass(qn, kn, vn, o_dense, q_labels, k_labels, selected, tile):
         top1 = jnp.argmax(sc, axis=-1)  # [N, t]
 
         def one(args):
-            sel, ql, kl = args
+            sel, ql, kl, mode = args
             mask = jax.vmap(lambda se, a, b: se[a][:, b])(sel, ql, kl)
             em = jnp.where(mask, e, 0.0)
             lm = jnp.sum(em, axis=-1)
             o = jnp.einsum("nts,nsd->ntd", em, vn) / jnp.where(lm > 0, lm, 1.0)[..., None]
+            lse = jnp.where(lm > 0, m[..., 0] + jnp.log(jnp.where(lm > 0, lm, 1.0)), -jnp.inf)
+            cl = jnp.minimum(ql, num_q - 1)  # cluster labels (clamped for block selections)
+            left = left_out_of(sel[:, :num_q, :num_k], cl, comp.stats.sizes)
+            qm_t = jnp.take_along_axis(comp.q_means, cl[..., None], axis=1)
+            o_c, lse_c = jax.lax.switch(mode, _compensations(q_t, k_t, v_t, kl_t, qm_t, left,
+                                                             comp.stats, scale))
+            o, _ = merge_attention(o, lse, o_c, lse_c)
             err = jnp.sum(jnp.sum((o - od_t) ** 2, -1) * val, -1)
             pairs = jnp.sum(jnp.sum(mask, -1).astype(jnp.float32) * val, -1)
             empty = jnp.sum((lm <= 0) * val, -1)
             hit = jnp.take_along_axis(mask, top1[..., None], axis=-1)[..., 0]
             return (err, pairs, empty, jnp.sum(hit * val, -1)), lm / l
 
-        sums, rec = jax.lax.map(one, (selected, ql_t, k_labels))
+        sums, rec = jax.lax.map(one, (selected, ql_t, k_labels, comp_modes))
         return jax.tree.map(jnp.add, acc, sums), rec
 
-    m_ = q_labels.shape[0]
     acc0 = tuple(jnp.zeros((m_, n), jnp.float32) for _ in range(4))
-    acc, rec = jax.lax.scan(body, acc0, (_pad_tiles(qn, tile), _pad_tiles(o_dense, tile),
-                                         ql_tiles, valid))  # rec: [nt, M, N, t]
+    acc, rec = jax.lax.scan(body, acc0, (
+        _pad_tiles(qn, tile), _pad_tiles(o_dense, tile), ql_tiles, valid, _pad_tiles(kn, tile),
+        _pad_tiles(vn, tile), _pad_tiles(comp.k_labels, tile)))
+    # rec: [nt, M, N, t]
     rec = jnp.transpose(rec, (1, 2, 0, 3)).reshape(m_, n, -1)[:, :, :s]
     return acc, rec
 

@@ -1,5 +1,5 @@
-"""The quality benchmark's report: the markdown table, the data-driven reading of it,
-and docs/quality.md."""
+"""The quality benchmark's report: the markdown tables, the data-driven reading of them,
+issue #13's targets, and docs/quality.md."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import subprocess
 
 import jax
 
+from scripts.quality import flops, targets
+from scripts.quality.selectors import DEFAULT_METHOD
 from scripts.raw_data import REPO
+from svg2_jax import SVG2Config
 
 DOC_PATH = os.path.join(REPO, "docs", "quality.md")
 PLOT_PATH = os.path.join(REPO, "docs", "quality.png")
-WAN_720P = dict(S=75600, QC=300, KC=1000)
+WAN_720P = flops.WAN_720P
+NO_OWN_KEY = DEFAULT_METHOD + ", no own key"
 
 
 def table_markdown(res) -> str:
@@ -44,6 +48,20 @@ def summary(res, top_p=0.9, ratio=0.1) -> str:
             f"{blk['density']:.3f}) [block oracle {bor['recall']:.3f}]; rel. error "
             f"{s2['rel_error']:.3f} / {orc['rel_error']:.3f} / {blk['rel_error']:.3f} "
             f"[{bor['rel_error']:.3f}].")
+
+
+def targets_line(res) -> str:
+    """Issue #13's targets on one run, in one line."""
+    t = targets.evaluate(res)
+    mark = lambda ok: "undetermined" if ok is None else ("met" if ok else "missed")
+    bound = "<= " if t["density_at_e0_kind"] == "below" else ""
+    return (f"Targets ({t['method']} vs SVG2 at top_p 0.9, d0 {t['d0']:.4f}, e0 "
+            f"{t['e0']:.4f}): density at e0 {bound}{t['density_ratio']:.2f} x d0 (<= "
+            f"{targets.DENSITY_RATIO_TARGET}: {mark(t['met']['density'])}); error at d0 "
+            f"{t['error_ratio']:.2f} x e0 (<= {targets.ERROR_RATIO_TARGET}: "
+            f"{mark(t['met']['error'])}); recall p10 at d0 {t['p10_at_d0']:.3f} (>= "
+            f"{targets.P10_TARGET}: {mark(t['met']['p10'])}; the oracle on the same clusters: "
+            f"{t['oracle_p10']:.3f}).")
 
 
 def attention_line(res) -> str:
@@ -164,101 +182,323 @@ def machine() -> str:
     return f"{dev.device_kind}, jax {jax.__version__}"
 
 
-def write_doc(res, meta, command, wall_s, plot_note, json_path, path=DOC_PATH):
-    grid = meta["grid"]
+def _input_line(run) -> str:
+    m, a = run["inputs"], run["attention"]
+    g = m["grid"]
+    roll = (f", keys and values shifted {m['roll_kv']} token along x" if m.get("roll_kv")
+            else "")
+    return (f"**{run['name']}**: {', '.join(m['images'])}; {m['frames']} frames of "
+            f"{m['height']}x{m['width']} px, {g[0]}x{g[1]}x{g[2]} = {run['S']} tokens, "
+            f"{run['H']} heads per video; temperature {m['temperature']}, q/k noise "
+            f"{m['qk_noise']}{roll}; QC = {run['QC']}, KC = {run['KC']} ({run['kmeans_iters_run'][0]}/"
+            f"{run['kmeans_iters_run'][1]} k-means iterations on Q/K); mean max probability "
+            f"{a['max_prob']:.3f}, own key most probable for {a['self_top1']:.0%} of queries")
+
+
+def _fmt_ratio(t):
+    bound = "<= " if t["density_at_e0_kind"] == "below" else ""
+    if t["density_at_e0_kind"] == "never":
+        return "not reached"
+    return f"{bound}{t['density_ratio']:.2f}"
+
+
+def targets_markdown(runs) -> str:
+    """The targets table over the runs, with the no-own-key variant and the default's
+    operating point."""
+    tol = SVG2Config().error_tolerance
+    lines = ["| input | d0 | e0 | SVG2 p10 at d0 | default: error at d0 / e0 (<= 0.5) | "
+             "default: density at e0 / d0 (<= 0.4) | default: recall p10 at d0 (>= 0.85) | "
+             "oracle p10 at d0 | no own key: error at d0 / e0, density at e0 / d0 | "
+             f"default at tau {tol:g}: density / d0, error / e0, p10 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    mark = lambda ok: " (undetermined)" if ok is None else ("" if ok else " (missed)")
+    for run in runs:
+        t = targets.evaluate(run)
+        n = targets.evaluate(run, NO_OWN_KEY)
+        row = targets.default_row(run)
+        op = ("-" if row is None else f"{row['density'] / t['d0']:.2f}, "
+              f"{row['rel_error'] / t['e0']:.2f}, {row['recall_p10']:.3f}")
+        lines.append(
+            f"| {run['name']} | {t['d0']:.4f} | {t['e0']:.4f} | {t['ref_p10']:.3f} | "
+            f"{t['error_ratio']:.2f}{mark(t['met']['error'])} | "
+            f"{_fmt_ratio(t)}{mark(t['met']['density'])} | "
+            f"{t['p10_at_d0']:.3f}{mark(t['met']['p10'])} | {t['oracle_p10']:.3f} | "
+            f"{n['error_ratio']:.2f}, {_fmt_ratio(n)} | {op} |")
+    return "\n".join(lines)
+
+
+def targets_reading(runs) -> list[str]:
+    """Data-driven statements about the targets (true for whatever numbers came out)."""
+    ev = [targets.evaluate(r) for r in runs]
+    names = [r["name"] for r in runs]
+    n = len(runs)
+    met = {k: [nm for nm, t in zip(names, ev) if t["met"][k]] for k in ("density", "error", "p10")}
+    open_ = [nm for nm, t in zip(names, ev) if t["met"]["density"] is None]
+    out = [f"Target 1 (density at the reference's error <= {targets.DENSITY_RATIO_TARGET} x "
+           f"its density) is met on {len(met['density'])} of {n} input sets"
+           + (f" ({', '.join(met['density'])})" if 0 < len(met['density']) < n else "") + "; "
+           f"target 2 (error at equal density <= {targets.ERROR_RATIO_TARGET} x) on "
+           f"{len(met['error'])} of {n}"
+           + (f" ({', '.join(met['error'])})" if 0 < len(met['error']) < n else "") + "; "
+           f"target 3 (recall p10 >= {targets.P10_TARGET} at the reference's density) on "
+           f"{len(met['p10'])} of {n}"
+           + (f" ({', '.join(met['p10'])})" if 0 < len(met['p10']) < n else "") + "."
+           + (f" Target 1 is undetermined on {', '.join(open_)}: the lowest swept density "
+              f"already has a smaller error." if open_ else "")]
+    outside = [nm for nm, t in zip(names, ev) if not t["inside_range"]]
+    if outside:
+        out.append(f"On {', '.join(outside)} the reference's density lies outside the "
+                   f"default's swept densities: the values at d0 there are the nearest end "
+                   f"of the curve, not an interpolation.")
+    gaps = [t["oracle_p10"] - t["p10_at_d0"] for t in ev]
+    below = [nm for nm, t in zip(names, ev) if t["oracle_p10"] < targets.P10_TARGET]
+    out.append(
+        f"Recall p10 is a property of the exactly computed pairs only (compensation does "
+        f"not change it), so it is bounded by the clusters: the true-mass oracle on the same "
+        f"clusters at the reference's density reaches "
+        f"{min(t['oracle_p10'] for t in ev):.3f}..{max(t['oracle_p10'] for t in ev):.3f}"
+        + (f", itself under {targets.P10_TARGET} on {', '.join(below)}" if below else "")
+        + f". The default gives up {min(gaps):+.3f}..{max(gaps):+.3f} of p10 against that "
+        f"oracle: it spends the budget where the compensation's estimated error is, not "
+        f"where the mass is, and a block whose mass the compensation reproduces well is "
+        f"left to it even when it holds much of a query's mass. The reference's own p10 "
+        f"there is {min(t['ref_p10'] for t in ev):.3f}..{max(t['ref_p10'] for t in ev):.3f}.")
+    no_own = [targets.evaluate(r, NO_OWN_KEY) for r in runs]
+    out.append(
+        f"Without the own-key term the default's error at d0 is "
+        f"{min(t['error_ratio'] for t in no_own):.2f}..{max(t['error_ratio'] for t in no_own):.2f}"
+        f" x e0 (with it {min(t['error_ratio'] for t in ev):.2f}.."
+        f"{max(t['error_ratio'] for t in ev):.2f}): the builder makes each query's own key "
+        f"strong (Wq and Wk are noisy copies of one matrix), which trained heads need not "
+        f"do; the neighbour set removes that advantage and is the conservative reading.")
+    return out
+
+
+def tolerance_reading(runs) -> list[str]:
+    """How the default tolerance relates to the sweep, in sentences from the data."""
+    t = {r["name"]: targets.evaluate(r) for r in runs}
+    sweep = {}
+    for run in runs:
+        for r in run["rows"]:
+            if r["method"] == DEFAULT_METHOD and r["param"] == "error_tolerance":
+                sweep.setdefault(r["value"], {})[run["name"]] = r
+    full = {tau: rows for tau, rows in sweep.items() if len(rows) == len(runs)}
+    half_error = [tau for tau, rows in full.items()
+                  if all(r["rel_error"] <= 0.5 * t[n]["e0"] for n, r in rows.items())]
+    headline = [tau for tau, rows in full.items()
+                if all(r["density"] <= 0.5 * t[n]["d0"] and r["rel_error"] <= t[n]["e0"]
+                       for n, r in rows.items())]
+    tau0 = SVG2Config().error_tolerance
+    out = []
+    if half_error:
+        best = max(half_error)
+        out.append(f"The largest swept tolerance at which the default's own error stays within "
+                   f"half the reference's (target 2's bound) on every input set is {best:g}"
+                   + (": the library's default." if best == tau0 else
+                      f"; the library's default is {tau0:g}."))
+    if headline:
+        h = min(headline)
+        rows = full[h]
+        out.append(
+            f"The issue's headline, the reference's quality at under half its density on "
+            f"every input set, holds from tolerance {h:g} on (there density "
+            f"{min(r['density'] / t[n]['d0'] for n, r in rows.items()):.2f}.."
+            f"{max(r['density'] / t[n]['d0'] for n, r in rows.items()):.2f} x d0 at error "
+            f"{min(r['rel_error'] / t[n]['e0'] for n, r in rows.items()):.2f}.."
+            f"{max(r['rel_error'] / t[n]['e0'] for n, r in rows.items()):.2f} x e0): the "
+            f"setting for speed first (`SVG2Config(error_tolerance={h:g})`, "
+            f"`svg2-generate --error-tolerance {h:g}`). The default keeps the margin for "
+            f"activations that favour the compensation less than these.")
+    return out
+
+
+def _methods_text(block: int) -> str:
+    return f"""Every method works on the same SVG2 clusters of each head (cold start, as
+`svg2_attention` clusters), except the fixed-block baselines:
+
+1. **SVG2**: the reference rule (`SVG2Config.reference()`): centroid-level top-p
+   selection of (query cluster, key cluster) blocks with a floor of `min_kc_ratio x KC`
+   key clusters per query cluster; the left-out pairs are dropped.
+2. **SVG2 + compensation**: the same blocks, and every query's left-out key clusters
+   enter its softmax through their mean value, weighted by the cluster's estimated mass
+   e^(s q.c + log n + s^2 |q|^2 kvar / 2), the query's own key taken exactly
+   (`svg2_jax.compensation`, merged through the log-sum-exp).
+   **... per query cluster**: the same with one weight per query cluster (from its mean
+   query, no own key): cheaper, coarser.
+3. **Error-aware + compensation** (the library's default, `SVG2Config()`): per head, the
+   blocks the compensation is estimated to reproduce worst per computed pair are
+   computed exactly (`selection.select_by_error`), swept over the error tolerance tau
+   (the default's knob; also without the own-key term) and over a per-head density
+   budget.
+4. **Oracle (same clusters)**: blocks taken greedily by their true attention mass per
+   token pair (from the exact dense softmax), at SVG2's density of each head, and, with
+   compensation, over the budget sweep: the ceiling for mass-based block choices over
+   these clusters.
+5. **Block top-k ({block})**: original token order, {block}x{block} blocks, block score =
+   mean-pooled q . mean-pooled k / sqrt(D), top-k key blocks per query block at SVG2's
+   density (rounded to whole blocks: compare with its own density column).
+6. **Block oracle ({block})** (a diagnostic): the same fixed blocks chosen by true mass.
+
+Metrics, averaged over heads and videos: **density** = fraction of query-key pairs
+computed exactly (counted from the token mask); **rel. error** = ||o - o_dense||_F /
+||o_dense||_F per head, where o is the method's output (exact softmax over the computed
+pairs, merged with the compensation where there is one); **recall** = mean over queries of
+the true softmax mass on the computed pairs; **recall p10** = the 10th percentile over
+queries of that mass; **top-1 kept** = fraction of queries whose single most probable key
+is computed. The dense reference is exact float32 attention, chunked over query tiles.
+Swept methods are read at another method's density by interpolating their curve linearly
+in log density (log error)."""
+
+
+LAB_TEXT = """These were measured while designing the method, with a lab that evaluates
+any block selection exactly from per-(query, key cluster) sums of the dense attention
+(inputs as here and four more: another image, softer attention, mixed head temperatures,
+Wan 720p's tokens per cluster; two seeds each). The lab lived in the repository's history
+(`research/`, merged at the start of issue #13's branch); its conclusions decided what the
+library implements:
+
+- **Compensation per query token** helps at every density; **per query cluster** does not
+  (0.97-1.08 x the reference's error at equal blocks with the cluster's mean query,
+  1.3-2.2 x with the mean of the members' weights: one weight merged into each member's
+  own log-sum-exp over-compensates the cluster's weak queries). The benchmark above
+  re-measures both.
+- The **variance term** is worth 3-7 % of the error; a **scalar** key variance per cluster
+  is within 1 % of a per-dimension one, which would add one more [S, KC] x D matmul per
+  pass. The library keeps the scalar.
+- **Selection by estimated error beats selection by every mass estimate** tried (per-token
+  softmax means, variance term, own key, mass per key, pooled per head): at the
+  reference's density 0.10-0.19 x its error, against 0.14-0.35 x for the best
+  mass-ranked rule and 0.06-0.16 x for the true-mass oracle with the same compensation.
+  SVG-EAR's own estimate (query centroid x member keys, from a public port of the
+  authors' code) and the exact error at the query centroid both did worse (0.13-0.49 x)
+  and cost a QC x S x D pass.
+- **Budgets**: pooled per head beats per query cluster slightly (geometric mean 0.124 vs
+  0.128 x e0); one pool for all heads of a layer was equal or slightly better on mixed
+  head temperatures (it equalises the heads' errors). The tolerance rule sets each
+  head's density from the error it estimates and matched the budget at equal density.
+- **Query subsampling** of the selection pass (1 token in 4 per query cluster) cost
+  10-70 % more error at the reference's density, twice as much on the neighbour input:
+  not adopted.
+- **SCOPE-style RoPE-subspace clustering** (each RoPE axis subspace rescaled to equal
+  norm before k-means; one try, SCOPE's exact recipe was not available): neutral on two
+  inputs, slightly worse on the neighbour input (0.071 vs 0.059 error at density 0.06):
+  not adopted.
+- **bf16** matmul inputs for the compensation (fp32 accumulation, softmax and merge):
+  per-head errors unchanged to 1e-4."""
+
+
+def write_doc(runs, command, wall_s, plot_note, json_path, path=DOC_PATH):
     wan_q, wan_k = WAN_720P["S"] / WAN_720P["QC"], WAN_720P["S"] / WAN_720P["KC"]
-    checks = res["api_checks"]
+    cfg = SVG2Config()
+    checks = [c for run in runs for c in run["api_checks"]]
     check_line = ("`svg2_attention` was not re-run (`--api-check none`)." if not checks else
-                  f"`svg2_attention` itself was run for {len(checks)} setting(s) and "
-                  f"reproduced the per-head densities to within "
-                  f"{max(c['max_density_diff'] for c in checks):.1e} and the output errors "
-                  f"to within {max(c['max_rel_error_diff'] for c in checks):.1e}.")
-    plot_md = (f"\n![recall and error vs density]({os.path.basename(PLOT_PATH)})\n"
+                  f"`svg2_attention` itself was run for {len(checks)} rows (each method the "
+                  f"library provides, on every input set) and reproduced the per-head "
+                  f"densities to within {max(c['max_density_diff'] for c in checks):.1e} and "
+                  f"the output errors to within "
+                  f"{max(c['max_rel_error_diff'] for c in checks):.1e}.")
+    plot_md = (f"\n![error and recall vs density]({os.path.basename(PLOT_PATH)})\n"
                if plot_note.startswith("plot written") and plot_note.endswith(PLOT_PATH)
                else f"\n({plot_note}.)\n")
-    text = f"""# Quality: SVG2 vs oracle vs fixed block top-k at equal density
+    per_input = []
+    for run in runs:
+        per_input.append(f"""### {run['name']}
+
+{_input_line(run)}. Clusters: {run['tokens_per_cluster'][0]:.0f} and {run['tokens_per_cluster'][1]:.0f} tokens per cluster (Wan 720p: {wan_q:.0f} and {wan_k:.1f});
+non-empty sizes Q {run['q_cluster_size'][0]}..{run['q_cluster_size'][1]} ({run['q_cluster_size'][2]} empty), K {run['k_cluster_size'][0]}..{run['k_cluster_size'][1]} ({run['k_cluster_size'][2]} empty). Dense attention: {attention_line(run)}.
+
+{table_markdown(run)}
+
+{summary(run)} {targets_line(run)}
+
+{chr(10).join('- ' + x for x in comparison_sentences(run))}
+""")
+    text = f"""# Quality: SVG2's block selection and compensation at equal density
 
 Generated by `scripts/bench_quality.py`; rerun it to refresh this file.
 
 - Command: `{command}`
-- Raw data (every figure, per head): `{os.path.relpath(json_path, REPO)}`
+- Raw data (every figure, per head and input set): `{os.path.relpath(json_path, REPO)}`
 - Date: {utc_date()}
 - Machine: {machine()}; wall time {wall_s:.0f} s
-- Problem: {len(meta['images'])} panning video(s) ({', '.join(meta['images'])}), {meta['frames']} frames of {meta['height']}x{meta['width']} px,
-  {meta['patch']}x{meta['patch']}-px tokens on a {grid[0]}x{grid[1]}x{grid[2]} (t, y, x) grid: S = {res['S']} tokens, {res['H']} heads per video,
-  D = {res['D']}, float32; temperature {meta['temperature']}, q/k noise {meta['qk_noise']}, pan {meta['pan_px']} px/frame, seed {meta['seed']}.
-- SVG2: cold start, at most {res['kmeans_iters']} k-means iterations (with the library's early stop at a
-  1e-4 centroid shift: {res['kmeans_iters_run'][0]} ran on Q, {res['kmeans_iters_run'][1]} on K), QC = {res['QC']}, KC = {res['KC']}: {res['tokens_per_cluster'][0]:.0f} and {res['tokens_per_cluster'][1]:.0f} tokens
-  per cluster on average. Wan 720p (QC = 300, KC = 1000, S = 75600) has {wan_q:.0f} and {wan_k:.1f}, so
-  clusters here are {wan_q / res['tokens_per_cluster'][0]:.1f}x / {wan_k / res['tokens_per_cluster'][1]:.1f}x smaller relative to S. Non-empty cluster sizes over all
-  heads: Q {res['q_cluster_size'][0]}..{res['q_cluster_size'][1]} ({res['q_cluster_size'][2]} empty clusters), K {res['k_cluster_size'][0]}..{res['k_cluster_size'][1]} ({res['k_cluster_size'][2]} empty).
-- Peakiness of the dense attention (so the densities can be judged): {attention_line(res)}.
+- Input sets (built from real images, below):
+{chr(10).join('  - ' + _input_line(r) for r in runs)}
+
+## Issue #13's targets: the library's default against the reference rule
+
+On each input set the reference point is SVG2 at top_p 0.9 with min_kc_ratio 0.1
+(density d0, error e0). The default is `SVG2Config()`: error-aware selection at
+error_tolerance {cfg.error_tolerance:g} with the left-out key clusters compensated, own key exact; its
+curve is its tolerance sweep. Targets: its density at error e0 <= 0.4 d0; its error at d0
+<= 0.5 e0; its recall p10 at d0 >= 0.85.
+
+{targets_markdown(runs)}
+
+{chr(10).join('- ' + x for x in targets_reading(runs))}
+
+## Defaults, and the reference one switch away
+
+`SVG2Config()` selects with the error-aware rule (`selection="error"`) at
+`error_tolerance={cfg.error_tolerance:g}`, with `compensation=True` and `compensate_own_key=True`: the
+measured best here and in the design lab (below), at a tolerance whose density and error
+on each input set are in the last column of the table above (measured errors are a few
+times tau, since the blocks' errors are not independent and the output norm is
+estimated from each query cluster's mean distribution).
+
+{chr(10).join('- ' + x for x in tolerance_reading(runs))}
+ `SVG2Config.reference()` is the
+paper's exact rule (`selection="svg2"`, top_p 0.9, min_kc_ratio 0.1, `compensation=False`),
+bit for bit the library's output before issue #13; `selection="svg2"` with
+`compensation=True` is the cheap middle step (row "SVG2 + compensation"). In
+`svg2-generate`: `--selection {{error,svg2}}`, `--error-tolerance`, `--no-compensation`,
+`--reference-svg2`; the JSON report records them.
+
+## Cost of the extra work at Wan 720p
+
+Counted from the operations of `svg2_jax.compensation` and `selection.select_by_error`
+(`python -m scripts.quality.flops`); the added passes stream over query tiles, so their
+[S, KC] logits never exist for a whole head at once.
+
+{flops.markdown()}
 
 ## What is measured
 
-For each setting, four ways of choosing the computed query-key pairs, at (nearly) the
-same density per head:
-
-1. **SVG2**: `svg2_jax` as is: per-head k-means on Q and K, centroid-level top-p
-   selection of (query cluster, key cluster) blocks, floor of `min_kc_ratio x KC` key
-   clusters per query cluster.
-2. **Oracle (same clusters)**: SVG2's clusters, but blocks taken greedily by their true
-   attention mass per token pair (from the exact dense softmax) until the pair count is
-   closest to SVG2's for that head: the ceiling for block choices over these clusters
-   (greedy by mass per pair is not exactly optimal for ragged blocks, but close).
-3. **Block top-k ({res['block']})**: original token order, {res['block']}x{res['block']} blocks, block score =
-   mean-pooled q . mean-pooled k / sqrt(D), top-k key blocks per query block with
-   k = max(1, round(density x key blocks)) for SVG2's density of that head. Its density
-   moves in steps of one key block per query block (1/{-(-res['S'] // res['block'])} here), so it is only
-   approximately equal; compare with its own density column.
-4. **Block oracle ({res['block']})** (a diagnostic): the same fixed {res['block']}-token blocks, chosen
-   like the oracle of 2 (greedy by true mass per pair, pair count closest to SVG2's). It
-   separates the grouping (clusters vs contiguous blocks) from the scoring (centroid or
-   mean-pooled estimate vs true mass).
-
-Metrics, averaged over heads and videos: **density** = fraction of query-key pairs
-computed (counted from the token mask); **rel. error** = ||o - o_dense||_F / ||o_dense||_F
-per head, where o is exact softmax attention restricted to the computed pairs;
-**recall** = mean over queries of the true softmax mass on the computed pairs;
-**recall p10** = the 10th percentile over queries of that mass (the mean hides queries
-that lose most of their mass, and those dominate the output error); **top-1 kept** =
-fraction of queries whose single most probable key is computed. The dense reference is
-exact float32 attention, chunked over query tiles.
+{_methods_text(runs[0]['block'])}
 
 {check_line}
 
 ## How the inputs are built
 
 Real images bundled with scikit-image (no download) become short panning videos: each
-frame is a {meta['height']}x{meta['width']} window sliding right by {meta['pan_px']} px per frame over the
-(rescaled) image. Frames are cut into {meta['patch']}x{meta['patch']}-px tokens on a (t, y, x) grid, like
-Wan's latent grid (1x2x2 patches of an 8x downsampled VAE latent: one token ~ 16x16 px).
-A token's features are its pixels average-pooled to {meta['pool']}x{meta['pool']} cells x RGB (a VAE latent
-keeps 2x2 latent pixels x 16 channels per token), standardised, plus {meta['context_weight']} x the mean
-feature of its 3x3 token neighbourhood; a fixed random projection to width 128 and a
-layer norm follow. Per head, Wq = A_h + noise and Wk = A_h + noise with a head-specific
-A_h (so q . k measures feature similarity under a head-specific metric), Wv random;
-q and k are scaled so the logits go as 1 / temperature; then the 3-D rotary embedding
-of diffusers' `WanRotaryPosEmbed` (t/h/w = 44/42/42 channels, theta 10000, consecutive
-channel pairs rotated) is applied to q and k.
+frame is a window sliding right by {runs[0]['inputs']['pan_px']} px per frame over the (rescaled) image.
+Frames are cut into {runs[0]['inputs']['patch']}x{runs[0]['inputs']['patch']}-px tokens on a (t, y, x) grid, like Wan's latent grid (1x2x2
+patches of an 8x downsampled VAE latent: one token ~ 16x16 px). A token's features are its
+pixels average-pooled to {runs[0]['inputs']['pool']}x{runs[0]['inputs']['pool']} cells x RGB (a VAE latent keeps 2x2 latent pixels x 16
+channels per token), standardised, plus {runs[0]['inputs']['context_weight']} x the mean feature of its 3x3 token
+neighbourhood; a fixed random projection to width 128 and a layer norm follow. Per head,
+Wq = A_h + noise and Wk = A_h + noise with a head-specific A_h (so q . k measures feature
+similarity under a head-specific metric), Wv random; q and k are scaled so the logits go
+as 1 / temperature; for the neighbour set the keys and values are shifted one token along
+x before the 3-D rotary embedding of diffusers' `WanRotaryPosEmbed` (t/h/w = 44/42/42
+channels, theta 10000, consecutive channel pairs rotated) is applied to q and k.
 
-## Results
-
-{table_markdown(res)}
-
-{summary(res)}
+## Results per input set
 {plot_md}
-## Reading
+{chr(10).join(per_input)}
+## Design measurements (issue #13's lab)
 
-{chr(10).join('- ' + s for s in comparison_sentences(res))}
+{LAB_TEXT}
 
-Limits: these Q/K are synthetic, built from image features and random projections,
-not a trained video model's activations. Trained heads differ (some are positional or
-diagonal, some attend to a few "sink" tokens, the peakiness varies by layer and by
-denoising step), so the densities at a given top_p, and the size of the gaps, will be
-different in a real Wan or HunyuanVideo run; this report checks that the pieces behave
-sensibly on structured inputs, not the end-to-end video quality. The problem is also
-~{WAN_720P['S'] / res['S']:.0f}x smaller than Wan 720p, with clusters scaled as stated above.
+## Limits
+
+These Q/K are synthetic, built from image features and random projections, not a trained
+video model's activations. Trained heads differ (some are positional or diagonal, some
+attend to a few "sink" tokens, the peakiness varies by layer and by denoising step), so
+the densities at a given top_p or tolerance, and the size of the gaps, will be different
+in a real Wan or HunyuanVideo run: the tolerance in particular should be re-tuned on real
+activations (these inputs favour the compensation, and their own keys are strong by
+construction). The problems are also {WAN_720P['S'] / max(r['S'] for r in runs):.0f}x or more smaller than Wan 720p, with
+clusters 2.5x or more smaller relative to S.
 """
     with open(path, "w") as f:
         f.write(text)

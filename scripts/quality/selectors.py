@@ -1,10 +1,13 @@
-"""Which query-key pairs each method computes: SVG2 and the baselines it is compared with.
+"""Which query-key pairs each method computes, and whether the left-out key clusters are
+compensated: SVG2 (the reference rule), the error-aware rule, and the baselines.
 
 A selector is a function (problem, setting, density) -> Selection: token labels of the
 query and key groups and a [N, groups_q, groups_k] bool block mask. `SELECTORS` is the
-table the benchmark runs, in this order, for every setting; adding a method is a
-function plus one row there. A selector that sets the density (SVG2: top-p) runs first
-and the others run at its per-head density, so all are compared at equal density.
+table the benchmark runs, in this order; adding a method is a function plus one row
+there. Rows without a sweep run at every SVG2 setting (top_p, min_kc_ratio): the one
+that sets the density (SVG2: top-p) first, the others at its per-head density, so they
+are compared at equal density. Rows with a sweep run once per value of their own knob
+(error_tolerance, target_density) and are compared along the density axis.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from svg2_jax import SVG2Config
+from svg2_jax.clustering import Clustering
+from svg2_jax.compensation import KeyClusterStats
 from svg2_jax.kmeans import KMeansResult
-from svg2_jax.selection import block_density, select_clusters
+from svg2_jax.selection import block_density, select_by_error, select_clusters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +34,8 @@ class Problem:
     config: the SVG2Config of the run (QC, KC, iterations); q_clusters, k_clusters: SVG2's
     k-means on them; cluster_mass [N, QC, KC] and tile_mass [N, nb, nb]: the true softmax
     mass of every (query cluster, key cluster) block and of every fixed `block` x `block`
-    tile in token order (float64, from the dense pass)."""
+    tile in token order (float64, from the dense pass); key_stats: the library's
+    statistics of SVG2's key clusters (`compensation.key_cluster_stats`)."""
 
     qn: jax.Array
     kn: jax.Array
@@ -38,6 +45,7 @@ class Problem:
     cluster_mass: np.ndarray
     tile_mass: np.ndarray
     block: int
+    key_stats: KeyClusterStats | None = None
 
     @property
     def q_sizes(self) -> np.ndarray:
@@ -67,6 +75,28 @@ class Setting:
         return f"top_p={self.top_p:g}, min_kc={self.min_kc_ratio:g}"
 
 
+class Point(NamedTuple):
+    """One value of a swept selector's own knob (an SVG2Config field name)."""
+
+    param: str
+    value: float
+    label = property(lambda self: f"{self.param}={self.value:g}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A selector's own knob: param (an SVG2Config field), its values, and the value that
+    `--api-check one` re-runs through svg2_attention."""
+
+    param: str
+    values: tuple[float, ...]
+    main: float
+
+    def __post_init__(self):
+        if self.main not in self.values:
+            raise ValueError(f"Sweep {self.param}: main value {self.main} is not swept")
+
+
 class Selection(NamedTuple):
     """q_labels, k_labels [N, S] int: each token's group; selected [N, GQ, GK] bool;
     density [N]: the fraction of pairs selected, from a selector that sets the density
@@ -85,15 +115,29 @@ class SelectFn(Protocol):
         selector that sets its own density)."""
 
 
+# Compensation of the left-out key clusters in the masked pass (`metrics.masked_pass`):
+# none; per query token with its own key exact (the library's default); per query token
+# without the own-key term; per query cluster (every member uses the cluster's mean
+# query, no own key: the cheaper, coarser variant).
+COMPENSATIONS = ("none", "token", "token_no_own_key", "query_cluster")
+
+
 @dataclasses.dataclass(frozen=True)
 class Selector:
     """name: the table's method label ("{block}" becomes the block size). select: the
     method. sets_density: it chooses its own density (SVG2: top-p), and the others are
-    run at it, per head; it is called with density None."""
+    run at it, per head; it is called with density None. sweep: its own knob (then it
+    runs once per value, with a Point as setting, not at SVG2's settings). compensation:
+    one of COMPENSATIONS (cluster selections only). config: how `svg2_attention`
+    reproduces the row, (run's SVG2Config, setting) -> SVG2Config, for `--api-check`
+    (None: the method is not the library's)."""
 
     name: str
     select: SelectFn
     sets_density: bool = False
+    sweep: Sweep | None = None
+    compensation: str = "none"
+    config: Callable[[SVG2Config, object], SVG2Config] | None = None
 
     def label(self, problem: Problem) -> str:
         return self.name.format(block=problem.block)
@@ -170,6 +214,34 @@ def cluster_oracle(problem: Problem, setting: Setting, density) -> Selection:
     return Selection(*_cluster_labels(problem), sel)
 
 
+def cluster_oracle_budget(problem: Problem, point: Point, density=None) -> Selection:
+    """The oracle at the swept density `point.value` on every head."""
+    target = np.full(problem.qn.shape[0], point.value)
+    return cluster_oracle(problem, point, target)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "by_density", "q_tile"))
+def _error_select(qn, qk, kk, stats, scale, value, by_density, q_tile):
+    """The rule at a traced tolerance or density (one compilation for the whole sweep)."""
+    sel = select_by_error(qn, Clustering(qk, kk), stats, scale,
+                          error_tolerance=None if by_density else value,
+                          target_density=value if by_density else None, q_tile=q_tile)
+    return sel.selected, block_density(sel.selected, qk.sizes, kk.sizes)
+
+
+def error_aware(problem: Problem, point: Point, density=None) -> Selection:
+    """The library's error-aware rule (`selection.select_by_error`) at the swept
+    error_tolerance or target_density, as `svg2_attention` selects."""
+    if point.param not in ("error_tolerance", "target_density"):
+        raise ValueError(f"error_aware sweeps error_tolerance or target_density, not "
+                         f"{point.param}")
+    sel, dens = _error_select(problem.qn, problem.q_clusters, problem.k_clusters,
+                              problem.key_stats, problem.qn.shape[-1] ** -0.5,
+                              jnp.float32(point.value), point.param == "target_density",
+                              problem.config.q_tile)
+    return Selection(*_cluster_labels(problem), np.asarray(sel), np.asarray(dens, np.float64))
+
+
 def block_topk(problem: Problem, setting: Setting, density) -> Selection:
     """Fixed blocks in token order, top-k key blocks by mean-pooled score."""
     return Selection(*block_topk_select(problem.qn, problem.kn, problem.block, density))
@@ -183,9 +255,41 @@ def block_oracle(problem: Problem, setting: Setting, density) -> Selection:
     return Selection(labels, labels, sel)
 
 
+def _svg2_config(compensation: bool):
+    def make(base: SVG2Config, setting: Setting) -> SVG2Config:
+        return dataclasses.replace(base, selection="svg2", compensation=compensation,
+                                   top_p=setting.top_p, min_kc_ratio=setting.min_kc_ratio)
+    return make
+
+
+def _error_config(own_key: bool):
+    def make(base: SVG2Config, point: Point) -> SVG2Config:
+        return dataclasses.replace(base, selection="error", compensation=True,
+                                   compensate_own_key=own_key, **{point.param: point.value})
+    return make
+
+
+TOLERANCES = Sweep("error_tolerance",
+                   (0.002, 0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.13, 0.2,
+                    0.35),
+                   SVG2Config().error_tolerance)
+DENSITIES = Sweep("target_density", (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.25), 0.07)
+# The library's default (SVG2Config()): error-aware selection at a tolerance, compensated.
+DEFAULT_METHOD = "error-aware (tolerance) + compensation"
+
 SELECTORS: tuple[Selector, ...] = (
-    Selector("SVG2", svg2, sets_density=True),
+    Selector("SVG2", svg2, sets_density=True, config=_svg2_config(False)),
+    Selector("SVG2 + compensation", svg2, compensation="token", config=_svg2_config(True)),
+    Selector("SVG2 + compensation per query cluster", svg2, compensation="query_cluster"),
     Selector("oracle (same clusters)", cluster_oracle),
     Selector("block top-k ({block})", block_topk),
     Selector("block oracle ({block})", block_oracle),
+    Selector(DEFAULT_METHOD, error_aware, sweep=TOLERANCES, compensation="token",
+             config=_error_config(True)),
+    Selector("error-aware (tolerance) + compensation, no own key", error_aware,
+             sweep=TOLERANCES, compensation="token_no_own_key", config=_error_config(False)),
+    Selector("error-aware (budget) + compensation", error_aware, sweep=DENSITIES,
+             compensation="token", config=_error_config(True)),
+    Selector("oracle (same clusters) + compensation", cluster_oracle_budget, sweep=DENSITIES,
+             compensation="token"),
 )

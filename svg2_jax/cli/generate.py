@@ -42,7 +42,7 @@ from svg2_jax.backends import is_hopper
 from svg2_jax.cli import defaults as dflt
 from svg2_jax.cli.text import (PROG, encode_prompt, fail, load_embeddings,
                                load_hunyuan_text)
-from svg2_jax.config import BACKENDS, SVG2Config
+from svg2_jax.config import BACKENDS, REFERENCE_RULE, SELECTIONS, SVG2Config
 from svg2_jax.layer_attention import SVG2Attention
 from svg2_jax.sampling import SamplerConfig
 
@@ -96,11 +96,22 @@ def parse_args(argv=None):
         lambda f: f.svg2.num_q_clusters) + ")")
     g.add_argument("--kc", type=int, help="key clusters (default "
                    f"{d(lambda f: f.svg2.num_k_clusters)})")
-    g.add_argument("--top-p", type=float, help=f"default {_SVG2.top_p}")
-    g.add_argument("--min-kc-ratio", type=float, help=f"default {_SVG2.min_kc_ratio}")
+    g.add_argument("--selection", choices=SELECTIONS,
+                   help=f"block selection rule (default {_SVG2.selection}: error-aware; svg2: "
+                   "the reference's centroid top-p)")
+    g.add_argument("--error-tolerance", type=float, help="error-aware rule: estimated "
+                   f"relative error left to the compensation (default {_SVG2.error_tolerance})")
+    g.add_argument("--no-compensation", dest="compensation", action="store_const",
+                   const=False, help="drop the left-out key clusters instead of compensating "
+                   "them (default: compensated)")
+    g.add_argument("--reference-svg2", action="store_true", help="the paper's exact SVG2: "
+                   "--selection svg2 --no-compensation (SVG2Config.reference())")
+    g.add_argument("--top-p", type=float, help=f"default {_SVG2.top_p} (svg2 rule)")
+    g.add_argument("--min-kc-ratio", type=float,
+                   help=f"default {_SVG2.min_kc_ratio} (svg2 rule)")
     g.add_argument("--target-density", type=float,
-                   help="instead of top-p, keep per query cluster the heaviest key "
-                   "clusters up to this fraction of the keys (a fixed compute budget)")
+                   help="instead of the rule's adaptive criterion (error tolerance, top-p), "
+                   "compute this fraction of the pairs (a fixed compute budget)")
     g.add_argument("--sparse-backend", choices=SPARSE_BACKENDS,
                    help=f"SVG2 sparse attention (default {_SVG2.backend}: the Hopper kernel "
                    "on sm_90 GPUs, else the exact pure-JAX path)")
@@ -167,12 +178,25 @@ def resolve(args) -> Settings:
     width = fam.video.width if args.width is None else args.width
     svg2 = None
     if args.attention == "svg2":
+        if args.reference_svg2 and (args.selection == "error"
+                                    or args.error_tolerance is not None):
+            fail("--reference-svg2 is the svg2 selection rule without compensation; it "
+                 "takes no --selection error or --error-tolerance")
         svg2 = dataclasses.replace(
-            fam.svg2_for(height, width),
+            fam.svg2_for(height, width), **(REFERENCE_RULE if args.reference_svg2 else {}),
             **_given(num_q_clusters=args.qc, num_k_clusters=args.kc, top_p=args.top_p,
                      min_kc_ratio=args.min_kc_ratio, target_density=args.target_density,
+                     selection=args.selection, error_tolerance=args.error_tolerance,
+                     compensation=args.compensation,
                      backend=args.sparse_backend, kmeans_iters_cold=args.kmeans_iters_cold,
                      kmeans_iters_warm=args.kmeans_iters_warm))
+        other = dict(error=("--top-p", args.top_p, "--min-kc-ratio", args.min_kc_ratio),
+                     svg2=("--error-tolerance", args.error_tolerance))[svg2.selection]
+        given = [flag for flag, value in zip(other[::2], other[1::2]) if value is not None]
+        if given:
+            fail(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} the "
+                 f"{'svg2' if svg2.selection == 'error' else 'error'} selection rule, but "
+                 f"--selection is {svg2.selection}")
     dense_layers = (_DENSE_LAYERS if args.dense_layers is None else
                     tuple(int(x) for x in args.dense_layers.split(",") if x.strip()))
     guidance = fam.guidance if args.guidance is None else args.guidance
@@ -369,6 +393,10 @@ def main(argv=None):
         "attention": {"kind": args.attention,
                       **({} if cfg is None else {
                           "qc": cfg.num_q_clusters, "kc": cfg.num_k_clusters,
+                          "selection": cfg.selection,
+                          "error_tolerance": cfg.error_tolerance,
+                          "compensation": cfg.compensation,
+                          "compensate_own_key": cfg.compensate_own_key,
                           "top_p": cfg.top_p, "min_kc_ratio": cfg.min_kc_ratio,
                           "dense_layers": list(run.dense_layers),
                           "kmeans_iters_cold": cfg.kmeans_iters_cold,
