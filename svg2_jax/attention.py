@@ -134,7 +134,7 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
     b, _, _, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
-    core = svg2_core(qn, kn, vn, cache, config, key, scale)
+    core = svg2_core(qn, kn, vn, cache, config, key, scale, heads=q.shape[2])
     out = rearrange(core.out, "(b h) s d -> b s h d", b=b)
     clustering, selection = core.clustering, core.selection
     density = block_density(selection.selected, clustering.q.sizes, clustering.k.sizes)
@@ -157,15 +157,16 @@ class CoreResult(NamedTuple):
     comp_lse: jax.Array | None = None
 
 
-def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scale: float
-              ) -> CoreResult:
+def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scale: float,
+              heads: int = 1) -> CoreResult:
     """The algorithm on per-head problems: qn [N, Sq, D]; kn, vn [N, Sk, D] (N = B * H in
     (b h) order, for the cache); cache, config, key as `svg2_attention`; scale: the
-    softmax scale -> CoreResult."""
+    softmax scale; heads: H (what `config.error_pool="layer"` pools) -> CoreResult."""
     backend = SPARSE_BACKENDS[resolve_backend(config, qn.dtype, qn.shape[-1])]
     clustering = cluster_qk(qn, kn, cache, config, key)
     stats = key_cluster_stats(kn, vn, clustering.k) if config.needs_key_stats else None
-    selection = select_blocks(clustering, config, qn=qn, key_stats=stats, scale=scale)
+    selection = select_blocks(clustering, config, qn=qn, key_stats=stats, scale=scale,
+                              heads=heads)
     out, lse = backend(qn, kn, vn, clustering, selection, scale, config)
     if not config.compensation:
         return CoreResult(out, lse, clustering, selection, stats)

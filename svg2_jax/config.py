@@ -13,10 +13,12 @@ from svg2_jax.selection import SELECTION_RULES
 Backend = Literal["auto", "pallas", "pallas_reference", "jax", "masked_dense"]
 KMeansImpl = Literal["auto", "xla", "pallas"]
 SelectionRule = Literal["error", "svg2"]
+ErrorPool = Literal["head", "layer"]
 
 BACKENDS = ("auto",) + tuple(SPARSE_BACKENDS)
 KMEANS_IMPLS = ("auto",) + IMPLS
 SELECTIONS = tuple(SELECTION_RULES)
+ERROR_POOLS = ("head", "layer")
 # The paper's exact SVG2 (svg-project/Sparse-VideoGen): `SVG2Config.reference()`.
 REFERENCE_RULE = dict(selection="svg2", compensation=False)
 
@@ -41,7 +43,10 @@ class SVG2Config:
         reference's centroid top-p per query cluster).
       error_tolerance: "error" rule without target_density: the estimated relative
         output error the compensated blocks may add per head (tau, >= 0; 0 computes
-        every block). Measured errors are about 2-4x tau (docs/quality.md).
+        every block). Measured errors are a few times tau (docs/quality.md).
+      error_pool: "error" rule: the blocks compete for the tolerance (or density budget)
+        within each head ("head"), or across all heads of a batch element ("layer": one
+        total per call, spent where the estimated error is).
       compensation: the key clusters a query's cluster did not select still enter its
         softmax through their mean value, weighted by their estimated mass
         (`compensation.compensate`); False gives the plain sparse attention.
@@ -82,6 +87,7 @@ class SVG2Config:
     num_k_clusters: int = 1000
     selection: SelectionRule = "error"
     error_tolerance: float = 0.02
+    error_pool: ErrorPool = "head"
     compensation: bool = True
     compensate_own_key: bool = True
     top_p: float = 0.9
@@ -110,6 +116,8 @@ class SVG2Config:
                 or not 0.0 <= self.error_tolerance < float("inf")):
             problems.append(f"error_tolerance must be a finite number >= 0, got "
                             f"{self.error_tolerance!r}")
+        if self.error_pool not in ERROR_POOLS:
+            problems.append(f"error_pool must be one of {ERROR_POOLS}, got {self.error_pool!r}")
         for name in ("compensation", "compensate_own_key"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -69,7 +69,7 @@ def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths:
     qn, kn, vn = heads(q), heads(k), heads(v)
     text_valid = repeat(text_key_mask(text_lengths, num_text), "b t -> (b h) t", h=h)
 
-    video = svg2_core(qn[:, :sv], kn[:, :sv], vn[:, :sv], cache, config, key, scale)
+    video = svg2_core(qn[:, :sv], kn[:, :sv], vn[:, :sv], cache, config, key, scale, heads=h)
     o_vt, lse_vt = masked_attention(qn[:, :sv], kn[:, sv:], vn[:, sv:], text_valid[:, None, :],
                                     scale)
     o_video, lse_video = merge_attention(video.out, video.lse, o_vt, lse_vt)

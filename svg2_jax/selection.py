@@ -115,7 +115,8 @@ def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: j
 
 def select_by_error(qn: jax.Array, clustering: Clustering, stats: KeyClusterStats,
                     scale: float, *, error_tolerance: float | None = None,
-                    target_density: float | None = None, q_tile: int = 256) -> Selection:
+                    target_density: float | None = None, q_tile: int = 256,
+                    pool: int = 1) -> Selection:
     """Error-aware selection (issue #13): the blocks the compensation handles worst are
     computed exactly, chosen per head over all its (query cluster, key cluster) blocks.
 
@@ -131,6 +132,9 @@ def select_by_error(qn: jax.Array, clustering: Clustering, stats: KeyClusterStat
     - target_density d (a fixed budget): blocks from the highest rank down while the
       pairs taken before each are below d Sq Sk (the crossing block is kept).
 
+    pool: the blocks of `pool` consecutive problems (heads) compete together, against the
+    sum of their budgets (out2, or pairs); 1: per head.
+
     Exactly one of the two is given. qn [N, Sq, D]; the call's clustering and key
     cluster stats; scale: the softmax scale -> Selection (mass: P; estimated_error:
     sqrt(summed err of the left-out blocks / out2) per head)."""
@@ -138,6 +142,8 @@ def select_by_error(qn: jax.Array, clustering: Clustering, stats: KeyClusterStat
         raise ValueError("select_by_error: give exactly one of error_tolerance and "
                          "target_density")
     n, sq, _ = qn.shape
+    if pool < 1 or n % pool:
+        raise ValueError(f"select_by_error: pool={pool} must divide the {n} problems")
     qk = clustering.q
     num_q = qk.sizes.shape[-1]
     err, mass = error_estimates(qn, qk.labels, num_q, stats, scale, q_tile)
@@ -149,15 +155,16 @@ def select_by_error(qn: jax.Array, clustering: Clustering, stats: KeyClusterStat
     est_out = jnp.einsum("nqk,nkd->nqd", mass, stats.value_mean)
     out2 = jnp.sum(q_sizes * jnp.sum(est_out * est_out, axis=-1), axis=-1)        # [N]
     rank = err / jnp.maximum(area, 1.0)
-    flat = lambda x: x.reshape(n, 1, -1)
+    flat = lambda x: x.reshape(n // pool, 1, -1)   # one row per pool of problems
     if target_density is None:
-        left = _keep_heaviest(flat(-rank), flat(valid), flat(err),
-                              (error_tolerance ** 2 * out2)[:, None], 0, crossing=False)
+        budget = error_tolerance ** 2 * out2.reshape(n // pool, pool).sum(-1)
+        left = _keep_heaviest(flat(-rank), flat(valid), flat(err), budget[:, None], 0,
+                              crossing=False)
         selected = valid & ~left.reshape(valid.shape)
     else:
-        pairs = flat(area) / (sq * jnp.sum(k_sizes, axis=-1))[:, None, None]
-        selected = _keep_heaviest(flat(rank), flat(valid), pairs, target_density,
-                                  0).reshape(valid.shape)
+        total = (sq * jnp.sum(k_sizes, axis=-1)).reshape(n // pool, pool).sum(-1)
+        selected = _keep_heaviest(flat(rank), flat(valid), flat(area) / total[:, None, None],
+                                  target_density, 0).reshape(valid.shape)
     left_err = jnp.sum(jnp.where(selected | ~valid, 0.0, err), axis=(1, 2))
     estimated = jnp.sqrt(left_err / jnp.where(out2 > 0, out2, 1.0))
     return Selection(selected, mass, estimated)
@@ -165,12 +172,14 @@ def select_by_error(qn: jax.Array, clustering: Clustering, stats: KeyClusterStat
 
 class SelectionRule(Protocol):
     def __call__(self, clustering: Clustering, config: SVG2Config, qn: jax.Array | None,
-                 key_stats: KeyClusterStats | None, scale: float | None) -> Selection:
+                 key_stats: KeyClusterStats | None, scale: float | None, heads: int
+                 ) -> Selection:
         """The blocks to compute for the call's clustering (qn [N, Sq, D], the key
-        cluster stats and the softmax scale for rules that estimate per query)."""
+        cluster stats and the softmax scale for rules that estimate per query; heads:
+        the problems of one batch element, N = batch x heads in (b h) order)."""
 
 
-def _svg2_rule(clustering, config, qn, key_stats, scale) -> Selection:
+def _svg2_rule(clustering, config, qn, key_stats, scale, heads) -> Selection:
     q, k = clustering.q, clustering.k
     if config.target_density is None:
         return select_clusters(q.centroids, k.centroids, k.sizes, config.top_p,
@@ -179,15 +188,14 @@ def _svg2_rule(clustering, config, qn, key_stats, scale) -> Selection:
                              config.min_k_clusters)
 
 
-def _error_rule(clustering, config, qn, key_stats, scale) -> Selection:
+def _error_rule(clustering, config, qn, key_stats, scale, heads) -> Selection:
     if qn is None or key_stats is None or scale is None:
         raise ValueError("selection='error' needs the queries, the key cluster stats and "
                          "the softmax scale (select_blocks(..., qn=, key_stats=, scale=))")
-    if config.target_density is None:
-        return select_by_error(qn, clustering, key_stats, scale,
-                               error_tolerance=config.error_tolerance, q_tile=config.q_tile)
-    return select_by_error(qn, clustering, key_stats, scale,
-                           target_density=config.target_density, q_tile=config.q_tile)
+    budget = (dict(error_tolerance=config.error_tolerance) if config.target_density is None
+              else dict(target_density=config.target_density))
+    return select_by_error(qn, clustering, key_stats, scale, q_tile=config.q_tile,
+                           pool=heads if config.error_pool == "layer" else 1, **budget)
 
 
 # SVG2Config.selection names one of these (module docstring).
@@ -195,14 +203,15 @@ SELECTION_RULES: dict[str, SelectionRule] = {"error": _error_rule, "svg2": _svg2
 
 
 def select_blocks(clustering: Clustering, config: SVG2Config, *, qn: jax.Array | None = None,
-                  key_stats: KeyClusterStats | None = None, scale: float | None = None
-                  ) -> Selection:
+                  key_stats: KeyClusterStats | None = None, scale: float | None = None,
+                  heads: int = 1) -> Selection:
     """The selection config asks for (`config.selection`, a SELECTION_RULES name):
     "svg2": top-p (`config.top_p`) or the per query cluster budget
     `config.target_density`, at least `config.min_k_clusters` key clusters; "error"
-    (`select_by_error`): the tolerance `config.error_tolerance`, or the per-head budget
-    `config.target_density` when set (needs qn [N, Sq, D], key_stats, scale)."""
-    return SELECTION_RULES[config.selection](clustering, config, qn, key_stats, scale)
+    (`select_by_error`): the tolerance `config.error_tolerance`, or the budget
+    `config.target_density` when set, per head or pooled over the `heads` problems of
+    each batch element (`config.error_pool`; needs qn [N, Sq, D], key_stats, scale)."""
+    return SELECTION_RULES[config.selection](clustering, config, qn, key_stats, scale, heads)
 
 
 def block_density(selected: jax.Array, q_sizes: jax.Array, k_sizes: jax.Array) -> jax.Array:

@@ -104,8 +104,9 @@ def token_logits(q, n, c, kv, scale):
     return np.where(n > 0, l, -np.inf), sig2
 
 
-def error_select(q, qlab, qc, n, c, vb, kv, vv, scale, tau=None, density=None):
-    """One head: -> (selected [QC, KC], mass [QC, KC], estimated relative error)."""
+def error_blocks(q, qlab, qc, n, c, vb, kv, vv, scale):
+    """One head's blocks: (err [QC, KC] summed over each query cluster's tokens, mass
+    [QC, KC] mean pi, estimated squared output norm, pairs [QC, KC])."""
     l, sig2 = token_logits(q, n, c, kv, scale)
     pi = np.exp(l - l.max(-1, keepdims=True))
     pi /= pi.sum(-1, keepdims=True)
@@ -118,14 +119,22 @@ def error_select(q, qlab, qc, n, c, vb, kv, vv, scale, tau=None, density=None):
     np.add.at(mass, qlab, pi)
     mass /= np.maximum(qn, 1)[:, None]
     out2 = (qn * ((mass @ vb) ** 2).sum(-1)).sum()
-    area = qn[:, None] * n[None]
-    blocks = [(i, j) for i in range(qc) for j in range(len(n)) if area[i, j] > 0]
+    return err, mass, out2, qn[:, None] * n[None]
+
+
+def error_select_pooled(heads, tau=None, density=None):
+    """Blocks of several heads competing together; heads: a list of `error_blocks` results
+    -> (selected [heads, QC, KC], estimated relative error per head)."""
+    err = np.stack([h[0] for h in heads])
+    area = np.stack([h[3] for h in heads])
+    out2 = sum(h[2] for h in heads)
+    blocks = [b for b in np.ndindex(err.shape) if area[b] > 0]  # head-major, row-major
     rank = {b: err[b] / area[b] for b in blocks}
-    sel = np.zeros((qc, len(n)), bool)
+    sel = np.zeros(err.shape, bool)
     if density is not None:  # most error per pair first, while the pairs before < budget
         taken = 0.0
         for b in sorted(blocks, key=lambda b: -rank[b]):  # sorted() is stable
-            if taken < density * len(q) * n.sum():
+            if taken < density * area.sum():
                 sel[b] = True
             taken += area[b]
     else:  # least error per pair left out first, while the summed error < tau^2 out2
@@ -136,8 +145,15 @@ def error_select(q, qlab, qc, n, c, vb, kv, vv, scale, tau=None, density=None):
             left += err[b]
             if left < tau ** 2 * out2:
                 sel[b] = False
-    left_err = sum(err[b] for b in blocks if not sel[b])
-    return sel, mass, np.sqrt(left_err / out2)
+    left_err = np.where(sel | (area == 0), 0.0, err).sum((1, 2))
+    return sel, np.sqrt(left_err / np.array([h[2] for h in heads]))
+
+
+def error_select(q, qlab, qc, n, c, vb, kv, vv, scale, tau=None, density=None):
+    """One head: -> (selected [QC, KC], mass [QC, KC], estimated relative error)."""
+    blocks = error_blocks(q, qlab, qc, n, c, vb, kv, vv, scale)
+    sel, est = error_select_pooled([blocks], tau, density)
+    return sel[0], blocks[1], est[0]
 
 
 def compensated_attention(q, k, v, qlab, klab, sel, n, c, vb, kv, scale, own_key=True):

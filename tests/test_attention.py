@@ -218,6 +218,7 @@ def test_bad_cache():
     (dict(backend="flashinfer"), "backend"),
     (dict(kmeans_impl="cuvs"), "kmeans_impl"),
     (dict(selection="topk"), "selection must be one of"),
+    (dict(error_pool="batch"), "error_pool must be one of"),
     (dict(error_tolerance=-0.1), "error_tolerance"),
     (dict(error_tolerance=float("nan")), "error_tolerance"),
     (dict(error_tolerance=True), "error_tolerance"),

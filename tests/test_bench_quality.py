@@ -74,6 +74,8 @@ def test_ranges_and_api_agreement(tiny):
                        ("SVG2 + compensation", "top_p=0.9, min_kc=0.1"),
                        (selectors.DEFAULT_METHOD, f"error_tolerance={tol:g}"),
                        (selectors.DEFAULT_METHOD + ", no own key", f"error_tolerance={tol:g}"),
+                       ("error-aware (tolerance, one pool per layer) + compensation",
+                        f"error_tolerance={tol:g}"),
                        ("error-aware (budget) + compensation",
                         f"target_density={selectors.DENSITIES.main:g}")}
     for c in res["api_checks"]:

@@ -185,6 +185,28 @@ def test_error_selection_matches_numpy(kwargs):
             assert est < kwargs["error_tolerance"]
 
 
+@pytest.mark.parametrize("kwargs", [dict(error_tolerance=0.05), dict(target_density=0.3)])
+def test_error_selection_pooled_over_heads_matches_numpy(kwargs):
+    """error_pool="layer": the blocks of all heads of a batch element compete together."""
+    q, k, v, ql, kl, clustering = problem(9)
+    st = key_cluster_stats(k, v, clustering.k)
+    got = select_by_error(q, clustering, st, SCALE, q_tile=64, pool=N, **kwargs)
+    heads = [npref.error_blocks(np.asarray(q[n]), ql[n], QC, *np_stats(k, v, kl, n), SCALE)
+             for n in range(N)]
+    sel, est = npref.error_select_pooled(heads, kwargs.get("error_tolerance"),
+                                         kwargs.get("target_density"))
+    np.testing.assert_array_equal(np.asarray(got.selected), sel)
+    np.testing.assert_allclose(np.asarray(got.estimated_error), est, rtol=1e-4)
+    per_head = select_by_error(q, clustering, st, SCALE, q_tile=64, **kwargs)
+    assert not (np.asarray(per_head.selected) == sel).all()  # pooling changed the choice
+    # through the config: svg2_attention pools the heads of each batch element
+    qkv = [rearrange(x, "(b h) s d -> b s h d", b=1) for x in (q, k, v)]
+    base = dict(num_q_clusters=QC, num_k_clusters=KC, kmeans_iters_cold=3, **kwargs)
+    _, _, a = svg2_attention(*qkv, None, SVG2Config(error_pool="layer", **base))
+    _, _, b = svg2_attention(*qkv, None, SVG2Config(**base))
+    assert not np.allclose(np.asarray(a.density), np.asarray(b.density))
+
+
 def test_every_backend_agrees_with_masked_dense_plus_compensation():
     q, k, v, ql, kl, _ = problem(6)
     qkv = [rearrange(x, "(b h) s d -> b s h d", b=1) for x in (q, k, v)]

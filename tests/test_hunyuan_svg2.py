@@ -66,9 +66,13 @@ def _rel(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-def test_top_p_one_equals_dense_including_text_cold_and_warm(setup):
+@pytest.mark.parametrize("rule", [dict(selection="svg2", top_p=1.0),
+                                  dict(selection="error", error_tolerance=0.0)])
+def test_top_p_one_equals_dense_including_text_cold_and_warm(setup, rule):
+    """Every block selected (the reference rule at top_p 1, the default error-aware rule at
+    tolerance 0), compensation on: nothing to compensate, exactly dense."""
     model, args, dense = setup
-    attention = SVG2Attention(SVG2Config(selection="svg2", top_p=1.0, **SMALL), dense_layers=())
+    attention = SVG2Attention(SVG2Config(**rule, **SMALL), dense_layers=())
     step, params = _with(model, attention)
     out, state, density = step(params, *args, attention.init_state(LAYERS, B, H, D))
     assert _rel(out, dense) <= 1e-5

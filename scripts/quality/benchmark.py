@@ -68,7 +68,8 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
 
     problem = Problem(qn=qn, kn=kn, config=base, q_clusters=qk, k_clusters=kk,
                       cluster_mass=np.asarray(bmass, np.float64),
-                      tile_mass=np.asarray(tmass, np.float64), block=block, key_stats=stats)
+                      tile_mass=np.asarray(tmass, np.float64), block=block, key_stats=stats,
+                      batch=b)
     t0 = time.perf_counter()
     specs = select_all(problem, [Setting(p, r) for p, r in settings], selectors)
     timings["select_s"] = time.perf_counter() - t0

@@ -23,7 +23,7 @@ def cost_items(S, H, D, QC, KC, kmeans_iters=2):
         "SVG2 (reference): centroid selection scores": (2 * QC * KC * D * H, QC * KC * H),
         "key cluster stats (sums of K and V, squared deviations)": (6 * S * D * H, 0),
         "per-token cluster logits q_t . c_j (each pass)": (logits, 0),
-        "scalar variance term |q_t|^2 kvar_j (each pass)": (S * KC * H + 2 * S * D * H, 0),
+        "scalar variance term (q_t . q_t) kvar_j (each pass)": (S * KC * H + 2 * S * D * H, 0),
         "error estimate: softmax, e2, sums per query cluster": (16 * S * KC * H, 3 * S * KC * H),
         "estimated output norm and selection ranking": (2 * QC * KC * D * H + 4 * QC * KC * H, 0),
         "compensation: weights e^l, x mean values (w @ vbar)": (logits + 2 * S * KC * H,
@@ -36,7 +36,7 @@ def cost_items(S, H, D, QC, KC, kmeans_iters=2):
     }
     r = {k: v[0] for k, v in rows.items()}
     pass_logits = (r["per-token cluster logits q_t . c_j (each pass)"]
-                   + r["scalar variance term |q_t|^2 kvar_j (each pass)"])
+                   + r["scalar variance term (q_t . q_t) kvar_j (each pass)"])
     compensation = (pass_logits + r["compensation: weights e^l, x mean values (w @ vbar)"]
                     + r["compensation: own key q_t . k_t and its weight"]
                     + r["lse merge with the sparse part"]

@@ -8,6 +8,7 @@ STYLES = {"SVG2": "o-", "SVG2 + compensation": "o--", "oracle (same clusters)": 
           "oracle (same clusters) + compensation": "s--",
           "error-aware (tolerance) + compensation": "D-",
           "error-aware (tolerance) + compensation, no own key": "d:",
+          "error-aware (tolerance, one pool per layer) + compensation": "x-.",
           "error-aware (budget) + compensation": "P--", "block top-k": "^:"}
 OTHER_STYLES = ("X:", "*-.", "v-.", "h--")
 # Left out of the figure (they are in the tables): diagnostics and near-duplicates.

@@ -19,6 +19,7 @@ DOC_PATH = os.path.join(REPO, "docs", "quality.md")
 PLOT_PATH = os.path.join(REPO, "docs", "quality.png")
 WAN_720P = flops.WAN_720P
 NO_OWN_KEY = DEFAULT_METHOD + ", no own key"
+PER_LAYER = "error-aware (tolerance, one pool per layer) + compensation"
 
 
 def table_markdown(res) -> str:
@@ -56,7 +57,7 @@ def targets_line(res) -> str:
     mark = lambda ok: "undetermined" if ok is None else ("met" if ok else "missed")
     bound = "<= " if t["density_at_e0_kind"] == "below" else ""
     return (f"Targets ({t['method']} vs SVG2 at top_p 0.9, d0 {t['d0']:.4f}, e0 "
-            f"{t['e0']:.4f}): density at e0 {bound}{t['density_ratio']:.2f} x d0 (<= "
+            f"{t['e0']:.4f}): density at e0 {bound}{t['density_ratio']:.2g} x d0 (<= "
             f"{targets.DENSITY_RATIO_TARGET}: {mark(t['met']['density'])}); error at d0 "
             f"{t['error_ratio']:.2f} x e0 (<= {targets.ERROR_RATIO_TARGET}: "
             f"{mark(t['met']['error'])}); recall p10 at d0 {t['p10_at_d0']:.3f} (>= "
@@ -199,7 +200,7 @@ def _fmt_ratio(t):
     bound = "<= " if t["density_at_e0_kind"] == "below" else ""
     if t["density_at_e0_kind"] == "never":
         return "not reached"
-    return f"{bound}{t['density_ratio']:.2f}"
+    return f"{bound}{t['density_ratio']:.2g}"
 
 
 def targets_markdown(runs) -> str:
@@ -209,12 +210,14 @@ def targets_markdown(runs) -> str:
     lines = ["| input | d0 | e0 | SVG2 p10 at d0 | default: error at d0 / e0 (<= 0.5) | "
              "default: density at e0 / d0 (<= 0.4) | default: recall p10 at d0 (>= 0.85) | "
              "oracle p10 at d0 | no own key: error at d0 / e0, density at e0 / d0 | "
+             "one pool per layer: error at d0 / e0, density at e0 / d0 | "
              f"default at tau {tol:g}: density / d0, error / e0, p10 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     mark = lambda ok: " (undetermined)" if ok is None else ("" if ok else " (missed)")
     for run in runs:
         t = targets.evaluate(run)
         n = targets.evaluate(run, NO_OWN_KEY)
+        lay = targets.evaluate(run, PER_LAYER)
         row = targets.default_row(run)
         op = ("-" if row is None else f"{row['density'] / t['d0']:.2f}, "
               f"{row['rel_error'] / t['e0']:.2f}, {row['recall_p10']:.3f}")
@@ -223,7 +226,8 @@ def targets_markdown(runs) -> str:
             f"{t['error_ratio']:.2f}{mark(t['met']['error'])} | "
             f"{_fmt_ratio(t)}{mark(t['met']['density'])} | "
             f"{t['p10_at_d0']:.3f}{mark(t['met']['p10'])} | {t['oracle_p10']:.3f} | "
-            f"{n['error_ratio']:.2f}, {_fmt_ratio(n)} | {op} |")
+            f"{n['error_ratio']:.2f}, {_fmt_ratio(n)} | "
+            f"{lay['error_ratio']:.2f}, {_fmt_ratio(lay)} | {op} |")
     return "\n".join(lines)
 
 
@@ -263,6 +267,14 @@ def targets_reading(runs) -> list[str]:
         f"where the mass is, and a block whose mass the compensation reproduces well is "
         f"left to it even when it holds much of a query's mass. The reference's own p10 "
         f"there is {min(t['ref_p10'] for t in ev):.3f}..{max(t['ref_p10'] for t in ev):.3f}.")
+    lay = [targets.evaluate(r, PER_LAYER) for r in runs]
+    wins = [nm for nm, a, b in zip(names, lay, ev) if a["error_ratio"] < b["error_ratio"]]
+    out.append(f"One pool for all heads of a video (`error_pool=\"layer\"`) against one per "
+               f"head: error at d0 {min(t['error_ratio'] for t in lay):.2f}.."
+               f"{max(t['error_ratio'] for t in lay):.2f} x e0, lower than per head on "
+               f"{len(wins)} of {n} input sets" + (f" ({', '.join(wins)})" if wins else "")
+               + f" (per head {min(t['error_ratio'] for t in ev):.2f}.."
+               f"{max(t['error_ratio'] for t in ev):.2f} x e0).")
     no_own = [targets.evaluate(r, NO_OWN_KEY) for r in runs]
     out.append(
         f"Without the own-key term the default's error at d0 is "
@@ -328,8 +340,9 @@ def _methods_text(block: int) -> str:
 3. **Error-aware + compensation** (the library's default, `SVG2Config()`): per head, the
    blocks the compensation is estimated to reproduce worst per computed pair are
    computed exactly (`selection.select_by_error`), swept over the error tolerance tau
-   (the default's knob; also without the own-key term) and over a per-head density
-   budget.
+   (the default's knob; also without the own-key term, and with the blocks of all heads
+   of a video competing for one total, `error_pool="layer"`) and over a per-head
+   density budget.
 4. **Oracle (same clusters)**: blocks taken greedily by their true attention mass per
    token pair (from the exact dense softmax), at SVG2's density of each head, and, with
    compensation, over the budget sweep: the ceiling for mass-based block choices over
@@ -353,9 +366,9 @@ in log density (log error)."""
 LAB_TEXT = """These were measured while designing the method, with a lab that evaluates
 any block selection exactly from per-(query, key cluster) sums of the dense attention
 (inputs as here and four more: another image, softer attention, mixed head temperatures,
-Wan 720p's tokens per cluster; two seeds each). The lab lived in the repository's history
-(`research/`, merged at the start of issue #13's branch); its conclusions decided what the
-library implements:
+Wan 720p's tokens per cluster; two seeds each). Its method, findings and full tables are
+in `docs/error_aware_design.md` (the lab's code: the repository's history, `research/` at
+commit 27abebc); its conclusions decided what the library implements:
 
 - **Compensation per query token** helps at every density; **per query cluster** does not
   (0.97-1.08 x the reference's error at equal blocks with the cluster's mean query,
@@ -443,15 +456,14 @@ curve is its tolerance sweep. Targets: its density at error e0 <= 0.4 d0; its er
 measured best here and in the design lab (below), at a tolerance whose density and error
 on each input set are in the last column of the table above (measured errors are a few
 times tau, since the blocks' errors are not independent and the output norm is
-estimated from each query cluster's mean distribution).
-
-{chr(10).join('- ' + x for x in tolerance_reading(runs))}
- `SVG2Config.reference()` is the
+estimated from each query cluster's mean distribution). `SVG2Config.reference()` is the
 paper's exact rule (`selection="svg2"`, top_p 0.9, min_kc_ratio 0.1, `compensation=False`),
 bit for bit the library's output before issue #13; `selection="svg2"` with
 `compensation=True` is the cheap middle step (row "SVG2 + compensation"). In
 `svg2-generate`: `--selection {{error,svg2}}`, `--error-tolerance`, `--no-compensation`,
 `--reference-svg2`; the JSON report records them.
+
+{chr(10).join('- ' + x for x in tolerance_reading(runs))}
 
 ## Cost of the extra work at Wan 720p
 

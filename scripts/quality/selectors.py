@@ -35,7 +35,8 @@ class Problem:
     k-means on them; cluster_mass [N, QC, KC] and tile_mass [N, nb, nb]: the true softmax
     mass of every (query cluster, key cluster) block and of every fixed `block` x `block`
     tile in token order (float64, from the dense pass); key_stats: the library's
-    statistics of SVG2's key clusters (`compensation.key_cluster_stats`)."""
+    statistics of SVG2's key clusters (`compensation.key_cluster_stats`); batch: B, the
+    problems being B x H in (b h) order."""
 
     qn: jax.Array
     kn: jax.Array
@@ -46,6 +47,7 @@ class Problem:
     tile_mass: np.ndarray
     block: int
     key_stats: KeyClusterStats | None = None
+    batch: int = 1
 
     @property
     def q_sizes(self) -> np.ndarray:
@@ -220,26 +222,32 @@ def cluster_oracle_budget(problem: Problem, point: Point, density=None) -> Selec
     return cluster_oracle(problem, point, target)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "by_density", "q_tile"))
-def _error_select(qn, qk, kk, stats, scale, value, by_density, q_tile):
+@functools.partial(jax.jit, static_argnames=("scale", "by_density", "q_tile", "pool"))
+def _error_select(qn, qk, kk, stats, scale, value, by_density, q_tile, pool):
     """The rule at a traced tolerance or density (one compilation for the whole sweep)."""
     sel = select_by_error(qn, Clustering(qk, kk), stats, scale,
                           error_tolerance=None if by_density else value,
-                          target_density=value if by_density else None, q_tile=q_tile)
+                          target_density=value if by_density else None, q_tile=q_tile,
+                          pool=pool)
     return sel.selected, block_density(sel.selected, qk.sizes, kk.sizes)
 
 
-def error_aware(problem: Problem, point: Point, density=None) -> Selection:
+def error_aware(pool: str = "head") -> SelectFn:
     """The library's error-aware rule (`selection.select_by_error`) at the swept
-    error_tolerance or target_density, as `svg2_attention` selects."""
-    if point.param not in ("error_tolerance", "target_density"):
-        raise ValueError(f"error_aware sweeps error_tolerance or target_density, not "
-                         f"{point.param}")
-    sel, dens = _error_select(problem.qn, problem.q_clusters, problem.k_clusters,
-                              problem.key_stats, problem.qn.shape[-1] ** -0.5,
-                              jnp.float32(point.value), point.param == "target_density",
-                              problem.config.q_tile)
-    return Selection(*_cluster_labels(problem), np.asarray(sel), np.asarray(dens, np.float64))
+    error_tolerance or target_density, as `svg2_attention` selects with
+    error_pool=`pool`."""
+    def select(problem: Problem, point: Point, density=None) -> Selection:
+        if point.param not in ("error_tolerance", "target_density"):
+            raise ValueError(f"error_aware sweeps error_tolerance or target_density, not "
+                             f"{point.param}")
+        heads = problem.qn.shape[0] // problem.batch
+        sel, dens = _error_select(problem.qn, problem.q_clusters, problem.k_clusters,
+                                  problem.key_stats, problem.qn.shape[-1] ** -0.5,
+                                  jnp.float32(point.value), point.param == "target_density",
+                                  problem.config.q_tile, heads if pool == "layer" else 1)
+        return Selection(*_cluster_labels(problem), np.asarray(sel),
+                         np.asarray(dens, np.float64))
+    return select
 
 
 def block_topk(problem: Problem, setting: Setting, density) -> Selection:
@@ -262,10 +270,11 @@ def _svg2_config(compensation: bool):
     return make
 
 
-def _error_config(own_key: bool):
+def _error_config(own_key: bool = True, pool: str = "head"):
     def make(base: SVG2Config, point: Point) -> SVG2Config:
         return dataclasses.replace(base, selection="error", compensation=True,
-                                   compensate_own_key=own_key, **{point.param: point.value})
+                                   compensate_own_key=own_key, error_pool=pool,
+                                   **{point.param: point.value})
     return make
 
 
@@ -284,12 +293,15 @@ SELECTORS: tuple[Selector, ...] = (
     Selector("oracle (same clusters)", cluster_oracle),
     Selector("block top-k ({block})", block_topk),
     Selector("block oracle ({block})", block_oracle),
-    Selector(DEFAULT_METHOD, error_aware, sweep=TOLERANCES, compensation="token",
-             config=_error_config(True)),
-    Selector("error-aware (tolerance) + compensation, no own key", error_aware,
-             sweep=TOLERANCES, compensation="token_no_own_key", config=_error_config(False)),
-    Selector("error-aware (budget) + compensation", error_aware, sweep=DENSITIES,
-             compensation="token", config=_error_config(True)),
+    Selector(DEFAULT_METHOD, error_aware(), sweep=TOLERANCES, compensation="token",
+             config=_error_config()),
+    Selector("error-aware (tolerance) + compensation, no own key", error_aware(),
+             sweep=TOLERANCES, compensation="token_no_own_key",
+             config=_error_config(own_key=False)),
+    Selector("error-aware (tolerance, one pool per layer) + compensation", error_aware("layer"),
+             sweep=TOLERANCES, compensation="token", config=_error_config(pool="layer")),
+    Selector("error-aware (budget) + compensation", error_aware(), sweep=DENSITIES,
+             compensation="token", config=_error_config()),
     Selector("oracle (same clusters) + compensation", cluster_oracle_budget, sweep=DENSITIES,
              compensation="token"),
 )
