@@ -45,10 +45,10 @@ class SVG2Stats:
     k_kmeans_iters: jax.Array
 
 
-def check_inputs(q, k, v, cache, config: SVG2Config):
-    """Raises one ValueError listing every way q [B, Sq, H, D], k, v [B, Sk, H, D] (one
-    floating dtype) and the cache (None or [B, H, QC | KC, D] centroids) do not fit an
-    SVG2 call with config."""
+def check_inputs(q, k, v, cache, config: SVG2Config, caller: str = "svg2_attention"):
+    """Raises one ValueError, starting with the caller's name, listing every way
+    q [B, Sq, H, D], k, v [B, Sk, H, D] (one floating dtype) and the cache (None or
+    [B, H, QC | KC, D] centroids) do not fit an SVG2 call with config."""
     problems = []
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not hasattr(x, "shape") or x.ndim != 4:
@@ -57,7 +57,7 @@ def check_inputs(q, k, v, cache, config: SVG2Config):
         elif not jnp.issubdtype(x.dtype, jnp.floating):
             problems.append(f"{name} must be floating point, got {x.dtype}")
     if problems:  # the checks below need three 4-d arrays
-        raise ValueError("svg2_attention: " + "; ".join(problems))
+        raise ValueError(f"{caller}: " + "; ".join(problems))
     if not q.dtype == k.dtype == v.dtype:
         problems.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != v.shape:
@@ -80,7 +80,7 @@ def check_inputs(q, k, v, cache, config: SVG2Config):
                 f"{tuple(cache.k_centroids.shape)} do not fit this call, expected {want_q} / "
                 f"{want_k} (same batch, heads, head dim and cluster counts)")
     if problems:
-        raise ValueError("svg2_attention: " + "; ".join(problems))
+        raise ValueError(f"{caller}: " + "; ".join(problems))
 
 
 def _size_summary(sizes):
@@ -95,7 +95,7 @@ def svg2_kmeans(q: jax.Array, k: jax.Array, cache: SVG2Cache | None, config: SVG
                 key: jax.Array | None = None) -> SVG2Cache:
     """Only the clustering step of `svg2_attention` (same arguments, no v): returns the
     updated cache. For dense steps that warm up the centroids for later sparse ones."""
-    check_inputs(q, k, k, cache, config)
+    check_inputs(q, k, k, cache, config, "svg2_kmeans")
     clustering = cluster_qk(*(rearrange(x, "b s h d -> (b h) s d") for x in (q, k)), cache,
                             config, key)
     return to_cache(clustering, q.shape[0])
@@ -116,7 +116,8 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
       config: static settings.
       key: PRNG key for the cold-start initialisation; None means PRNGKey(0).
         Unused on a warm start.
-      scale: softmax scale, default 1/sqrt(D).
+      scale: softmax scale, default 1/sqrt(D); the selection's attention-mass estimate
+        uses it too.
 
     Returns:
       (out [B, Sq, H, D] in q.dtype, new cache, SVG2Stats).
@@ -150,7 +151,7 @@ def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scal
     softmax scale -> CoreResult."""
     backend = SPARSE_BACKENDS[resolve_backend(config, qn.dtype, qn.shape[-1])]
     clustering = cluster_qk(qn, kn, cache, config, key)
-    selection = select_blocks(clustering, config)
+    selection = select_blocks(clustering, config, scale)
     out, lse = backend(qn, kn, vn, clustering, selection, scale, config)
     return CoreResult(out, lse, clustering, selection)
 

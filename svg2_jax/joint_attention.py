@@ -59,7 +59,8 @@ def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths:
     """
     _check_joint(q, num_text, text_lengths)
     sv = q.shape[1] - num_text
-    check_inputs(q[:, :sv], k[:, :sv], v[:, :sv], cache, config)
+    check_inputs(q[:, :sv], k[:, :sv], v[:, :sv], cache, config,
+                 caller="svg2_joint_attention")
     b, s, h, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     heads = lambda x: rearrange(x, "b s h d -> (b h) s d")

@@ -88,9 +88,21 @@ class HunyuanSampler:
         return self._sample(self.params, latents, text, None, self.init_state(latents.shape[0]))
 
 
+def decode_latents(latents: np.ndarray, vae):
+    """Latents [B, 16, F, H, W] (what the sampler returns) -> the decoded video, a torch
+    tensor [B, 3, T, H*8, W*8] in about [-1, 1], through a diffusers
+    `AutoencoderKLHunyuanVideo`, dividing by its scaling_factor first as
+    HunyuanVideoPipeline does."""
+    import torch
+
+    z = torch.from_numpy(np.array(latents, np.float32)).to(vae.dtype)
+    with torch.no_grad():
+        return vae.decode(z / vae.config.scaling_factor).sample
+
+
 def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
     """Latents [B, 16, F, H, W] -> uint8 video [B, T, H*8, W*8, 3] through diffusers'
-    AutoencoderKLHunyuanVideo, dividing by its scaling_factor as HunyuanVideoPipeline does."""
+    AutoencoderKLHunyuanVideo loaded from vae_path (`decode_latents`)."""
     try:
         import torch
         from diffusers import AutoencoderKLHunyuanVideo
@@ -98,10 +110,7 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
         raise RuntimeError("decoding needs PyTorch and diffusers: pip install 'svg2-jax[torch]'"
                            ) from e
     vae = AutoencoderKLHunyuanVideo.from_pretrained(vae_path, torch_dtype=torch.float32)
-    z = torch.from_numpy(np.array(latents, np.float32)) / vae.config.scaling_factor
-    with torch.no_grad():
-        decoded = vae.decode(z).sample
-    return video.to_uint8_frames(decoded)
+    return video.to_uint8_frames(decode_latents(latents, vae))
 
 
 def decode_with_jax_vae(latents, vae: "hunyuan_vae.AutoencoderKLHunyuanVideo | str | os.PathLike",

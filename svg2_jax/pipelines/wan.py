@@ -72,10 +72,23 @@ class WanSampler:
                             self.init_state(latents.shape[0]))
 
 
+def decode_latents(latents: np.ndarray, vae):
+    """Latents [B, z, F, H, W] (what the sampler returns) -> the decoded video, a torch
+    tensor [B, 3, T, H*8, W*8] in about [-1, 1], through a diffusers `AutoencoderKLWan`,
+    un-normalising with its latents_mean/std first as diffusers' WanPipeline does."""
+    import torch
+
+    z = torch.from_numpy(np.array(latents, np.float32)).to(vae.dtype)
+    channels = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, dtype=z.dtype).view(channels)
+    std = torch.tensor(vae.config.latents_std, dtype=z.dtype).view(channels)
+    with torch.no_grad():
+        return vae.decode(z * std + mean).sample
+
+
 def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
     """Latents [B, 16, F, H, W] -> uint8 video [B, T, H*8, W*8, 3] through diffusers'
-    AutoencoderKLWan (PyTorch), un-normalising with its latents_mean/std as diffusers'
-    WanPipeline does."""
+    AutoencoderKLWan (PyTorch) loaded from vae_path (`decode_latents`)."""
     try:
         import torch
         from diffusers import AutoencoderKLWan
@@ -83,12 +96,7 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
         raise RuntimeError("decoding needs PyTorch and diffusers: pip install 'svg2-jax[torch]'"
                            ) from e
     vae = AutoencoderKLWan.from_pretrained(vae_path, torch_dtype=torch.float32)
-    z = torch.from_numpy(np.array(latents, np.float32))  # a writable copy
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1)
-    with torch.no_grad():
-        decoded = vae.decode(z * std + mean).sample  # [B, 3, T, H, W] in [-1, 1]
-    return video.to_uint8_frames(decoded)
+    return video.to_uint8_frames(decode_latents(latents, vae))
 
 
 def decode_with_jax_vae(latents, vae: "wan_vae.AutoencoderKLWan | str | os.PathLike",
