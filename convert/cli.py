@@ -18,6 +18,7 @@ also read SRC directly, without this step).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import jax.numpy as jnp
@@ -50,6 +51,22 @@ class _Counter:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+class _StderrNotes(logging.Handler):
+    """The conversion's notes (what killed runs left and what became of it) on stderr, as
+    `svg2-convert: ...` lines (sys.stderr looked up at each note)."""
+
+    def emit(self, record):
+        print(f"svg2-convert: {record.getMessage()}", file=sys.stderr)
+
+
+def _notes_to_stderr():
+    from convert.output_dir import log
+
+    if not any(isinstance(h, _StderrNotes) for h in log.handlers):
+        log.addHandler(_StderrNotes())
+        log.propagate = False
 
 
 def _family(layout: str, model: str):
@@ -87,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print tensor counts, skipped keys, time and peak memory")
     args = p.parse_args(argv)
+    _notes_to_stderr()
 
     try:
         family = _family(args.layout, args.model)
@@ -98,7 +116,7 @@ def main(argv=None) -> int:
                                              overwrite=args.overwrite, progress=counter)
         finally:
             counter.close()
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"svg2-convert: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({report.tensors} tensors, {report.bytes_written / 2**30:.2f} GiB, "

@@ -4,7 +4,6 @@ the fly, one tensor at a time. Each family's `load` is this with its `ModelFamil
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ from svg2_jax.checkpoints.orbax_io import STATE_DIR, read_orbax_meta, restore_or
 from svg2_jax.checkpoints.plan import make_plan
 from svg2_jax.checkpoints.sources import open_source
 from svg2_jax.checkpoints.stream import to_device_tree
+from svg2_jax.input_files import read_json
 
 
 def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh=None, *,
@@ -99,8 +99,7 @@ def check_diffusers_config(family: ModelFamily, config, path: Path):
     config_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
     if not config_file.is_file():
         return
-    with open(config_file) as f:
-        raw = json.load(f)
+    raw = read_json(config_file, "diffusers config file")
     if raw.get("_class_name") != family.diffusers_class:
         return
     check_config(family, config, family.config_cls.from_diffusers(raw), str(config_file))
