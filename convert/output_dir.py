@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from svg2_jax.checkpoints.orbax_io import STATE_DIR, checkpoint_format
+from svg2_jax.cli.outputs import check_creatable
 
 log = logging.getLogger("svg2-convert")
 
@@ -49,22 +50,11 @@ def output_path(out: str | os.PathLike) -> Path:
     return path
 
 
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def check_output(out: Path, overwrite: bool):
     """Before any work: OUT's parent can hold a new directory, and an existing OUT is
     replaced only with `overwrite` and only if it is one of our checkpoints (then only
     its `<family>_config.json` and `state/`: anything else in it is refused too)."""
-    anchor = _existing_ancestor(out.parent)
-    if not anchor.is_dir():
-        raise ValueError(f"--out {str(out)!r}: {str(anchor)!r} is not a directory")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {str(out)!r}: cannot create it, {str(anchor)!r} is not "
-                         "writable")
+    check_creatable(out, "--out")
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
