@@ -29,15 +29,20 @@ def _not_numpy(path, what, kind, e) -> ValueError:
                       f"({type(e).__name__}: {e})")
 
 
-def load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
-    """The array of a .npy file (no pickled objects)."""
+def _np_load(path, what: str, kind: str):
+    """np.load without pickles; a missing file or an unreadable one is a ValueError."""
     if not os.path.isfile(path):
         raise ValueError(f"{what} file not found: {os.fspath(path)!r}"
                          + (" (it is a directory)" if os.path.isdir(path) else ""))
     try:
-        value = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise _not_numpy(path, what, ".npy array", e) from None
+        raise _not_numpy(path, what, kind, e) from None
+
+
+def load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """The array of a .npy file (no pickled objects)."""
+    value = _np_load(path, what, ".npy array")
     if not isinstance(value, np.ndarray):  # an .npz passed where an .npy is expected
         value.close()
         raise ValueError(f"{what} {os.fspath(path)!r} is an .npz archive; a single .npy "
@@ -47,13 +52,7 @@ def load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
 
 def load_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
     """Every array of an .npz archive (no pickled objects), read now."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{what} file not found: {os.fspath(path)!r}"
-                         + (" (it is a directory)" if os.path.isdir(path) else ""))
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise _not_numpy(path, what, ".npz archive", e) from None
+    archive = _np_load(path, what, ".npz archive")
     if isinstance(archive, np.ndarray):
         raise ValueError(f"{what} {os.fspath(path)!r} is a single .npy array; an .npz archive "
                          "(np.savez) is expected")
