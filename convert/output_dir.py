@@ -8,10 +8,10 @@ When `new/` is complete: OUT -> `old/` (only with overwrite, and only if OUT is 
 checkpoints: `checkpoints.orbax_io.checkpoint_format`), `new/` -> OUT, then the staging
 directory is removed. Any error removes it (moving `old/` back to OUT first if it had
 moved). A run killed outright (SIGKILL, a crash, power loss) leaves it behind; the next
-conversion to the same OUT finds it (`clean_stale`): it is removed when its owner process
-is gone (OUT restored from `old/` first if the kill fell between the two renames), left
-alone while its owner runs, and reported with the command that removes it when this
-machine cannot tell (another host).
+conversion into the same directory finds it (`clean_stale`): it is removed when its owner
+process is gone (its OUT restored from `old/` first if the kill fell between the two
+renames), left alone while its owner runs, and reported with the command that removes it
+when this machine cannot tell (another host).
 """
 
 from __future__ import annotations
@@ -148,8 +148,9 @@ def _restore_or_discard(staging: Path, out: Path) -> str:
 
 
 def clean_stale(out: Path, quiet_after_s: float = 60.0) -> list[str]:
-    """Find the staging directories of conversions to `out` that were killed, and deal with
-    each (module docstring). Logs and returns one message per directory found. An empty
+    """Find the staging directories that killed conversions left next to `out` (for `out`
+    or any other output in its directory), and deal with each (module docstring). Logs and
+    returns one message per directory dealt with or found in the way of `out`. An empty
     staging directory without its owner record (killed within its first instant) is
     removed once older than `quiet_after_s`."""
     messages = []
@@ -159,8 +160,11 @@ def clean_stale(out: Path, quiet_after_s: float = 60.0) -> list[str]:
         name = path.name
         if not path.is_dir() or path.is_symlink():
             continue
-        if name.startswith(f".{out.name}{STAGING_TAG}"):
-            messages.append(_stale_message(path, out, quiet_after_s))
+        if name.startswith(".") and STAGING_TAG in name:
+            target = out.parent / name[1:name.rindex(STAGING_TAG)]
+            message, running = _stale_message(path, target, quiet_after_s)
+            if target == out or not running:  # others' live runs are none of our business
+                messages.append(message)
         elif any(name.startswith(f".{out.name}{tag}") for tag in _LEGACY_TAGS):
             messages.append(f"found {str(path)!r}, left by an earlier svg2-convert that was "
                             f"killed; if no conversion to {str(out)!r} is running, remove "
@@ -171,26 +175,30 @@ def clean_stale(out: Path, quiet_after_s: float = 60.0) -> list[str]:
     return messages
 
 
-def _stale_message(staging: Path, out: Path, quiet_after_s: float) -> str | None:
+def _stale_message(staging: Path, out: Path, quiet_after_s: float
+                   ) -> tuple[str | None, bool | None]:
+    """Deal with one staging directory of a conversion to `out` -> (what was done or what
+    to do, None when nothing; whether its owner runs: `owner_running`)."""
     try:
         owner = json.loads((staging / OWNER_FILE).read_text())
     except FileNotFoundError:
         if not any(staging.iterdir()) and time.time() - staging.stat().st_mtime > quiet_after_s:
             staging.rmdir()
-            return f"removed the empty {str(staging)!r}, left by a killed conversion"
-        return None  # just created by a conversion starting now
+            return f"removed the empty {str(staging)!r}, left by a killed conversion", False
+        return None, True  # just created by a conversion starting now
     except (OSError, ValueError) as e:
         return (f"found {str(staging)!r} with an unreadable {OWNER_FILE} ({e}); if no "
-                f"conversion to {str(out)!r} is running, remove it: rm -rf {_quote(staging)}")
+                f"conversion to {str(out)!r} is running, remove it: rm -rf "
+                f"{_quote(staging)}"), None
     running = owner_running(owner)
     if running is False:
-        return _restore_or_discard(staging, out)
+        return _restore_or_discard(staging, out), False
     if running:
         return (f"{str(staging)!r} belongs to a conversion still running (pid "
-                f"{owner['pid']}); left alone")
+                f"{owner['pid']}); left alone"), True
     return (f"found {str(staging)!r}, left by a conversion on host {owner.get('host')!r} "
             f"(pid {owner.get('pid')}); if it no longer runs, remove it: "
-            f"rm -rf {_quote(staging)}")
+            f"rm -rf {_quote(staging)}"), None
 
 
 def _quote(path: Path) -> str:

@@ -13,7 +13,7 @@ from einops import rearrange
 
 from svg2_jax import kmeans as km
 from svg2_jax.kmeans import KMeansResult
-from svg2_jax.nonfinite import finite_or_zero, keep_finite_centroids
+from svg2_jax.nonfinite import keep_finite_centroids
 
 if TYPE_CHECKING:
     from svg2_jax.config import SVG2Config
@@ -58,9 +58,9 @@ def cluster_qk(qn: jax.Array, kn: jax.Array, cache: SVG2Cache | None, config: SV
     centroids ([B, H, C, D]), `config.kmeans_iters_warm` iterations. kmeans_impl: None
     resolves config.kmeans_impl (`resolve_kmeans_impl`).
 
-    NaN/Inf elements count as 0 and a centroid that still comes out non-finite keeps its
-    initial value (`svg2_jax.nonfinite`), so the cache never holds a NaN."""
-    qn, kn = finite_or_zero(qn), finite_or_zero(kn)
+    NaN/Inf elements count as 0 in the centroids (`kmeans`), and a centroid that still
+    comes out non-finite keeps its initial value (`svg2_jax.nonfinite`), so the cache
+    never holds a NaN."""
     if cache is None:
         key = jax.random.PRNGKey(0) if key is None else key
         key_q, key_k = jax.random.split(key)

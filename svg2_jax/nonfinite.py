@@ -6,8 +6,9 @@ enters every row's softmax) and a non-finite query into NaN for its own row. SVG
 do better by accident: k-means and the block selection would otherwise swallow the NaN
 (a NaN centroid wins every argmin or loses every comparison) and return finite zeros, and
 the NaN centroid would poison the cache for every later step. So:
-- the clustering sees non-finite elements as 0 (`finite_or_zero`), so the other tokens of
-  the head still cluster and select normally;
+- the k-means counts non-finite elements as 0 in its centroid means and cold-start rows
+  (`finite_or_zero`, in the cast pass it makes anyway; the token still gets a label), so
+  the other tokens of the head still cluster and select normally;
 - a centroid that still comes out non-finite is never cached: the previous one is kept
   (`keep_finite_centroids`);
 - the output and log-sum-exp are NaN wherever dense attention's would be (`poison`): the
@@ -16,8 +17,8 @@ the NaN centroid would poison the cache for every later step. So:
   attention still gives finite rows for the queries that score it -inf (never less
   than dense attention, at the price of a per-head rule). `InputFinite` says which heads
   saw non-finite input (SVG2Stats.nonfinite_input).
-All of it is elementwise selects and reductions over the [N, S, D] inputs: no S x S pass,
-no host sync.
+Cost: one reduction over each of q, k, v (`input_finite`) and selects that fuse into
+passes made anyway; no S x S pass, no host sync.
 """
 
 from __future__ import annotations

@@ -308,6 +308,16 @@ def test_killed_between_renames_then_cleaned_restores_the_old_checkpoint(src, tm
     assert tree(out) == old and entries(tmp_path) == ["ckpt"]
 
 
+def test_a_conversion_to_another_output_cleans_up_too(src, tmp_path, capsys):
+    out = tmp_path / "first"
+    convert_to_orbax(src, "diffusers", CFG, out, dtype=jnp.float32)
+    old = tree(out)
+    assert killed_conversion(src, out, "moved_aside").returncode == -signal.SIGKILL
+    rc, err = convert_cli(capsys, src, tmp_path / "second")
+    assert rc == 0 and "restored" in err and str(out) in err
+    assert entries(tmp_path) == ["first", "second"] and tree(out) == old
+
+
 def test_sigterm_cleans_up_at_once(src, tmp_path):
     out = tmp_path / "ckpt"
     proc = killed_conversion(src, out, "reading", sig="SIGTERM")

@@ -6,6 +6,9 @@ message and the disk afterwards."""
 import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +161,14 @@ def test_a_failing_mp4_writer_keeps_the_latents(tmp_path, monkeypatch):
     assert f"the latents are saved in {tmp_path / 'v.latents.npy'}" in str(e.value.code)
     assert sorted(os.listdir(tmp_path)) == ["v.latents.npy"]  # no half-written mp4
     assert np.isfinite(np.load(tmp_path / "v.latents.npy")).all()
+
+
+def test_the_command_exits_1_with_one_line_and_no_traceback(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "svg2_jax.cli.generate", "--fps", "-5", "--out",
+         str(tmp_path / "out" / "v.mp4")], cwd=root, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "svg2-generate: --fps must be >= 1, got -5"
+    assert os.listdir(tmp_path) == []

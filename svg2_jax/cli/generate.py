@@ -388,8 +388,9 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     inputs = (_hunyuan_text if hy else _wan_text)(args, config, rng, run.tiny)
     if run.tiny:
-        print(f"{PROG}: no --checkpoint: using a TINY RANDOM {run.family} model. Its "
-              "output is noise; this run only shows the pipeline.", file=sys.stderr)
+        print(f"{PROG}: no --checkpoint: using a TINY RANDOM {run.family} model"
+              + (f" (--model {args.model} only picks the family)" if args.model else "")
+              + ". Its output is noise; this run only shows the pipeline.", file=sys.stderr)
 
     t0 = time.perf_counter()
     try:
