@@ -23,6 +23,16 @@ def test_tiny_model_end_to_end(tmp_path):
     assert n_dense == 1 and (dens[:n_dense] == 1).all()
     assert (dens[:, :, 0] == 1).all()  # layer 0 always dense
     assert (dens[n_dense:, :, 1] < 1).all()  # sparse afterwards
+    # the mean leaves the always-dense layer 0 out
+    assert on_disk["density_mean_sparse_steps"] == pytest.approx(dens[n_dense:, :, 1].mean(),
+                                                                 abs=1e-4)
+    # the mp4 is a latent preview: one frame per latent frame, and says so
+    import imageio.v3 as iio
+    assert iio.imread(out, plugin="FFMPEG").shape[0] == on_disk["video"]["mp4_frames"] == 5
+    assert on_disk["video"]["frames"] == 17
+    assert on_disk["video"]["mp4_content"].startswith("latent preview, not a decode: 5 frames")
+    assert on_disk["nonfinite"] is None and sorted(p.name for p in tmp_path.iterdir()) == [
+        "v.json", "v.latents.npy", "v.mp4"]
     assert report["timings_s"]["sample"] > 0
     # what was run: the configs' defaults, with the tiny model's clusters and size
     cfg = SVG2Config()
@@ -58,10 +68,10 @@ def test_dense_attention_and_euler(tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["--frames", "10"], "1 \\+ 4k"),
     (["--height", "100"], "multiple of 16"),
-    (["--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
+    (["--checkpoint", "/nonexistent/ckpt"], "--checkpoint '/nonexistent/ckpt' not found"),
     (["--qc", "600"], "fewer than the clusters"),
-    (["--top-p", "1.5"], "top_p"),
-    (["--target-density", "0"], "target_density"),
+    (["--top-p", "1.5"], "--top-p must be in \\(0, 1\\], got 1.5"),
+    (["--target-density", "0"], "--target-density must be in"),
     pytest.param(["--sparse-backend", "pallas"], "Hopper",
                  marks=pytest.mark.skipif(__import__("jax").default_backend() == "gpu",
                                           reason="on a GPU machine this may be a Hopper")),

@@ -71,19 +71,28 @@ def latent_preview(latents: np.ndarray) -> np.ndarray:
     return (np.moveaxis(x, 1, -1) * 255).round().astype(np.uint8)
 
 
+def check_mp4_writer():
+    """Raises RuntimeError unless imageio and its ffmpeg binary are there (what
+    `write_mp4` needs): call it before the work whose result it will write."""
+    try:
+        import imageio.v3  # noqa: F401
+        import imageio_ffmpeg
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as e:
+        raise RuntimeError(f"writing mp4 needs imageio and imageio-ffmpeg ({e}): pip install "
+                           "'svg2-jax[video]'") from None
+
+
 def write_mp4(frames: np.ndarray, path: str, fps: int = 16):
     """frames: [T, H, W, 3] uint8 -> an H.264 mp4 through imageio's ffmpeg plugin."""
-    try:
-        import imageio.v3 as iio
-    except ImportError as e:
-        raise RuntimeError("writing mp4 needs imageio and imageio-ffmpeg: "
-                           "pip install 'svg2-jax[video]'") from e
+    check_mp4_writer()
+    import imageio.v3 as iio
+
     try:
         with warnings.catch_warnings():
             # JAX warns on any fork; this one only starts the ffmpeg encoder process.
             warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
             iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264",
                         macro_block_size=1)
-    except Exception as e:  # a missing ffmpeg backend surfaces here
-        raise RuntimeError(f"could not write {path}: {e}. Install imageio-ffmpeg "
-                           "(pip install 'svg2-jax[video]').") from e
+    except Exception as e:  # noqa: BLE001  (ffmpeg's failures come as several kinds)
+        raise RuntimeError(f"could not write {path}: {type(e).__name__}: {e}") from e
