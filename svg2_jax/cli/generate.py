@@ -1,20 +1,27 @@
 """svg2-generate: Wan2.1 or HunyuanVideo text-to-video with dense or SVG2 attention, the
-whole denoising loop compiled once.
+whole denoising loop compiled once. JAX only: no torch is imported.
 
 Without --checkpoint it runs a TINY RANDOM Wan (2 layers, output is noise) with random
 text embeddings, so a fresh install shows the whole path (compile, SVG2 warm-up then
 sparse steps, density report, mp4) in seconds. With a checkpoint (orbax from
-svg2-convert, a diffusers transformer folder, or an official Wan2.1 file) it needs text
-embeddings: --text-embeddings (umT5 states saved as .npy, [L, 4096]) or --prompt with a
-local umT5 (--text-encoder, transformers + torch). --vae (a local diffusers
-AutoencoderKLWan folder) decodes to RGB; without it the mp4 is a latent preview and
-the latents are saved as .npy.
+svg2-convert, a diffusers transformer folder, or an official Wan2.1 file) it needs text:
+--prompt (and --negative-prompt) encoded by the JAX umT5 (--text-encoder: an
+svg2-convert orbax directory or the repo's text_encoder/ folder; --tokenizer: the repo's
+tokenizer/ folder, by default found in or beside the encoder's), or precomputed states
+--text-embeddings (.npy, [L, 4096]). --vae (svg2-convert orbax or the repo's vae/ folder)
+decodes to RGB with the JAX VAE; without it the mp4 is a latent preview and the latents
+are saved as .npy.
 
-HunyuanVideo (--family hunyuan, or a hunyuan preset): text comes as --text-embeddings
+HunyuanVideo (--family hunyuan, or a hunyuan preset): --prompt with its Llama
+(--text-encoder, --tokenizer: the repo's text_encoder/ and tokenizer/) and CLIP
+(--text-encoder-2, --tokenizer-2: text_encoder_2/ and tokenizer_2/), or --text-embeddings
 .npz with prompt_embeds [T, 4096], prompt_attention_mask [T] and pooled_prompt_embeds
-[768] (its Llama + CLIP encoders are not wired in); --guidance is its embedded
-(distilled) guidance, there is no negative prompt; --vae takes an
-AutoencoderKLHunyuanVideo folder.
+[768]; --guidance is its embedded (distilled) guidance, there is no negative prompt.
+
+The text encoders run in --dtype, the VAEs in float32 (as diffusers' pipelines). The
+PyTorch encoders and VAEs are not wired in: ours read the same checkpoints and match
+them (parity tests); `pipelines.{wan,hunyuan}.decode_with_diffusers_vae` remain for
+library use.
 
 Flags left out take the library's defaults (SVG2Config, SamplerConfig, the family's
 preset; svg2_jax/cli/defaults.py says where a family departs from them): --help lists
@@ -22,9 +29,12 @@ them.
 
 Examples:
   svg2-generate --out out/tiny.mp4
-  svg2-generate --checkpoint ckpt/ --model wan2.1-t2v-1.3b --text-embeddings emb.npy \\
-      --negative-embeddings neg.npy --height 480 --width 832 --frames 81 --steps 50 \\
-      --attention svg2 --vae Wan2.1-T2V-1.3B-Diffusers/vae --out out/video.mp4
+  svg2-generate --checkpoint ckpt/wan --model wan2.1-t2v-1.3b --prompt "a fox in the snow" \\
+      --text-encoder ckpt/umt5 --tokenizer Wan2.1-T2V-1.3B-Diffusers/tokenizer \\
+      --vae ckpt/wan-vae --height 480 --width 832 --frames 81 --steps 50 --out out/fox.mp4
+  svg2-generate --checkpoint ckpt/hunyuan --model hunyuan-video-t2v-720p --prompt "a fox" \\
+      --text-encoder ckpt/llama --tokenizer HunyuanVideo/tokenizer --text-encoder-2 ckpt/clip \\
+      --tokenizer-2 HunyuanVideo/tokenizer_2 --vae ckpt/hunyuan-vae --out out/fox.mp4
 """
 
 from __future__ import annotations
@@ -40,8 +50,9 @@ import numpy as np
 
 from svg2_jax.backends import is_hopper
 from svg2_jax.cli import defaults as dflt
-from svg2_jax.cli.text import (PROG, encode_prompt, fail, load_embeddings,
-                               load_hunyuan_text)
+from svg2_jax.cli import text
+from svg2_jax.cli.text import PROG, fail
+from svg2_jax.cli.vae import check_vae, load_vae
 from svg2_jax.config import BACKENDS, SVG2Config
 from svg2_jax.layer_attention import SVG2Attention
 from svg2_jax.sampling import SamplerConfig
@@ -67,12 +78,22 @@ def parse_args(argv=None):
                    help="model family (default: from --model, else wan)")
     g.add_argument("--dtype", default=DTYPES[0], choices=DTYPES)
     g = p.add_argument_group("conditioning")
-    g.add_argument("--prompt", help="text prompt (needs --text-encoder)")
-    g.add_argument("--negative-prompt", default="")
-    g.add_argument("--text-encoder", help="local umT5 folder (transformers), for --prompt")
-    g.add_argument("--text-embeddings", help=".npy [L, text_dim]: precomputed prompt states")
-    g.add_argument("--negative-embeddings", help=".npy [L, text_dim] for the unconditional "
-                   "pass (default: zeros)")
+    g.add_argument("--prompt", help="text prompt, encoded by the JAX text encoders "
+                   "(--text-encoder; HunyuanVideo also --text-encoder-2)")
+    g.add_argument("--negative-prompt", help="Wan: the prompt of the unconditional pass "
+                   "(default with --prompt: \"\", as diffusers' WanPipeline)")
+    g.add_argument("--text-encoder", help="for --prompt: Wan's umT5 or HunyuanVideo's Llama: "
+                   "an svg2-convert orbax directory or the repo's text_encoder/ folder")
+    g.add_argument("--tokenizer", help="tokenizer folder of --text-encoder (default: that "
+                   "folder if it holds one, else tokenizer/ beside it, as in the repos)")
+    g.add_argument("--text-encoder-2", help="HunyuanVideo's CLIP text encoder for --prompt "
+                   "(orbax or the repo's text_encoder_2/)")
+    g.add_argument("--tokenizer-2", help="tokenizer folder of --text-encoder-2 (default: "
+                   "that folder if it holds one, else tokenizer_2/ beside it)")
+    g.add_argument("--text-embeddings", help="instead of --prompt: precomputed prompt states "
+                   "(Wan: .npy [L, text_dim]; HunyuanVideo: .npz)")
+    g.add_argument("--negative-embeddings", help="Wan: .npy [L, text_dim] for the "
+                   "unconditional pass (default with --text-embeddings: zeros)")
     g = p.add_argument_group("video")
     g.add_argument("--height", type=int, help=f"default {d(lambda f: f.video.height)}")
     g.add_argument("--width", type=int, help=f"default {d(lambda f: f.video.width)}")
@@ -118,8 +139,9 @@ def parse_args(argv=None):
                    const=False, default=_SAMPLER.share_cfg_cache,
                    help="one centroid cache per CFG pass instead of a shared one")
     g = p.add_argument_group("output")
-    g.add_argument("--vae", help="local diffusers VAE folder (AutoencoderKLWan or "
-                   "AutoencoderKLHunyuanVideo), to decode to RGB")
+    g.add_argument("--vae", help="the family's VAE, to decode to RGB with JAX: an "
+                   "svg2-convert orbax directory or the repo's vae/ folder (Wan2.1/2.2: "
+                   "AutoencoderKLWan; HunyuanVideo: AutoencoderKLHunyuanVideo)")
     g.add_argument("--out", default="out/video.mp4")
     g.add_argument("--report", help="JSON report (default: OUT with .json)")
     g.add_argument("--no-progress", action="store_true")
@@ -225,28 +247,7 @@ def _wan_setup(args, run: Settings, attention, dtype, nnx, rng):
     else:
         model = load(args.checkpoint, run.model, dtype=dtype)
         model.attention = attention
-    config = model.config
-    if args.text_embeddings:
-        context = load_embeddings(args.text_embeddings, config.text_dim, "--text-embeddings")
-    elif args.prompt is not None:
-        if not args.text_encoder:
-            fail("--prompt needs --text-encoder (a local umT5 folder); or pass "
-                 "--text-embeddings")
-        context = encode_prompt(args.prompt, args.text_encoder)
-    elif run.tiny:
-        context = rng.normal(size=(1, 16, config.text_dim)).astype(np.float32)
-    else:
-        fail("a real model needs --text-embeddings or --prompt")
-    if args.negative_embeddings:
-        uncond = load_embeddings(args.negative_embeddings, config.text_dim,
-                                 "--negative-embeddings")
-    elif args.prompt is not None and args.text_encoder:
-        uncond = encode_prompt(args.negative_prompt, args.text_encoder)
-    else:
-        uncond = np.zeros_like(context)
-    if uncond.shape != context.shape:
-        fail(f"negative embeddings {uncond.shape} must match the prompt embeddings "
-             f"{context.shape}")
+    context, uncond = text.wan_conditioning(args, model.config.text_dim, run.tiny, rng, dtype)
     scheduler = (FlowUniPC(flow_shift=run.shift) if run.scheduler == "unipc"
                  else FlowMatchEuler(shift=run.shift))
     sampler = pipe.WanSampler(model, scheduler, run.sampler)
@@ -258,10 +259,6 @@ def _hunyuan_setup(args, run: Settings, attention, dtype, nnx, rng):
     from svg2_jax.pipelines import hunyuan as pipe
     from svg2_jax.sampling import FlowMatchEuler
 
-    for flag in ("prompt", "text_encoder", "negative_embeddings"):
-        if getattr(args, flag):
-            fail(f"--{flag.replace('_', '-')} is not supported for HunyuanVideo: pass "
-                 "--text-embeddings .npz (embedded guidance, no negative prompt)")
     if run.tiny:
         model = HunyuanVideoTransformer3DModel(pipe.TINY_CONFIG, attention=attention,
                                                dtype=dtype, param_dtype=dtype,
@@ -269,18 +266,10 @@ def _hunyuan_setup(args, run: Settings, attention, dtype, nnx, rng):
     else:
         model = load(args.checkpoint, run.model, dtype=dtype)
         model.attention = attention
-    config = model.config
-    if args.text_embeddings:
-        text = load_hunyuan_text(args.text_embeddings, config)
-    elif run.tiny:
-        text = (rng.normal(size=(1, 16, config.text_embed_dim)).astype(np.float32),
-                np.arange(16)[None] < 10,
-                rng.normal(size=(1, config.pooled_projection_dim)).astype(np.float32))
-    else:
-        fail("HunyuanVideo needs --text-embeddings (.npz)")
+    conditioning = text.hunyuan_conditioning(args, model.config, run.tiny, rng, dtype)
     scheduler = FlowMatchEuler(shift=run.shift, pipeline_sigmas=True)
     sampler = pipe.HunyuanSampler(model, scheduler, run.sampler, embedded_guidance=run.guidance)
-    return model, pipe, sampler, (text,)
+    return model, pipe, sampler, (conditioning,)
 
 
 def main(argv=None):
@@ -290,6 +279,7 @@ def main(argv=None):
     except ValueError as e:
         fail(str(e))
     hy = run.family == "hunyuan"
+    text.check_text_flags(args, run.family)
 
     import jax
     import jax.numpy as jnp
@@ -311,15 +301,20 @@ def main(argv=None):
               "output is noise; this run only shows the pipeline.", file=sys.stderr)
 
     t0 = time.perf_counter()
+    vae = load_vae(run.family, args.vae) if args.vae else None
     setup = _hunyuan_setup if hy else _wan_setup
     try:
         model, pipe, sampler, inputs = setup(args, run, attention, dtype, nnx,
                                              np.random.default_rng(args.seed))
-        c, f, h, w = pipe.latent_shape(model.config, run.height, run.width, run.frames)
+        vae_config = None if vae is None else vae.config
+        c, f, h, w = pipe.latent_shape(model.config, run.height, run.width, run.frames,
+                                       vae_config)
     except ValueError as e:
         fail(str(e))
+    if vae is not None:
+        check_vae(vae, args.vae, model.config.out_channels)
     load_s = time.perf_counter() - t0
-    seq = pipe.sequence_length(model.config, run.height, run.width, run.frames)
+    seq = pipe.sequence_length(model.config, run.height, run.width, run.frames, vae_config)
     if run.svg2 is not None and seq < max(run.svg2.num_q_clusters, run.svg2.num_k_clusters):
         fail(f"{seq} video tokens are fewer than the clusters (--qc "
              f"{run.svg2.num_q_clusters}, --kc {run.svg2.num_k_clusters}); lower them or "
@@ -342,13 +337,15 @@ def main(argv=None):
 
     lat = np.asarray(result.latents)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if args.vae:
-        frames = pipe.decode_with_diffusers_vae(lat, args.vae)[0]
+    t3 = time.perf_counter()
+    if vae is not None:
+        frames = pipe.decode_with_jax_vae(lat, vae)[0]
         video_kind = "decoded by the VAE"
     else:
         frames = video.latent_preview(lat)[0]
         video_kind = "latent preview (first 3 latent channels; no --vae given)"
         np.save(os.path.splitext(args.out)[0] + ".latents.npy", lat)
+    decode_s = time.perf_counter() - t3
     video.write_mp4(frames, args.out, fps=run.fps)
 
     steps = run.sampler.num_steps
@@ -362,7 +359,9 @@ def main(argv=None):
         "family": run.family,
         "video": {"height": run.height, "width": run.width, "frames": run.frames,
                   "fps": run.fps, "latent_shape": [c, f, h, w], "video_tokens": seq,
-                  "mp4": args.out, "mp4_content": video_kind},
+                  "mp4": args.out, "mp4_content": video_kind,
+                  "vae": None if vae is None else os.path.abspath(args.vae)},
+        "text": text.describe(args, run.family),
         "sampling": {"steps": steps, "scheduler": run.scheduler, "shift": run.shift,
                      ("embedded_guidance" if hy else "guidance"): run.guidance,
                      "seed": args.seed, "dense_warmup_steps": n_dense},
@@ -378,7 +377,8 @@ def main(argv=None):
                           "target_density": cfg.target_density}),
                       "sparse_backend": sparse_backend(cfg)},
         "timings_s": {"load": round(load_s, 3), "compile": round(compile_s, 3),
-                      "sample": round(sample_s, 3), "device": str(jax.devices()[0])},
+                      "sample": round(sample_s, 3), "decode": round(decode_s, 3),
+                      "device": str(jax.devices()[0])},
         "density_mean_sparse_steps": (float(per_step_layer[n_dense:].mean())
                                       if n_dense < steps else 1.0),
         "density_per_step_pass_layer": per_step_layer.round(5).tolist(),

@@ -1,18 +1,224 @@
-"""svg2-generate's text conditioning: precomputed embeddings read and checked, or a
-prompt encoded with a local umT5 (Wan). Problems exit with a message naming the file."""
+"""svg2-generate's text conditioning: a prompt encoded by the family's JAX text encoders
+(Wan: umT5; HunyuanVideo: Llama + CLIP) read from local checkpoints, precomputed states
+read and checked, or random states for the tiny model. No torch. Problems exit with a
+message naming the flag and the file."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
+from pathlib import Path
 
 import numpy as np
 
 PROG = "svg2-generate"
-WAN_TEXT_LENGTH = 512  # diffusers' WanPipeline max_sequence_length
+# files one of which a Hugging Face tokenizer directory holds (`load_tokenizer` reads them)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def fail(message: str):
     raise SystemExit(f"{PROG}: {message}")
+
+
+def flag_value(args, flag: str):
+    """The parsed value of `flag` ("--text-encoder-2" -> args.text_encoder_2)."""
+    return getattr(args, flag.lstrip("-").replace("-", "_"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderFlags:
+    """One text encoder of a family: its checkpoint flag and the repo folder it converts
+    from, its tokenizer flag and the repo folder beside that one holding the tokenizer,
+    the `svg2_jax.models.<model>` that loads it, and what it is (for messages)."""
+
+    encoder: str
+    encoder_folder: str
+    tokenizer: str
+    tokenizer_folder: str
+    model: str
+    what: str
+
+
+# family -> its text encoders, in the order the pipeline runs them
+TEXT_ENCODERS = {
+    "wan": (TextEncoderFlags("--text-encoder", "text_encoder", "--tokenizer", "tokenizer",
+                             "umt5", "umT5"),),
+    "hunyuan": (
+        TextEncoderFlags("--text-encoder", "text_encoder", "--tokenizer", "tokenizer",
+                         "llama", "Llama"),
+        TextEncoderFlags("--text-encoder-2", "text_encoder_2", "--tokenizer-2", "tokenizer_2",
+                         "clip_text", "CLIP text")),
+}
+# every encoder and tokenizer flag -> the families that read it
+ENCODER_FLAGS = {
+    flag: tuple(family for family, specs in TEXT_ENCODERS.items()
+                if any(flag in (s.encoder, s.tokenizer) for s in specs))
+    for specs in TEXT_ENCODERS.values() for spec in specs for flag in (spec.encoder, spec.tokenizer)}
+
+
+def check_text_flags(args, family: str):
+    """Before any model loads: the conditioning flags fit together, and the encoder and
+    tokenizer paths a --prompt needs exist (the tokenizers' defaults found)."""
+    prompt = args.prompt is not None
+    if prompt and args.text_embeddings:
+        fail("--prompt and --text-embeddings exclude each other: give one")
+    if args.negative_prompt is not None and args.negative_embeddings:
+        fail("--negative-prompt and --negative-embeddings exclude each other: give one")
+    if family == "hunyuan":
+        for flag in ("--negative-prompt", "--negative-embeddings"):
+            if flag_value(args, flag) is not None:
+                fail(f"{flag} is not supported for HunyuanVideo (embedded guidance, no "
+                     "negative prompt)")
+    if args.negative_prompt is not None and not prompt:
+        fail("--negative-prompt is encoded with --prompt's text encoder: give --prompt too "
+             "(with --text-embeddings, give --negative-embeddings)")
+    for flag, families in ENCODER_FLAGS.items():
+        value = flag_value(args, flag)
+        if value is None:
+            continue
+        if family not in families:
+            fail(f"{flag} is read only for {' and '.join(families)} (this run is {family})")
+        if not prompt:
+            fail(f"{flag} is read only with --prompt")
+        if not os.path.exists(value):
+            fail(f"{flag} not found: {value}")
+    if prompt:
+        for spec in TEXT_ENCODERS[family]:
+            if flag_value(args, spec.encoder) is None:
+                fail(f"--prompt needs {spec.encoder}: the {spec.what} text encoder (an "
+                     f"svg2-convert orbax directory or the checkpoint repo's "
+                     f"{spec.encoder_folder}/ folder); or pass --text-embeddings")
+            tokenizer_dir(args, spec)
+
+
+def tokenizer_dir(args, spec: TextEncoderFlags) -> Path:
+    """The tokenizer of `spec`'s encoder: its tokenizer flag; else the encoder's directory
+    when it holds a tokenizer; else `spec.tokenizer_folder` beside it (the repos keep
+    text_encoder/ and tokenizer/ side by side)."""
+    given = flag_value(args, spec.tokenizer)
+    if given is not None:
+        if not os.path.isdir(given):
+            fail(f"{spec.tokenizer} must be a tokenizer directory, got {given}")
+        return Path(given)
+    encoder = Path(flag_value(args, spec.encoder))
+    base = encoder if encoder.is_dir() else encoder.parent
+    candidates = (base, base.parent / spec.tokenizer_folder)
+    for candidate in candidates:
+        if any((candidate / name).is_file() for name in TOKENIZER_FILES):
+            return candidate
+    fail(f"no tokenizer for {spec.encoder} {encoder}: none in {candidates[0]} nor in "
+         f"{candidates[1]}; pass {spec.tokenizer} DIR (the checkpoint repo's "
+         f"{spec.tokenizer_folder}/ folder)")
+
+
+def _load(args, spec: TextEncoderFlags, dtype):
+    """(tokenizer, encoder) of `spec`, errors naming the flag."""
+    from svg2_jax.text import load_tokenizer
+
+    directory = tokenizer_dir(args, spec)
+    try:
+        tokenizer = load_tokenizer(directory)
+    except ValueError as e:
+        fail(f"{spec.tokenizer} {directory}: {e}")
+    path = flag_value(args, spec.encoder)
+    module = importlib.import_module(f"svg2_jax.models.{spec.model}")
+    try:
+        encoder = module.load(path, None, dtype)  # the checkpoint's own config
+    except ValueError as e:
+        fail(f"{spec.encoder} {path} (a {spec.what} encoder): {e}")
+    return tokenizer, encoder
+
+
+def _check_width(states, width: int, args, spec: TextEncoderFlags, takes: str):
+    if states.shape[-1] != width:
+        fail(f"{spec.encoder} {flag_value(args, spec.encoder)} gives {states.shape[-1]}-wide "
+             f"states; the model takes {takes}={width}: not this model's {spec.what} encoder")
+
+
+def wan_conditioning(args, text_dim: int, tiny: bool, rng, dtype):
+    """(context, uncond_context) float32 [1, L, text_dim]: --prompt / --negative-prompt
+    through umT5, or --text-embeddings / --negative-embeddings (unconditional: zeros when
+    no negative is given with embeddings), or random states for the tiny model."""
+    negative = None
+    if args.text_embeddings:
+        context = load_embeddings(args.text_embeddings, text_dim, "--text-embeddings")
+    elif args.prompt is not None:
+        from svg2_jax.text import encode_wan_prompt
+
+        (spec,) = TEXT_ENCODERS["wan"]
+        tokenizer, encoder = _load(args, spec, dtype)
+        # diffusers' WanPipeline encodes the negative prompt ("" by default) the same way
+        prompts = [args.prompt] + ([] if args.negative_embeddings else
+                                   [args.negative_prompt or ""])
+        try:
+            states = np.asarray(encode_wan_prompt(tokenizer, encoder, prompts), np.float32)
+        except ValueError as e:
+            fail(f"--prompt: {e}")
+        _check_width(states, text_dim, args, spec, "text_dim")
+        context, negative = states[:1], (states[1:] if len(states) > 1 else None)
+    elif tiny:
+        context = rng.normal(size=(1, 16, text_dim)).astype(np.float32)
+    else:
+        fail("a real model needs --prompt (with --text-encoder) or --text-embeddings")
+    if args.negative_embeddings:
+        negative = load_embeddings(args.negative_embeddings, text_dim, "--negative-embeddings")
+    if negative is None:
+        negative = np.zeros_like(context)
+    if negative.shape != context.shape:
+        fail(f"negative embeddings {negative.shape} must match the prompt embeddings "
+             f"{context.shape}")
+    return context, negative
+
+
+def hunyuan_conditioning(args, config, tiny: bool, rng, dtype):
+    """(prompt_embeds [1, T, D] float32, prompt_attention_mask [1, T] bool,
+    pooled_prompt_embeds [1, P] float32): --prompt through Llama + CLIP, --text-embeddings
+    (.npz), or random states for the tiny model."""
+    if args.text_embeddings:
+        return load_hunyuan_text(args.text_embeddings, config)
+    if args.prompt is not None:
+        from svg2_jax.text import encode_hunyuan_prompt
+
+        llama_spec, clip_spec = TEXT_ENCODERS["hunyuan"]
+        parts = _load(args, llama_spec, dtype) + _load(args, clip_spec, dtype)
+        try:
+            text = encode_hunyuan_prompt(*parts, [args.prompt])
+        except ValueError as e:
+            fail(f"--prompt: {e}")
+        embeds = np.asarray(text.prompt_embeds, np.float32)
+        pooled = np.asarray(text.pooled_prompt_embeds, np.float32)
+        _check_width(embeds, config.text_embed_dim, args, llama_spec, "text_embed_dim")
+        _check_width(pooled, config.pooled_projection_dim, args, clip_spec,
+                     "pooled_projection_dim")
+        return embeds, np.asarray(text.prompt_attention_mask) != 0, pooled
+    if tiny:
+        return (rng.normal(size=(1, 16, config.text_embed_dim)).astype(np.float32),
+                np.arange(16)[None] < 10,
+                rng.normal(size=(1, config.pooled_projection_dim)).astype(np.float32))
+    fail("HunyuanVideo needs --prompt (with --text-encoder and --text-encoder-2) or "
+         "--text-embeddings (.npz)")
+
+
+def describe(args, family: str) -> dict:
+    """What conditioned the run, for the JSON report (paths absolute)."""
+    if args.text_embeddings:
+        return {"source": "--text-embeddings", "file": os.path.abspath(args.text_embeddings),
+                "negative": (os.path.abspath(args.negative_embeddings)
+                             if args.negative_embeddings else None)}
+    if args.prompt is None:
+        return {"source": "random states (tiny model)"}
+    specs = TEXT_ENCODERS[family]
+    out = {"source": "--prompt", "prompt": args.prompt,
+           "encoders": {s.encoder: os.path.abspath(flag_value(args, s.encoder))
+                        for s in specs},
+           "tokenizers": {s.tokenizer: str(tokenizer_dir(args, s).resolve()) for s in specs}}
+    if family == "wan":
+        out["negative_prompt"] = (None if args.negative_embeddings else
+                                  args.negative_prompt or "")
+        out["negative"] = (os.path.abspath(args.negative_embeddings)
+                           if args.negative_embeddings else None)
+    return out
 
 
 def load_embeddings(path, text_dim: int, what: str) -> np.ndarray:
@@ -28,26 +234,6 @@ def load_embeddings(path, text_dim: int, what: str) -> np.ndarray:
     if not np.isfinite(x).all():
         fail(f"{what} in {path} contains NaN/Inf")
     return x.astype(np.float32)
-
-
-def encode_prompt(prompt: str, encoder_path: str, max_length: int = WAN_TEXT_LENGTH):
-    """umT5 states [1, max_length, D] of a prompt as diffusers' WanPipeline computes them
-    (padded to max_length, padding positions zeroed)."""
-    try:
-        import torch
-        from transformers import AutoTokenizer, UMT5EncoderModel
-    except ImportError as e:
-        raise SystemExit(f"{PROG}: --prompt needs torch and transformers (pip install "
-                         "transformers) and a local umT5 folder") from e
-    tok = AutoTokenizer.from_pretrained(encoder_path)
-    enc = UMT5EncoderModel.from_pretrained(encoder_path, torch_dtype=torch.float32)
-    t = tok([prompt], padding="max_length", max_length=max_length, truncation=True,
-            add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-    with torch.no_grad():
-        h = enc(t.input_ids, t.attention_mask).last_hidden_state
-    n = int(t.attention_mask.sum())
-    h[:, n:] = 0
-    return h.numpy()
 
 
 HUNYUAN_KEYS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
