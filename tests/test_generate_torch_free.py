@@ -252,7 +252,7 @@ def test_text_and_vae_flag_errors(wan_ckpt, hunyuan_ckpt, misfits, tmp_path):
          "--text-encoder-2 is read only for hunyuan \\(this run is wan\\)"),
         (hy + ["--negative-prompt", "b"], "--negative-prompt is not supported for HunyuanVideo"),
         (hy + ["--prompt", "a", "--text-encoder", llama_dir],
-         "--prompt needs --text-encoder-2: the CLIP text text encoder"),
+         "--prompt needs --text-encoder-2: the CLIP text encoder"),
         (["--vae", str(tmp_path / "absent")], "--vae not found"),
         # after the tiny DiT is built, before anything compiles
         (["--vae", str(hunyuan_ckpt["vae"])], "--vae .*carries no Wan VAE config"),

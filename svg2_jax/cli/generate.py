@@ -82,14 +82,7 @@ def parse_args(argv=None):
                    "(--text-encoder; HunyuanVideo also --text-encoder-2)")
     g.add_argument("--negative-prompt", help="Wan: the prompt of the unconditional pass "
                    "(default with --prompt: \"\", as diffusers' WanPipeline)")
-    g.add_argument("--text-encoder", help="for --prompt: Wan's umT5 or HunyuanVideo's Llama: "
-                   "an svg2-convert orbax directory or the repo's text_encoder/ folder")
-    g.add_argument("--tokenizer", help="tokenizer folder of --text-encoder (default: that "
-                   "folder if it holds one, else tokenizer/ beside it, as in the repos)")
-    g.add_argument("--text-encoder-2", help="HunyuanVideo's CLIP text encoder for --prompt "
-                   "(orbax or the repo's text_encoder_2/)")
-    g.add_argument("--tokenizer-2", help="tokenizer folder of --text-encoder-2 (default: "
-                   "that folder if it holds one, else tokenizer_2/ beside it)")
+    text.add_encoder_flags(g)
     g.add_argument("--text-embeddings", help="instead of --prompt: precomputed prompt states "
                    "(Wan: .npy [L, text_dim]; HunyuanVideo: .npz)")
     g.add_argument("--negative-embeddings", help="Wan: .npy [L, text_dim] for the "

@@ -48,13 +48,30 @@ TEXT_ENCODERS = {
         TextEncoderFlags("--text-encoder", "text_encoder", "--tokenizer", "tokenizer",
                          "llama", "Llama"),
         TextEncoderFlags("--text-encoder-2", "text_encoder_2", "--tokenizer-2", "tokenizer_2",
-                         "clip_text", "CLIP text")),
+                         "clip_text", "CLIP")),
 }
+FAMILY_NAMES = {"wan": "Wan", "hunyuan": "HunyuanVideo"}
 # every encoder and tokenizer flag -> the families that read it
 ENCODER_FLAGS = {
     flag: tuple(family for family, specs in TEXT_ENCODERS.items()
                 if any(flag in (s.encoder, s.tokenizer) for s in specs))
     for specs in TEXT_ENCODERS.values() for spec in specs for flag in (spec.encoder, spec.tokenizer)}
+
+
+def add_encoder_flags(group):
+    """The argparse flags of every family's text encoders and tokenizers (TEXT_ENCODERS)."""
+    users: dict[str, list] = {}
+    for family, specs in TEXT_ENCODERS.items():
+        for spec in specs:
+            users.setdefault(spec.encoder, []).append((family, spec))
+    for flag, owners in users.items():
+        spec = owners[0][1]
+        whose = " or ".join(f"{FAMILY_NAMES[family]}'s {s.what}" for family, s in owners)
+        group.add_argument(flag, help=f"for --prompt: {whose} text encoder: an svg2-convert "
+                           f"orbax directory or the repo's {spec.encoder_folder}/ folder")
+        group.add_argument(spec.tokenizer, help=f"tokenizer folder of {flag} (default: that "
+                           f"folder if it holds one, else {spec.tokenizer_folder}/ beside it, "
+                           "as in the repos)")
 
 
 def check_text_flags(args, family: str):
