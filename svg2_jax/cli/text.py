@@ -51,20 +51,23 @@ TEXT_ENCODERS = {
                          "clip_text", "CLIP")),
 }
 FAMILY_NAMES = {"wan": "Wan", "hunyuan": "HunyuanVideo"}
-# every encoder and tokenizer flag -> the families that read it
-ENCODER_FLAGS = {
-    flag: tuple(family for family, specs in TEXT_ENCODERS.items()
-                if any(flag in (s.encoder, s.tokenizer) for s in specs))
-    for specs in TEXT_ENCODERS.values() for spec in specs for flag in (spec.encoder, spec.tokenizer)}
+
+
+def _owners() -> dict[str, list[tuple[str, TextEncoderFlags]]]:
+    """Encoder flag -> the (family, encoder) pairs that read it (and its tokenizer flag)."""
+    owners: dict[str, list] = {}
+    for family, specs in TEXT_ENCODERS.items():
+        for spec in specs:
+            owners.setdefault(spec.encoder, []).append((family, spec))
+    return owners
+
+
+OWNERS = _owners()
 
 
 def add_encoder_flags(group):
     """The argparse flags of every family's text encoders and tokenizers (TEXT_ENCODERS)."""
-    users: dict[str, list] = {}
-    for family, specs in TEXT_ENCODERS.items():
-        for spec in specs:
-            users.setdefault(spec.encoder, []).append((family, spec))
-    for flag, owners in users.items():
+    for flag, owners in OWNERS.items():
         spec = owners[0][1]
         whose = " or ".join(f"{FAMILY_NAMES[family]}'s {s.what}" for family, s in owners)
         group.add_argument(flag, help=f"for --prompt: {whose} text encoder: an svg2-convert "
@@ -90,16 +93,19 @@ def check_text_flags(args, family: str):
     if args.negative_prompt is not None and not prompt:
         fail("--negative-prompt is encoded with --prompt's text encoder: give --prompt too "
              "(with --text-embeddings, give --negative-embeddings)")
-    for flag, families in ENCODER_FLAGS.items():
-        value = flag_value(args, flag)
-        if value is None:
-            continue
-        if family not in families:
-            fail(f"{flag} is read only for {' and '.join(families)} (this run is {family})")
-        if not prompt:
-            fail(f"{flag} is read only with --prompt")
-        if not os.path.exists(value):
-            fail(f"{flag} not found: {value}")
+    for encoder_flag, owners in OWNERS.items():
+        families = [f for f, _ in owners]
+        for flag in (encoder_flag, owners[0][1].tokenizer):
+            value = flag_value(args, flag)
+            if value is None:
+                continue
+            if family not in families:
+                fail(f"{flag} is read only for {' and '.join(families)} (this run is "
+                     f"{family})")
+            if not prompt:
+                fail(f"{flag} is read only with --prompt")
+            if not os.path.exists(value):
+                fail(f"{flag} not found: {value}")
     if prompt:
         for spec in TEXT_ENCODERS[family]:
             if flag_value(args, spec.encoder) is None:
