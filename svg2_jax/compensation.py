@@ -18,6 +18,11 @@ extra weight delta_t = e^{s q_t . k_t} - e^{l_tj*} / n_j* on v_t. The compensati
 Empty clusters (n_j = 0) weigh nothing. With every non-empty cluster selected there is
 nothing to compensate and the merge returns the sparse result unchanged.
 
+NaN/Inf elements of q, k and v count as 0 in the statistics and the error estimate (as in
+the k-means, `svg2_jax.nonfinite`), so a bad token never makes another token's estimate or
+another head's selection NaN; the output is made NaN where dense attention's would be
+after the compensation (`attention.svg2_core`), which so cannot hide it.
+
 Everything streams over row tiles (`scan_row_tiles`: `q_tile` queries, or 4096 keys for
 the statistics), so the [Sq, KC] logits exist one tile at a time and nothing is padded or
 copied whole: no [S, KC] array for all heads at Wan 720p, and the output is merged in
@@ -32,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from svg2_jax.kmeans import KMeansResult
+from svg2_jax.nonfinite import finite_or_zero
 from svg2_jax.sparse_attention import merge_attention
 
 # sig2 is clamped here: e^{sig2} appears in the error estimate, and a cluster whose
@@ -67,7 +73,8 @@ def key_cluster_stats(kn: jax.Array, vn: jax.Array, k_clusters: KMeansResult,
                       tile: int = 4096) -> KeyClusterStats:
     """kn, vn [N, Sk, D]; the keys' k-means result -> KeyClusterStats: segment sums over the
     tokens, `tile` tokens at a time (`scan_row_tiles`), so no float32 copy of K or V is
-    made; one pass for the sums, one for the squared deviations from the means."""
+    made; one pass for the sums, one for the squared deviations from the means. NaN/Inf
+    elements count as 0 (module docstring)."""
     n, _, d = kn.shape
     num = k_clusters.sizes.shape[-1]
     labels = k_clusters.labels
@@ -75,8 +82,8 @@ def key_cluster_stats(kn: jax.Array, vn: jax.Array, k_clusters: KMeansResult,
     def tiles(start, valid):
         ids = jnp.where(valid, jax.lax.dynamic_slice_in_dim(labels, start, valid.shape[1], 1),
                         num)
-        cut = lambda x: jax.lax.dynamic_slice_in_dim(x, start, valid.shape[1], 1).astype(
-            jnp.float32)
+        cut = lambda x: finite_or_zero(jax.lax.dynamic_slice_in_dim(
+            x, start, valid.shape[1], 1).astype(jnp.float32))
         return ids, cut(kn), cut(vn)
 
     def sums(acc, start, valid):
@@ -187,7 +194,7 @@ def error_estimates(qn: jax.Array, q_labels: jax.Array, num_q_clusters: int,
     inv_n = 1.0 / jnp.maximum(stats.sizes, 1).astype(jnp.float32)[:, None, :]
 
     def body(acc, start, valid):
-        q = jax.lax.dynamic_slice_in_dim(qn, start, valid.shape[1], 1)
+        q = finite_or_zero(jax.lax.dynamic_slice_in_dim(qn, start, valid.shape[1], 1))
         ids = jnp.where(valid, jax.lax.dynamic_slice_in_dim(q_labels, start, valid.shape[1], 1),
                         num_q_clusters)  # rows of an earlier tile are dropped
         l, sig2 = token_logits(q, stats, scale)

@@ -40,17 +40,19 @@ class Selection(NamedTuple):
     estimated_error: jax.Array | None = None
 
 
-def cluster_mass(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array) -> jax.Array:
+def cluster_mass(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
+                 scale: float | None = None) -> jax.Array:
     """Approximate attention mass of each key cluster for each query cluster.
 
     q_centroids: [N, QC, D]; k_centroids: [N, KC, D]; k_sizes: [N, KC] ->
     [N, QC, KC] float32, rows summing to 1: p_j proportional to size_j * exp(s_j) with
-    s = qc . kc / sqrt(D), since a cluster of n keys near its centroid gets about
-    n times one key's weight. Empty clusters get exactly 0.
+    s = scale * qc . kc (the attention's softmax scale, default 1/sqrt(D)), since a
+    cluster of n keys near its centroid gets about n times one key's weight. Empty
+    clusters get exactly 0.
     """
-    d = q_centroids.shape[-1]
+    scale = q_centroids.shape[-1] ** -0.5 if scale is None else scale
     scores = jnp.einsum("nqd,nkd->nqk", q_centroids.astype(jnp.float32),
-                        k_centroids.astype(jnp.float32)) / jnp.sqrt(jnp.float32(d))
+                        k_centroids.astype(jnp.float32)) * jnp.float32(scale)
     nonempty = (k_sizes > 0)[:, None, :]
     scores = jnp.where(nonempty, scores, -jnp.inf)
     weights = k_sizes[:, None, :].astype(jnp.float32) * jnp.exp(
@@ -80,7 +82,7 @@ def _keep_heaviest(mass, nonempty, amount, budget, min_clusters: int, crossing: 
 
 
 def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
-                    top_p: float, min_clusters: int) -> Selection:
+                    top_p: float, min_clusters: int, scale: float | None = None) -> Selection:
     """Which key clusters each query cluster attends to (Selection.selected
     [N, QC, KC]).
 
@@ -88,9 +90,10 @@ def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax
     cumulative mass reaches `top_p` (the crossing cluster is kept, so the heaviest
     one always is), and never fewer than `min_clusters`. Empty key clusters are
     never selected and do not count toward the floor. top_p >= 1 keeps every
-    non-empty cluster (exact, not subject to the cumsum's rounding).
+    non-empty cluster (exact, not subject to the cumsum's rounding). scale: the
+    attention's softmax scale (`cluster_mass`).
     """
-    mass = cluster_mass(q_centroids, k_centroids, k_sizes)
+    mass = cluster_mass(q_centroids, k_centroids, k_sizes, scale)
     nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
     if top_p >= 1.0:
         return Selection(nonempty, mass)
@@ -98,14 +101,15 @@ def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax
 
 
 def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
-                      density: float, min_clusters: int) -> Selection:
+                      density: float, min_clusters: int, scale: float | None = None
+                      ) -> Selection:
     """A fixed compute budget instead of top-p: per query cluster, key clusters by
     descending mass until `density` of the keys are kept (the crossing cluster is kept),
     never fewer than `min_clusters` non-empty ones.
 
     For controlled benchmarks (random weights do not give trained-model densities) and
-    for budgeted generation; top-p is SVG2's rule."""
-    mass = cluster_mass(q_centroids, k_centroids, k_sizes)
+    for budgeted generation; top-p is SVG2's rule. scale: as `select_clusters`."""
+    mass = cluster_mass(q_centroids, k_centroids, k_sizes, scale)
     nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
     fraction = k_sizes.astype(jnp.float32) / jnp.sum(k_sizes, axis=-1, keepdims=True)
     return Selection(_keep_heaviest(mass, nonempty,
@@ -183,15 +187,16 @@ def _svg2_rule(clustering, config, qn, key_stats, scale, heads) -> Selection:
     q, k = clustering.q, clustering.k
     if config.target_density is None:
         return select_clusters(q.centroids, k.centroids, k.sizes, config.top_p,
-                               config.min_k_clusters)
+                               config.min_k_clusters, scale)
     return select_by_density(q.centroids, k.centroids, k.sizes, config.target_density,
-                             config.min_k_clusters)
+                             config.min_k_clusters, scale)
 
 
 def _error_rule(clustering, config, qn, key_stats, scale, heads) -> Selection:
-    if qn is None or key_stats is None or scale is None:
-        raise ValueError("selection='error' needs the queries, the key cluster stats and "
-                         "the softmax scale (select_blocks(..., qn=, key_stats=, scale=))")
+    if qn is None or key_stats is None:
+        raise ValueError("selection='error' needs the queries and the key cluster stats "
+                         "(select_blocks(..., qn=, key_stats=))")
+    scale = qn.shape[-1] ** -0.5 if scale is None else scale
     budget = (dict(error_tolerance=config.error_tolerance) if config.target_density is None
               else dict(target_density=config.target_density))
     return select_by_error(qn, clustering, key_stats, scale, q_tile=config.q_tile,
@@ -202,15 +207,17 @@ def _error_rule(clustering, config, qn, key_stats, scale, heads) -> Selection:
 SELECTION_RULES: dict[str, SelectionRule] = {"error": _error_rule, "svg2": _svg2_rule}
 
 
-def select_blocks(clustering: Clustering, config: SVG2Config, *, qn: jax.Array | None = None,
-                  key_stats: KeyClusterStats | None = None, scale: float | None = None,
+def select_blocks(clustering: Clustering, config: SVG2Config, scale: float | None = None, *,
+                  qn: jax.Array | None = None, key_stats: KeyClusterStats | None = None,
                   heads: int = 1) -> Selection:
     """The selection config asks for (`config.selection`, a SELECTION_RULES name):
     "svg2": top-p (`config.top_p`) or the per query cluster budget
     `config.target_density`, at least `config.min_k_clusters` key clusters; "error"
     (`select_by_error`): the tolerance `config.error_tolerance`, or the budget
     `config.target_density` when set, per head or pooled over the `heads` problems of
-    each batch element (`config.error_pool`; needs qn [N, Sq, D], key_stats, scale)."""
+    each batch element (`config.error_pool`; needs qn [N, Sq, D] and key_stats). scale:
+    the attention's softmax scale (default 1/sqrt(D)), which the mass and error
+    estimates use."""
     return SELECTION_RULES[config.selection](clustering, config, qn, key_stats, scale, heads)
 
 

@@ -29,18 +29,20 @@ def kmeans(x, c0, iters, tol):
     return labels, c, sizes, iters
 
 
-def select(qc, kc, ksizes, top_p, min_count):
-    """Per query cluster: descending mass, keep while mass-before < top_p, at least
+def select(qc, kc, ksizes, top_p, min_count, scale=None):
+    """Per query cluster: descending mass (softmax of scale * qc.kc, default scale
+    1/sqrt(D), weighted by cluster size), keep while mass-before < top_p, at least
     min_count non-empty clusters; empty clusters never kept. -> bool [N, QC, KC]."""
     qc = np.asarray(qc, np.float64)
     kc = np.asarray(kc, np.float64)
     n, nq, d = qc.shape
     nk = kc.shape[1]
+    scale = 1 / np.sqrt(d) if scale is None else scale
     out = np.zeros((n, nq, nk), bool)
     for b in range(n):
         nonempty = [j for j in range(nk) if ksizes[b, j] > 0]
         for i in range(nq):
-            s = np.array([qc[b, i] @ kc[b, j] / np.sqrt(d) for j in nonempty])
+            s = np.array([qc[b, i] @ kc[b, j] * scale for j in nonempty])
             w = np.array([ksizes[b, j] for j in nonempty]) * np.exp(s - s.max())
             p = w / w.sum()
             ranked = sorted(range(len(nonempty)), key=lambda t: (-p[t], nonempty[t]))
@@ -186,3 +188,39 @@ def compensated_attention(q, k, v, qlab, klab, sel, n, c, vb, kv, scale, own_key
     with np.errstate(divide="ignore"):
         lse = np.where(w_den > 0, m + np.log(np.where(w_den > 0, w_den, 1)), -np.inf)
     return out, lse
+
+
+def svg2(q, k, v, qc0, kc0, iters, tol, top_p, min_count, scale=None, *, tau=None,
+         compensation=False, own_key=True):
+    """The whole warm-started algorithm on per-head problems: q [N, Sq, D]; k, v [N, Sk, D];
+    qc0 [N, QC, D], kc0 [N, KC, D] initial centroids; scale default 1/sqrt(D); tau: the
+    error-aware rule at this tolerance, each problem alone, instead of top-p; compensation:
+    the left-out clusters compensated (own_key: each query's own key exact, when
+    Sq == Sk). -> dict with out [N, Sq, D], q / k (the `kmeans` results), selected
+    [N, QC, KC], mask [N, Sq, Sk], density [N] (fraction of query-key pairs computed),
+    estimated [N] (the error rule's estimate; NaN under top-p) and compensated [N] (mean
+    over queries of the compensation's share of the softmax denominator; 0 without)."""
+    scale = np.shape(q)[-1] ** -0.5 if scale is None else scale
+    qk, kk = kmeans(q, qc0, iters, tol), kmeans(k, kc0, iters, tol)
+    num_q, num_k = np.shape(qc0)[1], np.shape(kc0)[1]
+    stats = [key_stats(k[n], v[n], kk[0][n], num_k) for n in range(len(q))]
+    if tau is None:
+        sel = select(qk[1], kk[1], kk[2], top_p, min_count, scale)
+        estimated = np.full(len(q), np.nan)
+    else:
+        picked = [error_select(q[n], qk[0][n], num_q, *stats[n], scale, tau=tau)
+                  for n in range(len(q))]
+        sel = np.stack([p[0] for p in picked])
+        estimated = np.array([p[2] for p in picked])
+    mask = np.stack([sel[n][qk[0][n]][:, kk[0][n]] for n in range(len(sel))])
+    out, lse = masked_attention_lse(q, k, v, mask, scale)
+    compensated = np.zeros(len(q))
+    if compensation:
+        own = own_key and np.shape(q)[1] == np.shape(k)[1]
+        parts = [compensated_attention(q[n], k[n], v[n], qk[0][n], kk[0][n], sel[n],
+                                       *stats[n][:4], scale, own) for n in range(len(q))]
+        out = np.stack([p[0] for p in parts])
+        total = np.stack([p[1] for p in parts])
+        compensated = (1 - np.exp(lse - total)).mean(-1)  # lse -inf: all compensation
+    return dict(out=out, q=qk, k=kk, selected=sel, mask=mask, density=mask.mean((1, 2)),
+                estimated=estimated, compensated=compensated)

@@ -224,6 +224,46 @@ def test_every_backend_agrees_with_masked_dense_plus_compensation():
         np.testing.assert_allclose(np.asarray(st.density), np.asarray(want_st.density))
 
 
+def _compensated_backends_agree(backends, rule, seed=11, shape=(1, 512, 2, 128)):
+    """svg2_attention on bf16 q, k, v with each backend and compensation on: the same
+    clusters and selection as masked_dense (equal densities, compensated mass), outputs
+    within bf16 rounding of its."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.bfloat16) for _ in range(3))
+    base = dict(num_q_clusters=8, num_k_clusters=32, kmeans_iters_cold=5, **rule)
+    want, _, want_st = svg2_attention(q, k, v, None, SVG2Config(backend="masked_dense", **base))
+    assert (np.asarray(want_st.density) < 0.9).all()
+    assert (np.asarray(want_st.compensated_mass) > 0.05).all()
+    ref = np.asarray(want, np.float32)
+    for backend in backends:
+        got, _, st = svg2_attention(q, k, v, None, SVG2Config(backend=backend, **base))
+        got = np.asarray(got, np.float32)
+        assert np.isfinite(got).all(), backend
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-2, backend
+        np.testing.assert_array_equal(np.asarray(st.density), np.asarray(want_st.density))
+        np.testing.assert_allclose(np.asarray(st.compensated_mass),
+                                   np.asarray(want_st.compensated_mass), atol=2e-3)
+
+
+# the default rule at a density budget, and the reference's top-p with compensation
+COMPENSATED_RULES = [dict(target_density=0.2), dict(selection="svg2", top_p=0.7)]
+
+
+@pytest.mark.parametrize("rule", COMPENSATED_RULES, ids=["error", "svg2"])
+def test_pallas_twin_path_with_compensation_bf16(rule):
+    """The Hopper kernel's path (pallas_layout, the kernel's twin, gather_rows) in bf16 at
+    head dim 128, with the compensation merged in after it: what `pallas` runs on a GPU,
+    the kernel aside (its twin equality is tests/test_sparse_kernel.py's)."""
+    _compensated_backends_agree(("pallas_reference",), rule)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rule", COMPENSATED_RULES, ids=["error", "svg2"])
+def test_pallas_backend_with_compensation(rule):
+    """The Hopper kernel itself with the compensation (sm_90 only)."""
+    _compensated_backends_agree(("pallas", "pallas_reference"), rule, shape=(2, 1500, 3, 128))
+
+
 def test_bf16_inputs_stay_finite():
     """Peaky logits (scaled q, k) in bf16: the compensation's float32 merge stays finite and
     close to the float32 call on the same clusters."""

@@ -460,8 +460,8 @@ estimated from each query cluster's mean distribution). `SVG2Config.reference()`
 paper's exact rule (`selection="svg2"`, top_p 0.9, min_kc_ratio 0.1, `compensation=False`),
 bit for bit the library's output before issue #13; `selection="svg2"` with
 `compensation=True` is the cheap middle step (row "SVG2 + compensation"). In
-`svg2-generate`: `--selection {{error,svg2}}`, `--error-tolerance`, `--no-compensation`,
-`--reference-svg2`; the JSON report records them.
+`svg2-generate`: `--selection {{error,svg2}}`, `--error-tolerance`, `--error-pool`,
+`--no-compensation`, `--reference-svg2`; the JSON report records them.
 
 {chr(10).join('- ' + x for x in tolerance_reading(runs))}
 

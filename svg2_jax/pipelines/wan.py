@@ -1,9 +1,10 @@
 """Wan2.1 text-to-video sampling: shapes, the compiled denoising loop, latent decoding.
 
-The denoiser and the loop are JAX; the text encoder (umT5-XXL) stays in PyTorch through
-transformers until a JAX port exists, and is optional: the loop takes precomputed text
-embeddings. Latents decode with the JAX VAE (`decode_with_jax_vae`) or diffusers'
-(`decode_with_diffusers_vae`), or are saved without decoding.
+The denoiser and the loop are JAX, and so are the text encoder (umT5,
+`svg2_jax.text.encode_wan_prompt`) and the VAE (`decode_with_jax_vae`): a prompt becomes a
+video without torch. The loop takes the text states, so they may also come precomputed.
+`decode_with_diffusers_vae` decodes through diffusers' PyTorch VAE instead (the parity
+tests' reference; needs the `torch` extra).
 """
 
 from __future__ import annotations
@@ -27,14 +28,19 @@ TINY_CONFIG = WanConfig(num_attention_heads=2, attention_head_dim=32, in_channel
                         out_channels=16, text_dim=64, freq_dim=32, ffn_dim=128, num_layers=2)
 
 
-def latent_shape(config: WanConfig, height: int, width: int, frames: int):
-    """(C, F, H, W) of Wan latents for a video of that size (clear error if it cannot be)."""
-    return video.latent_shape(config.in_channels, config.patch_size, height, width, frames)
+def latent_shape(config: WanConfig, height: int, width: int, frames: int,
+                 vae: "video.VAECompression | None" = None):
+    """(C, F, H, W) of Wan latents for a video of that size (clear error if it cannot be).
+    vae: the VAE's config (its compression; None: Wan2.1's 4x / 8x)."""
+    return video.latent_shape(config.in_channels, config.patch_size, height, width, frames,
+                              vae)
 
 
-def sequence_length(config: WanConfig, height: int, width: int, frames: int) -> int:
+def sequence_length(config: WanConfig, height: int, width: int, frames: int,
+                    vae: "video.VAECompression | None" = None) -> int:
     """Video tokens per sample (75600 for 1280x720, 81 frames)."""
-    return video.sequence_length(config.in_channels, config.patch_size, height, width, frames)
+    return video.sequence_length(config.in_channels, config.patch_size, height, width, frames,
+                                 vae)
 
 
 @dataclasses.dataclass
@@ -72,10 +78,23 @@ class WanSampler:
                             self.init_state(latents.shape[0]))
 
 
+def decode_latents(latents: np.ndarray, vae):
+    """Latents [B, z, F, H, W] (what the sampler returns) -> the decoded video, a torch
+    tensor [B, 3, T, H*8, W*8] in about [-1, 1], through a diffusers `AutoencoderKLWan`,
+    un-normalising with its latents_mean/std first as diffusers' WanPipeline does."""
+    import torch
+
+    z = torch.from_numpy(np.array(latents, np.float32)).to(vae.dtype)
+    channels = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, dtype=z.dtype).view(channels)
+    std = torch.tensor(vae.config.latents_std, dtype=z.dtype).view(channels)
+    with torch.no_grad():
+        return vae.decode(z * std + mean).sample
+
+
 def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
     """Latents [B, 16, F, H, W] -> uint8 video [B, T, H*8, W*8, 3] through diffusers'
-    AutoencoderKLWan (PyTorch), un-normalising with its latents_mean/std as diffusers'
-    WanPipeline does."""
+    AutoencoderKLWan (PyTorch) loaded from vae_path (`decode_latents`)."""
     try:
         import torch
         from diffusers import AutoencoderKLWan
@@ -83,12 +102,7 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
         raise RuntimeError("decoding needs PyTorch and diffusers: pip install 'svg2-jax[torch]'"
                            ) from e
     vae = AutoencoderKLWan.from_pretrained(vae_path, torch_dtype=torch.float32)
-    z = torch.from_numpy(np.array(latents, np.float32))  # a writable copy
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1)
-    with torch.no_grad():
-        decoded = vae.decode(z * std + mean).sample  # [B, 3, T, H, W] in [-1, 1]
-    return video.to_uint8_frames(decoded)
+    return video.to_uint8_frames(decode_latents(latents, vae))
 
 
 def decode_with_jax_vae(latents, vae: "wan_vae.AutoencoderKLWan | str | os.PathLike",
