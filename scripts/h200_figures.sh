@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The recipe for every H200 figure of docs/performance.md: one command per benchmark, each
+# under its own `timeout`, all output in one log, every figure in a JSON, a short table last.
+#
+# On the GPU machine, from the repository root, with the carried wheels (.whl/) first:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+#       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+#   bash scripts/h200_figures.sh PART [PART ...]
+# PART (run in this order whatever the order given; estimates on an H200 from the compile
+# and run times of earlier runs, process start and compilation included):
+#   check       the GPU tests of the sparse kernel and the fused k-means (pytest -m gpu)  ~1.5 min
+#   overhead    SVG2's warm overhead around the kernel beside the flash-kmeans peer, 720p
+#               and 480p (bench_overhead)                                                ~1.7 min
+#   kernel      the kernel under SVG2's top-p budgets (floor 100 key clusters), heaviest
+#               CTAs first vs cluster order, beside a fixed budget (bench_kernel)        ~2 min
+#   model-480p  Wan 1.3B forward: ours vs diffusers eager vs torch.compile (bench_model) ~2.5 min
+#   model-720p  Wan 14B forward: ours vs diffusers eager, 2 reps (bench_model)            ~2 min
+#   hunyuan     HunyuanVideo 720p per layer and per step, dense vs SVG2 on the kernel
+#               (bench_hunyuan)                                                          ~2.5 min
+#   model       model-480p and model-720p
+#   all         all of the above (~12 min of estimates: with the default budget the last
+#               parts are skipped; two commands, e.g. "check overhead kernel model-480p"
+#               and "model-720p hunyuan", fit)
+# Every benchmark gets the smaller of its own limit and what is left of BUDGET_S
+# (default 570 s from the start), and is skipped, saying so, when less than its minimum
+# is left: `all` ends inside one 600-second command even when the estimates are short,
+# and what did not fit is named in the table (run those parts in a second command).
+#
+# Output under $OUT (at most 6 files, none in folders): h200_figures.log (every command's
+# output, in order) and one JSON per benchmark, named by what it holds.
+# TINY=1: the same recipe on tiny shapes with the benchmarks' CPU paths (--tiny,
+# --dry-run): checks the recipe on any machine, measures nothing. PYTHON (default
+# python3) names the interpreter.
+set -o pipefail
+shopt -s nullglob
+export PYTHONUNBUFFERED=1
+# Compiled programs are kept across processes (the kernel benchmark compiles the same
+# kernel for several selections); each model is compiled once, so its compile time stays
+# a cold one.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_compilation_cache}"
+
+usage="usage: bash scripts/h200_figures.sh PART ... (check overhead kernel model-480p model-720p hunyuan model all)"
+: "${OUT:?set OUT to the folder for the log and the JSON files}"
+(( $# > 0 )) || { echo "$usage" >&2; exit 2; }
+PY="${PYTHON:-python3}"
+TINY="${TINY:-0}"
+BUDGET_S="${BUDGET_S:-570}"
+ORDER=(check overhead kernel model-480p model-720p hunyuan)
+declare -A WANT=()
+for part in "$@"; do
+  case "$part" in
+    all) for p in "${ORDER[@]}"; do WANT[$p]=1; done ;;
+    model) WANT[model-480p]=1; WANT[model-720p]=1 ;;
+    check|overhead|kernel|model-480p|model-720p|hunyuan) WANT[$part]=1 ;;
+    *) echo "unknown part '$part'; $usage" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$OUT" || exit 1
+LOG="$OUT/h200_figures.log"
+START=$SECONDS
+ROWS=()
+FAILED=0
+
+# step NAME MAX_S MIN_S COMMAND...: runs COMMAND under timeout, output to the screen and
+# the log, one row of the final table.
+step() {
+  local name=$1 max=$2 min=$3
+  shift 3
+  local left=$(( BUDGET_S - (SECONDS - START) ))
+  local limit=$(( left < max ? left : max ))
+  if (( limit < min )); then
+    echo "== $name: SKIPPED, ${left} s of the budget left, it needs ${min} s" | tee -a "$LOG"
+    FAILED=1
+    ROWS+=("$(printf '| %-10s | %-26s | %5s |' "$name" "skipped: ${left} s left" -)")
+    return 0
+  fi
+  echo "== $name (limit ${limit} s): $*" | tee -a "$LOG"
+  local t0=$SECONDS rc status
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  rc=$?
+  if (( rc == 0 )); then status=ok
+  elif (( rc == 124 || rc == 137 )); then status="timed out at ${limit} s"; FAILED=1
+  else status="failed ($rc)"; FAILED=1
+  fi
+  ROWS+=("$(printf '| %-10s | %-26s | %5d |' "$name" "$status" $(( SECONDS - t0 )))")
+}
+
+{
+  echo "== h200_figures.sh $* (TINY=$TINY, budget ${BUDGET_S} s) $(date -u +%FT%TZ)"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  timeout 60 "$PY" - <<'EOF'
+import importlib.metadata as md
+names = ("jax", "jaxlib", "flax", "orbax-checkpoint", "torch", "triton", "diffusers",
+         "transformers", "flash-kmeans", "einops", "safetensors")
+def version(n):
+    try:
+        return md.version(n)
+    except md.PackageNotFoundError:
+        return "missing"
+print("packages:", ", ".join(f"{n} {version(n)}" for n in names))
+EOF
+} 2>&1 | tee -a "$LOG"
+
+if [[ -n "${WANT[check]}" ]]; then
+  step check 180 60 "$PY" -m pytest -q -m gpu tests/test_sparse_kernel.py tests/test_pallas_kmeans.py -x \
+    -p no:cacheprovider
+fi
+
+if [[ -n "${WANT[overhead]}" ]]; then
+  if (( TINY )); then args=(--tiny --reps 2); else args=(--shapes 75600x40,32760x12 --impls pallas --reps 10); fi
+  step overhead 150 60 "$PY" -m scripts.bench_overhead "${args[@]}" --json "$OUT/overhead_vs_dense.json"
+fi
+
+if [[ -n "${WANT[kernel]}" ]]; then
+  # SVG2's own rule: top-p 0.9 with its floor of 10% of the key clusters (100 of 1000),
+  # each with heaviest-first and cluster CTA order; the fixed budget 0.13 (floor too) beside.
+  if (( TINY )); then args=(--dry-run --reps 1 --kmeans-iters 3 --min-clusters 2)
+  else args=(--shapes 75600x40,32760x12 --reps 5 --kmeans-iters 10 --min-clusters 100); fi
+  step kernel 170 60 "$PY" -m scripts.bench_kernel "${args[@]}" --densities 0.13 --top-ps 0.9 \
+    --json "$OUT/kernel_top_p_heavy_first_vs_cluster_order.json"
+fi
+
+if [[ -n "${WANT[model-480p]}" ]]; then
+  if (( TINY )); then args=(--tiny --reps 2 --warmup 1 --compile-backend eager)
+  else args=(--cases 1.3b-480p --reps 5 --warmup 2); fi
+  step model-480p 200 90 "$PY" -m scripts.bench_model "${args[@]}" --frameworks jax,torch,torch-compile \
+    --worker-timeout 150 --json "$OUT/wan_forward_1.3b_480p_jax_torch_compile.json"
+fi
+
+if [[ -n "${WANT[model-720p]}" ]]; then
+  # a 14B 720p forward takes 10-20 s: 2 timed after 1 untimed
+  if (( TINY )); then args=(--tiny --reps 2 --warmup 1); else args=(--cases 14b-720p --reps 2 --warmup 1); fi
+  step model-720p 160 100 "$PY" -m scripts.bench_model "${args[@]}" --frameworks jax,torch \
+    --worker-timeout 100 --json "$OUT/wan_forward_14b_720p_jax_torch.json"
+fi
+
+if [[ -n "${WANT[hunyuan]}" ]]; then
+  # a 720p forward is ~20 s dense: one timed call each (after ahead-of-time compilation)
+  if (( TINY )); then args=(--tiny --reps 2 --warmup 1); else args=(--reps 3 --warmup 1); fi
+  step hunyuan 200 90 "$PY" -m scripts.bench_hunyuan "${args[@]}" --model-reps 1 --model-warmup 0 \
+    --json "$OUT/hunyuan_720p_per_layer_and_step.json"
+fi
+
+{
+  echo
+  echo "== headline figures"
+  timeout 60 "$PY" -m scripts.headline_figures "$OUT"/*.json
+  echo
+  echo "== steps (total $(( SECONDS - START )) s of ${BUDGET_S} s)"
+  echo "| step       | status (commands: in the log) |     s |"
+  echo "|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+} 2>&1 | tee -a "$LOG"
+exit "$FAILED"
