@@ -87,6 +87,7 @@ step() {
 
 {
   echo "== h200_figures.sh $* (TINY=$TINY, budget ${BUDGET_S} s) $(date -u +%FT%TZ)"
+  echo "JAX compilation cache: $JAX_COMPILATION_CACHE_DIR (a compile_s of a repeated program may be a cache hit)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   timeout 60 "$PY" - <<'EOF'
 import importlib.metadata as md
@@ -124,21 +125,21 @@ if [[ -n "${WANT[model-480p]}" ]]; then
   if (( TINY )); then args=(--tiny --reps 2 --warmup 1 --compile-backend eager)
   else args=(--cases 1.3b-480p --reps 5 --warmup 2); fi
   step model-480p 200 90 "$PY" -m scripts.bench_model "${args[@]}" --frameworks jax,torch,torch-compile \
-    --worker-timeout 150 --json "$OUT/wan_forward_1.3b_480p_jax_torch_compile.json"
+    --worker-timeout 150 --json "$OUT/wan_forward_jax_vs_torch_1.3b_480p.json"
 fi
 
 if [[ -n "${WANT[model-720p]}" ]]; then
   # a 14B 720p forward takes 10-20 s: 2 timed after 1 untimed
   if (( TINY )); then args=(--tiny --reps 2 --warmup 1); else args=(--cases 14b-720p --reps 2 --warmup 1); fi
   step model-720p 160 100 "$PY" -m scripts.bench_model "${args[@]}" --frameworks jax,torch \
-    --worker-timeout 100 --json "$OUT/wan_forward_14b_720p_jax_torch.json"
+    --worker-timeout 100 --json "$OUT/wan_forward_jax_vs_torch_14b_720p.json"
 fi
 
 if [[ -n "${WANT[hunyuan]}" ]]; then
   # a 720p forward is ~20 s dense: one timed call each (after ahead-of-time compilation)
   if (( TINY )); then args=(--tiny --reps 2 --warmup 1); else args=(--reps 3 --warmup 1); fi
   step hunyuan 200 90 "$PY" -m scripts.bench_hunyuan "${args[@]}" --model-reps 1 --model-warmup 0 \
-    --json "$OUT/hunyuan_720p_per_layer_and_step.json"
+    --json "$OUT/hunyuan_720p_attention_and_forward.json"
 fi
 
 {
