@@ -21,6 +21,10 @@ def _ms(r) -> str:
     return f"{r['median_ms']:.2f}" if "median_ms" in r else "-"
 
 
+def _opt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def overhead(data) -> list[str]:
     lines = ["| shape | row | ms | % of dense |", "|---|---|---|---|"]
     for name, shape in data["shapes"].items():
@@ -60,7 +64,7 @@ def model(data) -> list[str]:
             continue
         ratio = data["jax_over"].get(r["framework"], {}).get(r["case"])
         lines.append(f"| {r['case']} | {r['framework']} | {r['median_ms']:.1f} | "
-                     f"{r['compile_s']:.1f} | {'-' if ratio is None else f'{ratio:.2f}'} |")
+                     f"{r['compile_s']:.1f} | {_opt(ratio)} |")
     return lines
 
 
@@ -70,9 +74,8 @@ def hunyuan(data) -> list[str]:
         if "median_ms" not in r:
             lines.append(f"| {r['part']} | {r.get('error')} | | | |")
             continue
-        speed = r.get("speedup_vs_dense")
         lines.append(f"| {r['part']} | {r['case']} | {r['median_ms']:.2f} | "
-                     f"{r['density']:.3f} | {'-' if speed is None else f'{speed:.2f}'} |")
+                     f"{r['density']:.3f} | {_opt(r.get('speedup_vs_dense'))} |")
     return lines
 
 

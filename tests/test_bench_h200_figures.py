@@ -28,7 +28,8 @@ def _run(tmp_path, *parts, **env):
     proc = subprocess.run(["bash", SCRIPT, *parts], cwd=REPO, env=run_env,
                           capture_output=True, text=True, timeout=60)
     lines = calls.read_text().splitlines() if calls.exists() else []
-    return proc, [line for line in lines if line != "-"], out  # "-": the version listing
+    # "-": the version listing; "-c import xdist": whether pytest can run in parallel
+    return proc, [line for line in lines if line not in ("-", "-c import xdist")], out
 
 
 def test_syntax():
@@ -44,6 +45,7 @@ def test_all_runs_every_benchmark_in_order_into_out(tmp_path):
                        "scripts.headline_figures"]
     assert calls[0].startswith("-m pytest -q -m gpu tests/test_sparse_kernel.py "
                                "tests/test_pallas_kmeans.py -x")
+    assert calls[0].endswith("-n 4")  # the stand-in imports anything, xdist too
     jsons = [c.split("--json ")[1].split()[0] for c in calls if "--json" in c]
     assert len(jsons) == 5 and all(os.path.dirname(j) == str(out) for j in jsons)
     assert "--impls pallas" in calls[1] and "--shapes 75600x40,32760x12" in calls[1]
