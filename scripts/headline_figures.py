@@ -1,10 +1,10 @@
 """The headline figures of benchmark JSON files, as one short markdown table.
 
-Reads the files `bench_overhead`, `bench_kernel`, `bench_model` and `bench_hunyuan`
-write (each recognised by its content, not its name) and prints, per file, the figures
-docs/performance.md quotes: overhead rows as % of dense (ours beside flash-kmeans), the
-kernel's efficiency per selection and CTA order, JAX / torch forward ratios, HunyuanVideo
-per-layer and per-step speed-ups. Errors and skipped rows are printed as such. The full
+Reads the files `bench_overhead`, `bench_kernel`, `bench_model`, `bench_hunyuan` and
+`bench_e2e` write (each recognised by its content, not its name) and prints, per file,
+the figures docs/performance.md quotes: overhead rows as % of dense (ours beside
+flash-kmeans), the kernel's efficiency per selection and CTA order, JAX / torch forward
+ratios, HunyuanVideo per-layer and per-step speed-ups, Wan end-to-end times. Errors and skipped rows are printed as such. The full
 figures stay in the files.
 
 Usage: python -m scripts.headline_figures FILE.json [FILE.json ...]
@@ -48,10 +48,12 @@ def kernel(data) -> list[str]:
         if "kernel_ms" not in r or "ablation" in r:
             continue
         order = "heaviest first" if r.get("heavy_first") else "cluster order"
-        lines.append(f"| {r['shape']} | {r['selection']} {r['target']} (floor "
-                     f"{r['min_clusters']}) | {order} | {r['density']:.3f} | "
+        # files of earlier runs lack the selection fields: fixed budgets then
+        target = r.get("target", r.get("target_density"))
+        lines.append(f"| {r['shape']} | {r.get('selection', 'density')} {target} (floor "
+                     f"{r.get('min_clusters', 0)}) | {order} | {r['density']:.3f} | "
                      f"{r['kernel_ms']:.3f} | {r['dense_ms']:.2f} | {r['efficiency']:.3f} | "
-                     f"{r['nonfinite']} |")
+                     f"{r.get('nonfinite', '-')} |")
     return lines
 
 
@@ -79,6 +81,26 @@ def hunyuan(data) -> list[str]:
     return lines
 
 
+def e2e(data) -> list[str]:
+    lines = ["| part | what | seconds | x dense |", "|---|---|---|---|"]
+    for r in data["rows"]:
+        if "projected_svg2_s" in r:
+            lines += [f"| {r['part']} | dense forward | {r['t_dense_s']:.2f} | |",
+                      f"| {r['part']} | SVG2 forward warm, density {r['svg2_density_mean']:.3f}"
+                      f" | {r['t_warm_s']:.2f} | {r['sparse_step_speedup']:.2f} |",
+                      f"| {r['part']} | SVG2 forward cold | {r['t_cold_s']:.2f} | |",
+                      f"| {r['part']} | projected {r['steps']} steps, dense / SVG2 | "
+                      f"{r['projected_dense_s']:.0f} / {r['projected_svg2_s']:.0f} | "
+                      f"{r['projected_speedup']:.2f} |"]
+        else:
+            lines.append(f"| {r['part']} | {r['steps']}-step loop, dense | {r['dense_s']:.2f} | |")
+            for run in ("svg2_shared", "svg2_separate"):
+                lines.append(f"| {r['part']} | {run}, density "
+                             f"{r[f'{run}_density_sparse_steps']:.3f} | {r[f'{run}_s']:.2f} | "
+                             f"{r[f'{run}_speedup']:.2f} |")
+    return lines
+
+
 def headline(data) -> list[str]:
     """The table of one benchmark's JSON, by what it holds."""
     if "shapes" in data:
@@ -89,6 +111,8 @@ def headline(data) -> list[str]:
         return hunyuan(data)
     if any("kernel_ms" in r for r in data.get("rows", ())):
         return kernel(data)
+    if any("mode" in r for r in data.get("rows", ())):
+        return e2e(data)
     return ["(not a benchmark file this script knows)"]
 
 

@@ -69,6 +69,29 @@ def test_tiny_uses_the_cpu_paths(tmp_path):
     assert "--compile-backend eager" in bench[2]
 
 
+def test_the_other_sections_parts(tmp_path):
+    proc, calls, out = _run(tmp_path, "e2e-480p", "kernel-density", "e2e-720p")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kernel, e720, e480 = calls[:3]
+    assert kernel.startswith("-m scripts.bench_kernel --reps 5 --kmeans-iters 20 --top-ps  ")
+    assert "--tunings 192:32:2,192:32:2:inorder" in kernel
+    assert "--parts 14b-720p" in e720 and "--parts 1.3b-480p" in e480
+    proc, calls, _ = _run(tmp_path / "tiny", "kernel-density", "e2e-720p", TINY="1")
+    assert "--dry-run" in calls[0] and "--tiny --steps 5" in calls[1]
+
+
+def test_headline_figures_reads_every_kept_benchmark_file(capsys):
+    """The summary table reads the raw data kept in docs/bench, older files too."""
+    from scripts import headline_figures
+    bench = os.path.join(REPO, "docs", "bench")
+    paths = sorted(os.path.join(bench, f) for f in os.listdir(bench) if f.endswith(".json"))
+    assert headline_figures.main(paths) == 0
+    printed = capsys.readouterr().out
+    assert "unreadable" not in printed
+    assert "| 75600x40 | density 0.13 (floor 0) | heaviest first | 0.131 | 33.967 |" in printed
+    assert "| 1.3b-480p | svg2_shared, density 0.146 | 36.31 | 1.42 |" in printed
+
+
 def test_parts_run_in_order_and_the_budget_skips(tmp_path):
     proc, calls, _ = _run(tmp_path, "hunyuan", "check")
     assert proc.returncode == 0
