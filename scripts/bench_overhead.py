@@ -224,7 +224,8 @@ def flash_kmeans_rows(rows, name, qn, kn, q_init, k_init, ours, reps, *, cpu_fal
     [flash-kmeans], added to `rows`; returns its figures (implementation, version,
     iteration counts, agreement of its K labels with each of ours: after one assignment
     from the same centroids, and after the cold runs from the same start), or the reason
-    it was skipped. ours: {impl: (Q result, K result)} of our cold runs."""
+    it was skipped or the error it raised. ours: {impl: (Q result, K result)} of our cold
+    runs."""
     peer, why = flash_kmeans_peer.load(cpu_fallback)
     if peer is None:
         print(f"[{name}] flash-kmeans peer skipped: {why}", flush=True)
@@ -234,9 +235,13 @@ def flash_kmeans_rows(rows, name, qn, kn, q_init, k_init, ours, reps, *, cpu_fal
     # assignment needs; ours assigns from the same rounded centroids below
     res_q, res_k = next(iter(ours.values()))
     q_step, k_step = (r.centroids.astype(jnp.bfloat16) for r in (res_q, res_k))
-    t = flash_kmeans_peer.time_peer(peer, qn, kn, q_init, k_init, q_step, k_step,
-                                    cold_iters=COLD_ITERS, warm_iters=WARM_ITERS, reps=reps,
-                                    cold_reps=max(2, reps // 4))
+    try:
+        t = flash_kmeans_peer.time_peer(peer, qn, kn, q_init, k_init, q_step, k_step,
+                                        cold_iters=COLD_ITERS, warm_iters=WARM_ITERS,
+                                        reps=reps, cold_reps=max(2, reps // 4))
+    except Exception as e:  # report, keep benchmarking ours
+        print(f"[{name}] {tag} failed: {type(e).__name__}: {e}", flush=True)
+        return {"flash_kmeans_error": f"{type(e).__name__}: {e}"}
     rows[f"k-means cold, {COLD_ITERS} it, Q+K [{tag}]"] = t["cold"].as_json()
     rows[f"k-means warm, {WARM_ITERS} it, Q+K [{tag}]"] = t["warm"].as_json()
     rows[f"  one step (assign+update) K [{tag}]"] = t["step_k"].as_json()

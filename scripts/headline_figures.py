@@ -4,8 +4,8 @@ Reads the files `bench_overhead`, `bench_kernel`, `bench_model`, `bench_hunyuan`
 `bench_e2e` write (each recognised by its content, not its name) and prints, per file,
 the figures docs/performance.md quotes: overhead rows as % of dense (ours beside
 flash-kmeans), the kernel's efficiency per selection and CTA order, JAX / torch forward
-ratios, HunyuanVideo per-layer and per-step speed-ups, Wan end-to-end times. Errors and skipped rows are printed as such. The full
-figures stay in the files.
+ratios, HunyuanVideo per-layer and per-step speed-ups, Wan end-to-end times. Errors and
+skipped rows are printed as such. The full figures stay in the files.
 
 Usage: python -m scripts.headline_figures FILE.json [FILE.json ...]
 """
@@ -36,8 +36,8 @@ def overhead(data) -> list[str]:
         for key, value in shape.items():
             if key.startswith("k_label_agreement"):
                 lines.append(f"| {name} | {key} | {value:.4f} | |")
-            elif key == "flash_kmeans_skipped":
-                lines.append(f"| {name} | flash-kmeans skipped: {value} | | |")
+            elif key == "flash_kmeans_skipped" or key.endswith("_error"):
+                lines.append(f"| {name} | {key}: {value} | | |")
     return lines
 
 

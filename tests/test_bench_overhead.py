@@ -155,3 +155,23 @@ def test_the_package_fallback_assigns_as_ours():
         assert t[key].outputs["nonfinite"] == 0 and t[key].median_ms > 0, key
     ours = np.asarray(km.assign_xla(x, init.astype(jnp.float32)))
     assert np.mean(ours == t["step_labels_k"]) > 0.98
+
+
+def test_peer_failure_is_reported_and_ours_kept(monkeypatch):
+    pytest.importorskip("torch")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("triton: out of resources")
+
+    peer = flash_kmeans_peer.Peer("triton", "test", broken, broken, "cpu", lambda _: None)
+    monkeypatch.setattr(flash_kmeans_peer, "load", lambda cpu_fallback=False: (peer, ""))
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 64, 8), jnp.bfloat16)
+    init = km.random_init(jax.random.PRNGKey(1), x, 4)
+    ours = {"xla": (km.kmeans(x, init, 2), km.kmeans(x, init, 2))}
+    rows = {"dense": {}}
+    figures = bo.flash_kmeans_rows(rows, "t", x, x, init, init, ours, 1, cpu_fallback=True)
+    assert figures == {"flash_kmeans_error": "RuntimeError: triton: out of resources"}
+    assert rows == {"dense": {}}
+    from scripts import headline_figures
+    lines = headline_figures.overhead({"shapes": {"t": {"rows": {}, **figures}}})
+    assert "| t | flash_kmeans_error: RuntimeError: triton: out of resources | | |" in lines
