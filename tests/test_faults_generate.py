@@ -12,19 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_fixtures import no_model_work  # noqa: F401  (a fixture)
 
 from svg2_jax.cli import generate
 from svg2_jax.pipelines.hunyuan import TINY_CONFIG as HY
 from svg2_jax.pipelines.wan import TINY_CONFIG as WAN
-
-
-@pytest.fixture
-def no_model_work(monkeypatch):
-    """Fails the test if the run gets as far as building or loading a model."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("model work started before the problem was found")
-
-    monkeypatch.setattr(generate, "_model", forbidden)
 
 
 def run_fails(args, match, directory):
@@ -89,7 +81,7 @@ def test_unwritable_output_directory(tmp_path, no_model_work):
     (["--dense-fraction", "0", "--kmeans-during-warmup"], r"--kmeans-during-warmup needs a dense"),
     (["--family", "hunyuan", "--separate-cfg-cache"], r"HunyuanVideo has no unconditional pass"),
     (["--family", "hunyuan", "--negative-embeddings", "x.npy"], r"not supported for HunyuanVi"),
-    (["--text-encoder", "enc"], r"--text-encoder encodes --prompt, which is not given"),
+    (["--text-encoder", "enc"], r"--text-encoder is read only with --prompt, which is not "),
     (["--vae", "absent-vae"], r"--vae 'absent-vae' not found"),
 ])
 def test_every_value_is_checked_with_its_flag_before_any_work(tmp_path, no_model_work, args,

@@ -1,7 +1,8 @@
 """svg2-generate's flags checked before any model work, every problem naming its flag:
 values in range (`check_values`), flags the run would otherwise ignore
-(`check_applicable`), input paths that must exist and output paths that must be
-writable (`check_paths`, returning where the run writes). `parse_dense_layers` reads
+(`check_applicable`; the text conditioning's are `svg2_jax.cli.text.check_text_flags`),
+input paths that must exist (`input_problem`) and output paths that must be writable
+(`check_paths`, returning where the run writes). `parse_dense_layers` reads
 --dense-layers."""
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from svg2_jax.cli.outputs import check_output_file
 SVG2_ONLY = ("qc", "kc", "top_p", "min_kc_ratio", "target_density", "sparse_backend",
              "kmeans_iters_cold", "kmeans_iters_warm", "dense_fraction", "dense_layers",
              "kmeans_during_warmup", "share_cfg_cache")
-# flags of Wan's text conditioning and unconditional pass
-WAN_TEXT_ONLY = ("prompt", "negative_prompt", "text_encoder", "negative_embeddings")
 
 
 def flag(dest: str) -> str:
@@ -91,27 +90,9 @@ def check_applicable(args, family: str, cfg_pass: bool) -> list[str]:
         problems.append("--top-p and --target-density exclude each other (a fixed density "
                         "budget replaces the top-p rule)")
     if family == "hunyuan":
-        problems += [f"{flag(d)} is not supported for HunyuanVideo: pass --text-embeddings "
-                     ".npz (embedded guidance, no negative prompt)" for d in WAN_TEXT_ONLY
-                     if given(args, d)]
         if given(args, "share_cfg_cache"):
             problems.append("--separate-cfg-cache: HunyuanVideo has no unconditional pass")
-        return problems
-    if given(args, "prompt") and given(args, "text_embeddings"):
-        problems.append("--prompt and --text-embeddings exclude each other: give one")
-    if given(args, "prompt") and not given(args, "text_encoder"):
-        problems.append("--prompt needs --text-encoder (a local umT5 folder); or pass "
-                        "--text-embeddings")
-    if given(args, "text_encoder") and not given(args, "prompt"):
-        problems.append("--text-encoder encodes --prompt, which is not given")
-    if given(args, "negative_prompt") and not given(args, "prompt"):
-        problems.append("--negative-prompt needs --prompt (with --text-embeddings, pass "
-                        "--negative-embeddings)")
-    if given(args, "negative_prompt") and given(args, "negative_embeddings"):
-        problems.append("--negative-prompt and --negative-embeddings exclude each other")
-    if args.checkpoint is not None and not (given(args, "prompt")
-                                            or given(args, "text_embeddings")):
-        problems.append("a real model needs --text-embeddings or --prompt")
+        return problems  # its negative flags: check_text_flags
     if not cfg_pass:
         problems += [f"{flag(d)} is unused: --guidance 1 runs no unconditional pass"
                      for d in ("negative_prompt", "negative_embeddings", "share_cfg_cache")
@@ -129,24 +110,29 @@ class OutputPaths:
     latents: Path
 
 
+def input_problem(name: str, path, kind: str | None = None) -> str | None:
+    """What is wrong with the input `path` given to flag `name`, or None. kind: "file",
+    "dir", or None for either (a checkpoint may be a file or a folder)."""
+    if not os.path.exists(path):
+        return f"{name} {str(path)!r} not found"
+    if kind == "file" and not os.path.isfile(path):
+        return f"{name} {str(path)!r} is a directory; a file is expected"
+    if kind == "dir" and not os.path.isdir(path):
+        return f"{name} {str(path)!r} is a file; a folder is expected"
+    return None
+
+
 def check_paths(args) -> tuple[list[str], OutputPaths | None]:
-    """Inputs that must exist (checkpoint, text files, VAE and text encoder folders) and
-    outputs that must be writable files of the right kind -> (problems, OutputPaths or
-    None when an output is unusable)."""
-    problems = []
+    """Inputs that must exist (checkpoint, text files, VAE; the text encoders' and
+    tokenizers' are `check_text_flags`') and outputs that must be writable files of the
+    right kind -> (problems, OutputPaths or None when an output is unusable)."""
     inputs = {"checkpoint": None, "text_embeddings": "file", "negative_embeddings": "file",
-              "vae": "dir", "text_encoder": "dir"}
+              "vae": None}
+    problems = []
     for dest, kind in inputs.items():
-        path = getattr(args, dest)
-        if path is None:
-            continue
-        if not os.path.exists(path):
-            problems.append(f"{flag(dest)} {path!r} not found")
-        elif kind == "file" and not os.path.isfile(path):
-            problems.append(f"{flag(dest)} {path!r} is a directory; a file is expected")
-        elif kind == "dir" and not os.path.isdir(path):
-            problems.append(f"{flag(dest)} {path!r} must be a folder (a diffusers / "
-                            "transformers model directory)")
+        problem = given(args, dest) and input_problem(flag(dest), getattr(args, dest), kind)
+        if problem:
+            problems.append(problem)
     try:
         mp4 = check_output_file(args.out, "--out", ".mp4")
         report = (check_output_file(args.report, "--report", ".json") if args.report

@@ -1,33 +1,44 @@
 """svg2-generate: Wan2.1 or HunyuanVideo text-to-video with dense or SVG2 attention, the
-whole denoising loop compiled once.
+whole denoising loop compiled once. JAX only: no torch is imported.
 
 Without --checkpoint it runs a TINY RANDOM Wan (2 layers, output is noise) with random
 text embeddings, so a fresh install shows the whole path (compile, SVG2 warm-up then
 sparse steps, density report, mp4) in seconds. With a checkpoint (orbax from
-svg2-convert, a diffusers transformer folder, or an official Wan2.1 file) it needs text
-embeddings: --text-embeddings (umT5 states saved as .npy, [L, 4096]) or --prompt with a
-local umT5 (--text-encoder, transformers + torch). --vae (a local diffusers
-AutoencoderKLWan folder) decodes to RGB; without it the mp4 is a latent preview and
-the latents are saved as .npy.
+svg2-convert, a diffusers transformer folder, or an official Wan2.1 file) it needs text:
+--prompt (and --negative-prompt) encoded by the JAX umT5 (--text-encoder: an
+svg2-convert orbax directory or the repo's text_encoder/ folder; --tokenizer: the repo's
+tokenizer/ folder, by default found in or beside the encoder's), or precomputed states
+--text-embeddings (.npy, [L, 4096]). --vae (svg2-convert orbax or the repo's vae/ folder)
+decodes to RGB with the JAX VAE; without it the mp4 is a latent preview and the latents
+are saved as .npy.
 
-HunyuanVideo (--family hunyuan, or a hunyuan preset): text comes as --text-embeddings
+HunyuanVideo (--family hunyuan, or a hunyuan preset): --prompt with its Llama
+(--text-encoder, --tokenizer: the repo's text_encoder/ and tokenizer/) and CLIP
+(--text-encoder-2, --tokenizer-2: text_encoder_2/ and tokenizer_2/), or --text-embeddings
 .npz with prompt_embeds [T, 4096], prompt_attention_mask [T] and pooled_prompt_embeds
-[768] (its Llama + CLIP encoders are not wired in); --guidance is its embedded
-(distilled) guidance, there is no negative prompt; --vae takes an
-AutoencoderKLHunyuanVideo folder.
+[768]; --guidance is its embedded (distilled) guidance, there is no negative prompt.
+
+The text encoders run in --dtype, the VAEs in float32 (as diffusers' pipelines). The
+PyTorch encoders and VAEs are not wired in: ours read the same checkpoints and match
+them (parity tests); `pipelines.{wan,hunyuan}.decode_with_diffusers_vae` remain for
+library use.
 
 Flags left out take the library's defaults (SVG2Config, SamplerConfig, the family's
 preset; svg2_jax/cli/defaults.py says where a family departs from them): --help lists
-them. Every flag is checked before any model work (svg2_jax/cli/flags.py): a value out of
-range, a flag the run would ignore, a missing input or an output that cannot be written
-stops the run at once, naming the flag. Outputs are written whole or not at all; if
-NaN/Inf appear, only the JSON report is written, naming the step, pass and layer.
+them. Every flag is checked before any model work (svg2_jax/cli/flags.py, and
+svg2_jax/cli/text.py for the text flags): a value out of range, a flag the run would
+ignore, a missing input or an output that cannot be written stops the run at once, naming
+the flag. Outputs are written whole or not at all; if NaN/Inf appear, only the JSON report
+is written, naming the step, pass and layer.
 
 Examples:
   svg2-generate --out out/tiny.mp4
-  svg2-generate --checkpoint ckpt/ --model wan2.1-t2v-1.3b --text-embeddings emb.npy \\
-      --negative-embeddings neg.npy --height 480 --width 832 --frames 81 --steps 50 \\
-      --attention svg2 --vae Wan2.1-T2V-1.3B-Diffusers/vae --out out/video.mp4
+  svg2-generate --checkpoint ckpt/wan --model wan2.1-t2v-1.3b --prompt "a fox in the snow" \\
+      --text-encoder ckpt/umt5 --tokenizer Wan2.1-T2V-1.3B-Diffusers/tokenizer \\
+      --vae ckpt/wan-vae --height 480 --width 832 --frames 81 --steps 50 --out out/fox.mp4
+  svg2-generate --checkpoint ckpt/hunyuan --model hunyuan-video-t2v-720p --prompt "a fox" \\
+      --text-encoder ckpt/llama --tokenizer HunyuanVideo/tokenizer --text-encoder-2 ckpt/clip \\
+      --tokenizer-2 HunyuanVideo/tokenizer_2 --vae ckpt/hunyuan-vae --out out/fox.mp4
 """
 
 from __future__ import annotations
@@ -44,11 +55,12 @@ import numpy as np
 
 from svg2_jax.backends import is_hopper
 from svg2_jax.cli import defaults as dflt
+from svg2_jax.cli import text
 from svg2_jax.cli.flags import (OutputPaths, check_applicable, check_paths, check_values,
                                 parse_dense_layers)
 from svg2_jax.cli.outputs import write_atomically
-from svg2_jax.cli.text import (PROG, encode_prompt, fail, load_embeddings,
-                               load_hunyuan_text)
+from svg2_jax.cli.text import PROG, fail
+from svg2_jax.cli.vae import load_vae, vae_config, vae_problems
 from svg2_jax.config import BACKENDS, SVG2Config
 from svg2_jax.layer_attention import SVG2Attention
 from svg2_jax.sampling import SamplerConfig
@@ -75,12 +87,15 @@ def parse_args(argv=None):
                    help="model family (default: from --model, else wan)")
     g.add_argument("--dtype", default=DTYPES[0], choices=DTYPES)
     g = p.add_argument_group("conditioning")
-    g.add_argument("--prompt", help="text prompt (needs --text-encoder)")
-    g.add_argument("--negative-prompt", help="for the unconditional pass (default: empty)")
-    g.add_argument("--text-encoder", help="local umT5 folder (transformers), for --prompt")
-    g.add_argument("--text-embeddings", help=".npy [L, text_dim]: precomputed prompt states")
-    g.add_argument("--negative-embeddings", help=".npy [L, text_dim] for the unconditional "
-                   "pass (default: zeros)")
+    g.add_argument("--prompt", help="text prompt, encoded by the JAX text encoders "
+                   "(--text-encoder; HunyuanVideo also --text-encoder-2)")
+    g.add_argument("--negative-prompt", help="Wan: the prompt of the unconditional pass "
+                   "(default with --prompt: \"\", as diffusers' WanPipeline)")
+    text.add_encoder_flags(g)
+    g.add_argument("--text-embeddings", help="instead of --prompt: precomputed prompt states "
+                   "(Wan: .npy [L, text_dim]; HunyuanVideo: .npz)")
+    g.add_argument("--negative-embeddings", help="Wan: .npy [L, text_dim] for the "
+                   "unconditional pass (default with --text-embeddings: zeros)")
     g = p.add_argument_group("video")
     g.add_argument("--height", type=int, help=f"default {d(lambda f: f.video.height)}")
     g.add_argument("--width", type=int, help=f"default {d(lambda f: f.video.width)}")
@@ -126,8 +141,9 @@ def parse_args(argv=None):
                    const=False, help="one centroid cache per CFG pass instead of a shared one "
                    f"(default shared: {_SAMPLER.share_cfg_cache})")
     g = p.add_argument_group("output")
-    g.add_argument("--vae", help="local diffusers VAE folder (AutoencoderKLWan or "
-                   "AutoencoderKLHunyuanVideo), to decode to RGB")
+    g.add_argument("--vae", help="the family's VAE, to decode to RGB with JAX: an "
+                   "svg2-convert orbax directory or the repo's vae/ folder (Wan2.1/2.2: "
+                   "AutoencoderKLWan; HunyuanVideo: AutoencoderKLHunyuanVideo)")
     g.add_argument("--out", default="out/video.mp4", help="the .mp4 to write (without --vae "
                    "also OUT with .latents.npy; default %(default)s)")
     g.add_argument("--report", help="the .json report (default: OUT with .json)")
@@ -240,7 +256,8 @@ def checked_settings(args) -> tuple[Settings, OutputPaths]:
         run = resolve(args)
     except ValueError as e:
         fail(str(e))
-    problems = check_applicable(args, run.family, run.sampler.cfg)
+    problems = (check_applicable(args, run.family, run.sampler.cfg)
+                + text.check_text_flags(args, run.family))
     if (run.svg2 is not None and run.sampler.kmeans_during_warmup
             and dense_warmup_steps(run.sampler.num_steps, run.sampler.dense_fraction) == 0):
         problems.append("--kmeans-during-warmup needs a dense warm-up step (--dense-fraction "
@@ -269,54 +286,41 @@ def _pipeline(run: Settings):
     return pipe, (pipe.TINY_CONFIG if run.tiny else get_config(run.model))
 
 
-def _check_model_fit(run: Settings, pipe, config):
+def _check_model_fit(args, run: Settings, pipe, config, vae=None):
     """What needs the architecture but no weights: --dense-layers within its layers, the
-    size through its VAE and patches, enough video tokens for the clusters."""
+    size through the VAE (vae: the --vae config, its compression and latent channels;
+    None: the released VAEs' 4x / 8x) and the patches, enough video tokens for the
+    clusters. Exits listing every problem; else (latent shape, video tokens)."""
+    problems = []
     layers = config.num_attention_layers
     outside = [i for i in run.dense_layers if i >= layers]
     if run.svg2 is not None and outside:
-        fail(f"--dense-layers {','.join(map(str, outside))}: the model has {layers} attention "
-             f"layers (0..{layers - 1})")
-    shape = pipe.latent_shape(config, run.height, run.width, run.frames)
-    seq = pipe.sequence_length(config, run.height, run.width, run.frames)
-    if run.svg2 is not None and seq < max(run.svg2.num_q_clusters, run.svg2.num_k_clusters):
-        fail(f"{seq} video tokens are fewer than the clusters (--qc "
-             f"{run.svg2.num_q_clusters}, --kc {run.svg2.num_k_clusters}); lower them or "
-             "raise the size")
+        problems.append(f"--dense-layers {','.join(map(str, outside))}: the model has {layers} "
+                        f"attention layers (0..{layers - 1})")
+    if vae is not None:
+        problems += vae_problems(vae, args.vae, config.out_channels)
+    try:
+        shape = pipe.latent_shape(config, run.height, run.width, run.frames, vae)
+        seq = pipe.sequence_length(config, run.height, run.width, run.frames, vae)
+    except ValueError as e:
+        problems.append(str(e))
+    else:
+        if (run.svg2 is not None
+                and seq < max(run.svg2.num_q_clusters, run.svg2.num_k_clusters)):
+            problems.append(f"{seq} video tokens are fewer than the clusters (--qc "
+                            f"{run.svg2.num_q_clusters}, --kc {run.svg2.num_k_clusters}); "
+                            "lower them or raise the size")
+    _fail_all(problems)
     return shape, seq
 
 
-def _wan_text(args, config, rng, tiny):
-    """(context, uncond) [1, L, text_dim] float32 from the flags (checked already)."""
-    if args.text_embeddings:
-        context = load_embeddings(args.text_embeddings, config.text_dim, "--text-embeddings")
-    elif args.prompt is not None:
-        context = encode_prompt(args.prompt, args.text_encoder)
-    else:  # the tiny model (check_applicable requires text for a real one)
-        context = rng.normal(size=(1, 16, config.text_dim)).astype(np.float32)
-    if args.negative_embeddings:
-        uncond = load_embeddings(args.negative_embeddings, config.text_dim,
-                                 "--negative-embeddings")
-    elif args.prompt is not None:
-        uncond = encode_prompt(args.negative_prompt or "", args.text_encoder)
-    else:
-        uncond = np.zeros_like(context)
-    if uncond.shape != context.shape:
-        fail(f"negative embeddings {uncond.shape} must match the prompt embeddings "
-             f"{context.shape}")
-    return context, uncond
-
-
-def _hunyuan_text(args, config, rng, tiny):
-    """((prompt_embeds, mask, pooled),) from --text-embeddings, or random for the tiny
-    model."""
-    if args.text_embeddings:
-        return (load_hunyuan_text(args.text_embeddings, config),)
-    if not tiny:
-        fail("HunyuanVideo needs --text-embeddings (.npz)")
-    return ((rng.normal(size=(1, 16, config.text_embed_dim)).astype(np.float32),
-             np.arange(16)[None] < 10,
-             rng.normal(size=(1, config.pooled_projection_dim)).astype(np.float32)),)
+def _conditioning(args, run: Settings, config, dtype):
+    """The sampler's text inputs (`svg2_jax.cli.text`): Wan (context, uncond); HunyuanVideo
+    ((prompt_embeds, mask, pooled),)."""
+    rng = np.random.default_rng(args.seed)
+    if run.family == "hunyuan":
+        return (text.hunyuan_conditioning(args, config, run.tiny, rng, dtype),)
+    return text.wan_conditioning(args, config.text_dim, run.tiny, rng, dtype)
 
 
 def _model(args, run: Settings, config, attention, dtype, nnx):
@@ -381,18 +385,21 @@ def main(argv=None):
     try:
         attention = build_attention(run, args.seed, jax)
         pipe, config = _pipeline(run)
-        (c, f, h, w), seq = _check_model_fit(run, pipe, config)
+        vae_cfg = None if args.vae is None else vae_config(run.family, args.vae)
         video.check_mp4_writer()
     except (ValueError, RuntimeError) as e:
         fail(str(e))
-    rng = np.random.default_rng(args.seed)
-    inputs = (_hunyuan_text if hy else _wan_text)(args, config, rng, run.tiny)
+    (c, f, h, w), seq = _check_model_fit(args, run, pipe, config, vae_cfg)
     if run.tiny:
         print(f"{PROG}: no --checkpoint: using a TINY RANDOM {run.family} model"
               + (f" (--model {args.model} only picks the family)" if args.model else "")
               + ". Its output is noise; this run only shows the pipeline.", file=sys.stderr)
 
     t0 = time.perf_counter()
+    # the text encoders are let go before the VAE and the DiT load; the VAE before the DiT,
+    # so that a broken VAE checkpoint stops the run before the big read
+    inputs = _conditioning(args, run, config, dtype)
+    vae = None if vae_cfg is None else load_vae(run.family, args.vae, vae_cfg)
     try:
         model = _model(args, run, config, attention, dtype, nnx)
     except ValueError as e:
@@ -416,7 +423,7 @@ def main(argv=None):
     per_step_layer = density.mean(axis=(3, 4))  # [steps, passes, L]
     n_dense = dense_warmup_steps(steps, run.sampler.dense_fraction)
     cfg = run.svg2
-    if args.vae:
+    if vae is not None:
         mp4_frames, video_kind = run.frames, "decoded by the VAE"
     else:
         mp4_frames = f
@@ -430,7 +437,9 @@ def main(argv=None):
         "video": {"height": run.height, "width": run.width, "frames": run.frames,
                   "fps": run.fps, "latent_shape": [c, f, h, w], "video_tokens": seq,
                   "mp4": str(paths.mp4), "mp4_frames": mp4_frames, "mp4_content": video_kind,
-                  "latents_npy": None if args.vae else str(paths.latents)},
+                  "latents_npy": None if vae is not None else str(paths.latents),
+                  "vae": None if vae is None else os.path.abspath(args.vae)},
+        "text": text.describe(args, run.family),
         "sampling": {"steps": steps, "scheduler": run.scheduler, "shift": run.shift,
                      ("embedded_guidance" if hy else "guidance"): run.guidance,
                      "seed": args.seed, "dense_warmup_steps": n_dense},
@@ -446,7 +455,8 @@ def main(argv=None):
                           "target_density": cfg.target_density}),
                       "sparse_backend": sparse_backend(cfg)},
         "timings_s": {"load": round(load_s, 3), "compile": round(compile_s, 3),
-                      "sample": round(sample_s, 3), "device": str(jax.devices()[0])},
+                      "sample": round(sample_s, 3), "decode": None,  # set once decoded
+                      "device": str(jax.devices()[0])},
         # NaN (null in the JSON) where an attention output was not finite
         "density_mean_sparse_steps": _finite_or_none(
             sparse_density_mean(per_step_layer, n_dense, run)),
@@ -464,9 +474,10 @@ def main(argv=None):
 
     lat = np.asarray(result.latents)
     save_latents = lambda: write_atomically(paths.latents, lambda tmp: np.save(tmp, lat))
-    if args.vae:
+    t3 = time.perf_counter()
+    if vae is not None:
         try:
-            frames = pipe.decode_with_diffusers_vae(lat, args.vae)[0]
+            frames = pipe.decode_with_jax_vae(lat, vae)[0]
         except Exception as e:  # noqa: BLE001  (keep the sampled latents whatever failed)
             save_latents()
             fail(f"--vae {args.vae}: decoding failed ({type(e).__name__}: {e}); the latents "
@@ -474,10 +485,11 @@ def main(argv=None):
     else:
         frames = video.latent_preview(lat)[0]
         save_latents()
+    report["timings_s"]["decode"] = round(time.perf_counter() - t3, 3)
     try:
         write_atomically(paths.mp4, lambda tmp: video.write_mp4(frames, tmp, fps=run.fps))
     except RuntimeError as e:
-        fail(f"{e}" + ("" if args.vae else f"; the latents are saved in {paths.latents}"))
+        fail(f"{e}" + ("" if vae is not None else f"; the latents are saved in {paths.latents}"))
     write_atomically(paths.report, write_json)
     print(f"{PROG}: wrote {paths.mp4} ({video_kind}) and {paths.report}; compile "
           f"{compile_s:.1f} s, sampling {sample_s:.1f} s, mean density after warm-up "

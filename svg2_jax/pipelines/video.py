@@ -1,45 +1,62 @@
-"""Pieces every video pipeline shares: latent shapes through a 4x/8x causal VAE, initial
-noise, a latent preview, mp4 writing."""
+"""Pieces every video pipeline shares: latent shapes through a causal video VAE (4x/8x
+unless the VAE says otherwise), initial noise, a latent preview, mp4 writing."""
 
 from __future__ import annotations
 
 import warnings
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 # Wan2.1's and HunyuanVideo's VAEs: 8x spatial, 4x temporal, first frame kept
-# (F = 1 + (T - 1) / 4).
+# (F = 1 + (T - 1) / 4). Wan2.2's is 16x spatial.
 VAE_SPATIAL = 8
 VAE_TEMPORAL = 4
 
 
+class VAECompression(Protocol):
+    """What the latent shape needs of a video VAE (its config: `WanVAEConfig`,
+    `HunyuanVideoVAEConfig`): frames per latent frame after the first, pixels per latent
+    pixel."""
+
+    @property
+    def temporal_compression(self) -> int: ...
+
+    @property
+    def spatial_compression(self) -> int: ...
+
+
 def latent_shape(channels: int, patch: tuple[int, int, int], height: int, width: int,
-                 frames: int):
+                 frames: int, vae: VAECompression | None = None):
     """(C, F, H, W) of the latents for a video of frames x height x width pixels, with a
     clear error when the size cannot go through the VAE and the patch embedding.
-    patch: (p_t, p_h, p_w) of the model's patch embedding."""
+    patch: (p_t, p_h, p_w) of the model's patch embedding. vae: the VAE's compression
+    (None: VAE_TEMPORAL x / VAE_SPATIAL x, Wan2.1's and HunyuanVideo's)."""
     pt, ph, pw = patch
+    rt, rs = ((VAE_TEMPORAL, VAE_SPATIAL) if vae is None
+              else (vae.temporal_compression, vae.spatial_compression))
     problems = []
-    if frames < 1 or (frames - 1) % VAE_TEMPORAL:
-        problems.append(f"frames={frames} must be 1 + {VAE_TEMPORAL}k (e.g. 81): the VAE "
-                        f"keeps the first frame and compresses the rest {VAE_TEMPORAL}x")
+    if frames < 1 or (frames - 1) % rt:
+        problems.append(f"frames={frames} must be 1 + {rt}k (e.g. {1 + 20 * rt}): the VAE "
+                        f"keeps the first frame and compresses the rest {rt}x")
     for name, size, p in (("height", height, ph), ("width", width, pw)):
-        if size < 1 or size % (VAE_SPATIAL * p):
-            problems.append(f"{name}={size} must be a positive multiple of {VAE_SPATIAL * p} "
-                            f"(VAE {VAE_SPATIAL}x times patch {p})")
-    f = 1 + (frames - 1) // VAE_TEMPORAL if frames >= 1 else 0
+        if size < 1 or size % (rs * p):
+            problems.append(f"{name}={size} must be a positive multiple of {rs * p} "
+                            f"(VAE {rs}x times patch {p})")
+    f = 1 + (frames - 1) // rt if frames >= 1 else 0
     if not problems and f % pt:
         problems.append(f"{f} latent frames are not a multiple of the temporal patch {pt}")
     if problems:
         raise ValueError("cannot generate this size: " + "; ".join(problems))
-    return channels, f, height // VAE_SPATIAL, width // VAE_SPATIAL
+    return channels, f, height // rs, width // rs
 
 
-def sequence_length(channels, patch, height: int, width: int, frames: int) -> int:
+def sequence_length(channels, patch, height: int, width: int, frames: int,
+                    vae: VAECompression | None = None) -> int:
     """Video tokens per sample (e.g. 75600 for Wan at 1280x720, 81 frames)."""
-    _, f, h, w = latent_shape(channels, patch, height, width, frames)
+    _, f, h, w = latent_shape(channels, patch, height, width, frames, vae)
     pt, ph, pw = patch
     return (f // pt) * (h // ph) * (w // pw)
 

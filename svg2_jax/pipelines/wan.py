@@ -1,9 +1,10 @@
 """Wan2.1 text-to-video sampling: shapes, the compiled denoising loop, latent decoding.
 
-The denoiser and the loop are JAX; the text encoder (umT5-XXL) stays in PyTorch through
-transformers until a JAX port exists, and is optional: the loop takes precomputed text
-embeddings. Latents decode with the JAX VAE (`decode_with_jax_vae`) or diffusers'
-(`decode_with_diffusers_vae`), or are saved without decoding.
+The denoiser and the loop are JAX, and so are the text encoder (umT5,
+`svg2_jax.text.encode_wan_prompt`) and the VAE (`decode_with_jax_vae`): a prompt becomes a
+video without torch. The loop takes the text states, so they may also come precomputed.
+`decode_with_diffusers_vae` decodes through diffusers' PyTorch VAE instead (the parity
+tests' reference; needs the `torch` extra).
 """
 
 from __future__ import annotations
@@ -27,14 +28,19 @@ TINY_CONFIG = WanConfig(num_attention_heads=2, attention_head_dim=32, in_channel
                         out_channels=16, text_dim=64, freq_dim=32, ffn_dim=128, num_layers=2)
 
 
-def latent_shape(config: WanConfig, height: int, width: int, frames: int):
-    """(C, F, H, W) of Wan latents for a video of that size (clear error if it cannot be)."""
-    return video.latent_shape(config.in_channels, config.patch_size, height, width, frames)
+def latent_shape(config: WanConfig, height: int, width: int, frames: int,
+                 vae: "video.VAECompression | None" = None):
+    """(C, F, H, W) of Wan latents for a video of that size (clear error if it cannot be).
+    vae: the VAE's config (its compression; None: Wan2.1's 4x / 8x)."""
+    return video.latent_shape(config.in_channels, config.patch_size, height, width, frames,
+                              vae)
 
 
-def sequence_length(config: WanConfig, height: int, width: int, frames: int) -> int:
+def sequence_length(config: WanConfig, height: int, width: int, frames: int,
+                    vae: "video.VAECompression | None" = None) -> int:
     """Video tokens per sample (75600 for 1280x720, 81 frames)."""
-    return video.sequence_length(config.in_channels, config.patch_size, height, width, frames)
+    return video.sequence_length(config.in_channels, config.patch_size, height, width, frames,
+                                 vae)
 
 
 @dataclasses.dataclass
