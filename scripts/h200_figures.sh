@@ -5,6 +5,13 @@
 # On the GPU machine, from the repository root, with the carried wheels (.whl/) first:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+# (pip there has no index: the image has jax with CUDA, torch and triton; .whl/ brings
+# diffusers, einops, flash-kmeans, flax, orbax-checkpoint and safetensors, without their
+# dependencies, which the image must hold: flax.nnx imports msgpack, optax, rich,
+# treescope and yaml, diffusers huggingface_hub, regex, requests and PIL. The package is
+# not installed (no `pip install -e .`): PYTHONPATH=$PWD finds it, and nothing here
+# imports its text front end, so its base dependencies tokenizers and ftfy are not needed.
+# The header of the log names any of these imports that fail.)
 #   bash scripts/h200_figures.sh PART [PART ...]
 # PART (run in this order whatever the order given; estimates on an H200 from the compile
 # and run times of earlier runs, process start and compilation included). The figures
@@ -108,6 +115,16 @@ def version(n):
     except md.PackageNotFoundError:
         return "missing"
 print("packages:", ", ".join(f"{n} {version(n)}" for n in names))
+# What the benchmarks import beyond jax and torch: the carried wheels are installed
+# without their dependencies, so a module the image lacks is named here, not minutes
+# later inside a benchmark (flax.nnx: the model benchmarks; diffusers: their torch rows;
+# flash_kmeans: the overhead benchmark's peer).
+import importlib
+for m in ("einops", "safetensors", "flax.nnx", "diffusers", "flash_kmeans"):
+    try:
+        importlib.import_module(m)
+    except Exception as e:
+        print(f"import {m}: FAILS ({type(e).__name__}: {e})")
 EOF
 } 2>&1 | tee -a "$LOG"
 
