@@ -40,21 +40,26 @@ def test_all_runs_every_benchmark_in_order_into_out(tmp_path):
     proc, calls, out = _run(tmp_path, "all")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     modules = [c.split()[1] for c in calls]
-    assert modules == ["pytest", "scripts.bench_overhead", "scripts.bench_kernel",
+    assert modules == ["pytest", "scripts.bench_overhead", "scripts.bench_overhead",
+                       "scripts.bench_kernel",
                        "scripts.bench_model", "scripts.bench_model", "scripts.bench_hunyuan",
                        "scripts.headline_figures"]
     assert calls[0].startswith("-m pytest -q -m gpu tests/test_sparse_kernel.py "
                                "tests/test_pallas_kmeans.py -x")
     assert calls[0].endswith("-n 4")  # the stand-in imports anything, xdist too
     jsons = [c.split("--json ")[1].split()[0] for c in calls if "--json" in c]
-    assert len(jsons) == 5 and all(os.path.dirname(j) == str(out) for j in jsons)
-    assert "--impls pallas" in calls[1] and "--shapes 75600x40,32760x12" in calls[1]
-    assert "--top-ps 0.9" in calls[2] and "--min-clusters 100" in calls[2]
-    assert "--cases 1.3b-480p" in calls[3] and "jax,torch,torch-compile" in calls[3]
-    assert "--cases 14b-720p --reps 2 --warmup 1" in calls[4]
+    assert len(jsons) == 6 and all(os.path.dirname(j) == str(out) for j in jsons)
+    # one file per resolution; the O(S^2) reference row only at 480p
+    assert "--shapes 75600x40 --impls pallas" in calls[1] and "--no-jax-reference" in calls[1]
+    assert jsons[0].endswith("overhead_vs_dense_720p.json")
+    assert "--shapes 32760x12 --impls pallas" in calls[2] and "--no-jax" not in calls[2]
+    assert jsons[1].endswith("overhead_vs_dense_480p.json")
+    assert "--top-ps 0.9" in calls[3] and "--min-clusters 100" in calls[3]
+    assert "--cases 1.3b-480p" in calls[4] and "jax,torch,torch-compile" in calls[4]
+    assert "--cases 14b-720p --reps 2 --warmup 1" in calls[5]
     assert (out / "h200_figures.log").exists()
     table = proc.stdout[proc.stdout.index("== steps"):]
-    assert table.count("| ok ") == 6
+    assert table.count("| ok ") == 7
     # at most 8 files come back from the machine, none in a folder
     assert len(jsons) + 1 <= 8
 
@@ -63,10 +68,10 @@ def test_tiny_uses_the_cpu_paths(tmp_path):
     proc, calls, _ = _run(tmp_path, "overhead", "kernel", "model", "hunyuan", TINY="1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     bench = [c for c in calls if "scripts.bench_" in c]
-    assert len(bench) == 5
-    assert "--dry-run" in bench[1]
-    assert all("--tiny" in c for i, c in enumerate(bench) if i != 1)
-    assert "--compile-backend eager" in bench[2]
+    assert len(bench) == 6
+    assert "--dry-run" in bench[2]
+    assert all("--tiny" in c for i, c in enumerate(bench) if i != 2)
+    assert "--compile-backend eager" in bench[3]
 
 
 def test_the_other_sections_parts(tmp_path):
@@ -99,7 +104,15 @@ def test_parts_run_in_order_and_the_budget_skips(tmp_path):
     proc, calls, _ = _run(tmp_path / "b", "overhead", "model", BUDGET_S="30")
     assert proc.returncode == 1  # something did not run: the caller must see it
     assert [c.split()[1] for c in calls] == ["scripts.headline_figures"]
-    assert proc.stdout.count("skipped: ") == 3  # overhead, model-480p, model-720p
+    # overhead-720p, overhead-480p, model-480p, model-720p
+    assert proc.stdout.count("skipped: ") == 4
+
+
+def test_one_overhead_resolution(tmp_path):
+    proc, calls, out = _run(tmp_path, "overhead-480p")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [c.split()[1] for c in calls] == ["scripts.bench_overhead", "scripts.headline_figures"]
+    assert f"--json {out}/overhead_vs_dense_480p.json" in calls[0]
 
 
 def test_bad_calls(tmp_path):

@@ -79,7 +79,25 @@ def test_every_row_is_in_the_json(tmp_path, stand_in_peer):
     assert shape["warm_overhead_ms_xla"] == one_jit["median_ms"]
     assert abs(one_jit["percent_of_dense"] - 100 * one_jit["median_ms"] / dense) < 1e-9
     assert 0.5 < shape["random_input_density_top_p"] <= 1.0
+    assert 0.5 < shape["jax_reference_density_top_p"] <= 1.0
     assert shape["dense_tflops"] > 0
+
+
+def test_default_files_per_shape_and_no_jax_reference(tmp_path, monkeypatch, stand_in_peer):
+    """Without --json each shape goes to its own file, named by its resolution;
+    --no-jax-reference drops the O(S^2) row but keeps the random inputs' density."""
+    monkeypatch.setattr(bo, "default_path", lambda name: str(tmp_path / name))
+    assert bo.json_name("75600x40") == "overhead_vs_dense_720p.json"
+    assert bo.json_name("32760x12") == "overhead_vs_dense_480p.json"
+    assert bo.main(["--tiny", "--reps", "1", "--no-jax-reference"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["overhead_vs_dense_tiny.json"]
+    data = json.loads((tmp_path / "overhead_vs_dense_tiny.json").read_text())
+    assert data["meta"]["jax_reference"] is False and list(data["shapes"]) == ["tiny"]
+    shape = data["shapes"]["tiny"]
+    assert len(shape["rows"]) == 15
+    assert not any("backend=jax" in label for label in shape["rows"])
+    assert "jax_reference_density_top_p" not in shape
+    assert 0.5 < shape["random_input_density_top_p"] <= 1.0
 
 
 def _problem(s=512, h=2, qc=8, kc=32, d=128):
