@@ -15,6 +15,8 @@
         --model hunyuan-video-llama --out /ckpt/llama-orbax
     svg2-convert --from transformers /ckpt/HunyuanVideo-diffusers/text_encoder_2 \\
         --model clip-vit-l-text --out /ckpt/clip-orbax
+    svg2-convert --from transformers /ckpt/Wan2.1-I2V-14B-480P-Diffusers/image_encoder \\
+        --model clip-vit-h-14-vision --out /ckpt/clip-vision-orbax
     svg2-convert --from diffusers /ckpt/Wan2.1-T2V-1.3B-Diffusers/vae --model wan2.1-vae \\
         --out /ckpt/wan21-vae-orbax
     svg2-convert --from diffusers /ckpt/Wan2.2-TI2V-5B-Diffusers/vae --model wan2.2-vae \\
@@ -27,7 +29,7 @@ dict file (.pt, .pth, .bin, .ckpt; the official HunyuanVideo release is one). --
 preset name or a config.json (diffusers' for the transformers, transformers' for the text
 encoders: e.g. SRC/config.json); it picks the model family (`families()`). Load the result
 with the family's `load(OUT, PRESET)` (`svg2_jax.models.wan`, `.hunyuan`, `.umt5`,
-`.llama`, `.clip_text`, `.wan_vae`, `.hunyuan_vae`), which also reads SRC directly, without
+`.llama`, `.clip_text`, `.clip_vision`, `.wan_vae`, `.hunyuan_vae`), which also reads SRC directly, without
 this step.
 """
 
@@ -88,9 +90,12 @@ class Kind:
 def families() -> tuple[Kind, ...]:
     """The families, tried in this order: the first whose `names` accepts --model converts.
     Wan comes last and takes every other --model (an unknown name fails as a Wan preset).
-    VAEs default to float32 weights, as diffusers' pipelines run them."""
-    from svg2_jax.models import clip_text, hunyuan, hunyuan_vae, llama, umt5, wan, wan_vae
+    VAEs default to float32 weights, as diffusers' pipelines run them, and so does the CLIP
+    vision tower (`clip_vision.load`'s default: one image per video)."""
+    from svg2_jax.models import (clip_text, clip_vision, hunyuan, hunyuan_vae, llama, umt5, wan,
+                                 wan_vae)
     from svg2_jax.models.clip_text.load import FAMILY as CLIP_TEXT
+    from svg2_jax.models.clip_vision.load import FAMILY as CLIP_VISION
     from svg2_jax.models.common.text_encoder import names_config
     from svg2_jax.models.hunyuan.config import is_hunyuan_config
     from svg2_jax.models.hunyuan.load import FAMILY as HUNYUAN
@@ -100,9 +105,9 @@ def families() -> tuple[Kind, ...]:
     from svg2_jax.models.hunyuan_vae.load import FAMILY as HUNYUAN_VAE
     from svg2_jax.models.wan_vae.load import FAMILY as WAN_VAE
 
-    def text(family, presets):
+    def text(family, presets, dtype="bfloat16"):
         return Kind(family, tuple(presets), functools.partial(
-            names_config, cls=family.config_cls, presets=presets))
+            names_config, cls=family.config_cls, presets=presets), dtype)
 
     def vae(family, presets):
         return Kind(family, tuple(presets), family.accepts, "float32")
@@ -110,7 +115,7 @@ def families() -> tuple[Kind, ...]:
     return (vae(WAN_VAE, wan_vae.PRESETS), vae(HUNYUAN_VAE, hunyuan_vae.PRESETS),
             Kind(HUNYUAN, tuple(hunyuan.PRESETS), is_hunyuan_config),
             text(UMT5, umt5.PRESETS), text(LLAMA, llama.PRESETS),
-            text(CLIP_TEXT, clip_text.PRESETS),
+            text(CLIP_TEXT, clip_text.PRESETS), text(CLIP_VISION, clip_vision.PRESETS, "float32"),
             Kind(WAN, tuple(wan.PRESETS), lambda model: True))
 
 
@@ -140,7 +145,8 @@ def main(argv=None) -> int:
                         "or a config.json")
     p.add_argument("--out", required=True, help="orbax checkpoint directory to create")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="weight dtype (default bfloat16, float32 for the VAEs; the parameters "
+                   help="weight dtype (default bfloat16, float32 for the VAEs and the CLIP "
+                        "vision tower; the parameters "
                         "each model keeps in float32 stay float32: norms, modulation tables, "
                         "timestep MLP, umT5's wo)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
