@@ -1,5 +1,6 @@
-"""Pieces every video pipeline shares: latent shapes through a 4x/8x causal VAE, initial
-noise, a latent preview, mp4 writing."""
+"""Pieces every video pipeline shares: latent shapes through a causal VAE (4x in time; 8x
+in space, 16x for Wan2.2's), initial noise, conditioning images, a latent preview, mp4
+writing."""
 
 from __future__ import annotations
 
@@ -10,36 +11,38 @@ import jax.numpy as jnp
 import numpy as np
 
 # Wan2.1's and HunyuanVideo's VAEs: 8x spatial, 4x temporal, first frame kept
-# (F = 1 + (T - 1) / 4).
+# (F = 1 + (T - 1) / 4). Wan2.2's VAE compresses 16x in space.
 VAE_SPATIAL = 8
 VAE_TEMPORAL = 4
 
 
 def latent_shape(channels: int, patch: tuple[int, int, int], height: int, width: int,
-                 frames: int):
+                 frames: int, spatial: int = VAE_SPATIAL, temporal: int = VAE_TEMPORAL):
     """(C, F, H, W) of the latents for a video of frames x height x width pixels, with a
     clear error when the size cannot go through the VAE and the patch embedding.
-    patch: (p_t, p_h, p_w) of the model's patch embedding."""
+    patch: (p_t, p_h, p_w) of the model's patch embedding; spatial, temporal: the VAE's
+    compression."""
     pt, ph, pw = patch
     problems = []
-    if frames < 1 or (frames - 1) % VAE_TEMPORAL:
-        problems.append(f"frames={frames} must be 1 + {VAE_TEMPORAL}k (e.g. 81): the VAE "
-                        f"keeps the first frame and compresses the rest {VAE_TEMPORAL}x")
+    if frames < 1 or (frames - 1) % temporal:
+        problems.append(f"frames={frames} must be 1 + {temporal}k (e.g. 81): the VAE "
+                        f"keeps the first frame and compresses the rest {temporal}x")
     for name, size, p in (("height", height, ph), ("width", width, pw)):
-        if size < 1 or size % (VAE_SPATIAL * p):
-            problems.append(f"{name}={size} must be a positive multiple of {VAE_SPATIAL * p} "
-                            f"(VAE {VAE_SPATIAL}x times patch {p})")
-    f = 1 + (frames - 1) // VAE_TEMPORAL if frames >= 1 else 0
+        if size < 1 or size % (spatial * p):
+            problems.append(f"{name}={size} must be a positive multiple of {spatial * p} "
+                            f"(VAE {spatial}x times patch {p})")
+    f = 1 + (frames - 1) // temporal if frames >= 1 else 0
     if not problems and f % pt:
         problems.append(f"{f} latent frames are not a multiple of the temporal patch {pt}")
     if problems:
         raise ValueError("cannot generate this size: " + "; ".join(problems))
-    return channels, f, height // VAE_SPATIAL, width // VAE_SPATIAL
+    return channels, f, height // spatial, width // spatial
 
 
-def sequence_length(channels, patch, height: int, width: int, frames: int) -> int:
+def sequence_length(channels, patch, height: int, width: int, frames: int,
+                    spatial: int = VAE_SPATIAL, temporal: int = VAE_TEMPORAL) -> int:
     """Video tokens per sample (e.g. 75600 for Wan at 1280x720, 81 frames)."""
-    _, f, h, w = latent_shape(channels, patch, height, width, frames)
+    _, f, h, w = latent_shape(channels, patch, height, width, frames, spatial, temporal)
     pt, ph, pw = patch
     return (f // pt) * (h // ph) * (w // pw)
 
@@ -47,6 +50,53 @@ def sequence_length(channels, patch, height: int, width: int, frames: int) -> in
 def initial_noise(seed: int, shape) -> jax.Array:
     """[B, C, F, H, W] float32 standard normal latents (the loop keeps latents in float32)."""
     return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+
+
+def load_image(path):
+    """The image file at `path` as an RGB PIL image (what diffusers' `load_image` gives),
+    with an error naming the file when it is missing or not an image."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as e:
+        raise RuntimeError("reading images needs Pillow: pip install pillow") from e
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
+
+
+def image_frame(image, height: int, width: int) -> np.ndarray:
+    """A conditioning image (a PIL image or uint8 [H, W, 3]) as a video frame float32
+    [3, height, width] in [-1, 1], as diffusers' `VideoProcessor.preprocess(image, height,
+    width)`: Pillow's Lanczos resize to (width, height) (an identity at that size), / 255,
+    2x - 1."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"an image array must be uint8 [H, W, 3], got {image.dtype} "
+                             f"{list(image.shape)}")
+        image = Image.fromarray(image)
+    x = np.asarray(image.resize((width, height), resample=Image.Resampling.LANCZOS))
+    x = x.astype(np.float32) / np.float32(255.0)
+    return np.moveaxis(2.0 * x - 1.0, -1, 0).astype(np.float32)
+
+
+def fit_to_area(image_height: int, image_width: int, max_area: int, multiple: int
+                ) -> tuple[int, int]:
+    """(height, width) of the image's aspect ratio with about `max_area` pixels, each a
+    multiple of `multiple` (the VAE factor times the patch): the sizing diffusers' Wan I2V
+    example and the SVG2 reference's I2V script apply to the input image."""
+    aspect = image_height / image_width
+    height = round(np.sqrt(max_area * aspect)) // multiple * multiple
+    width = round(np.sqrt(max_area / aspect)) // multiple * multiple
+    if height < multiple or width < multiple:
+        raise ValueError(f"an image of {image_width}x{image_height} (aspect {aspect:.3g}) "
+                         f"leaves no {multiple}-pixel multiple at {max_area} pixels")
+    return int(height), int(width)
 
 
 def to_uint8_frames(video) -> np.ndarray:

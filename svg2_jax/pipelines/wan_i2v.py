@@ -1,0 +1,132 @@
+"""Image conditioning of the Wan image-to-video models, built as diffusers'
+`WanImageToVideoPipeline` builds it (diffusers 0.42.1, `pipelines/wan/pipeline_wan_i2v.py`):
+
+- Wan2.1 I2V / FLF2V and Wan2.2 I2V-A14B (`prepare_latents`): the first frame (and the
+  last, FLF2V) followed by zero frames is VAE-encoded (the posterior's mode), normalised,
+  and 4 mask channels (1 where a frame is given) go before it: 20 channels concatenated to
+  the 16 noise channels at every step.
+- Wan2.2 TI2V-5B (`expand_timesteps`): the first frame alone is encoded and replaces the
+  first latent frame of the model input at every step (and of the result), whose tokens
+  get timestep 0.
+- Wan2.1's transformers also take CLIP features of the input image(s) (`encode_image`:
+  CLIPVisionModel hidden_states[-2] after CLIPImageProcessor).
+
+The VAE and the CLIP tower are the JAX ones (`svg2_jax.models.wan_vae`,
+`svg2_jax.models.clip_vision`): no torch on this path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from svg2_jax.models import clip_vision, wan_vae
+from svg2_jax.models.clip_vision.preprocess import CLIPImageProcessing, clip_pixel_values
+
+MASK_CHANNELS = 4  # = the VAE's temporal compression: one mask channel per folded frame
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class WanImageCondition:
+    """What an image-to-video Wan transformer sees besides the noise and the text.
+
+    latents: concatenated mode: [B, 4 + z, F, h, w] mask channels then the normalised
+      latents of the conditioning video; first-frame mode (TI2V): [B, z, 1, h, w] the
+      normalised latents of the first frame.
+    first_frame_mask: first-frame mode only, [1, 1, F, h, w] float32: 0 at the first latent
+      frame, 1 elsewhere (None in concatenated mode).
+    image_embeds: CLIP features [B, N, image_dim] ([2B, N, image_dim] first and last frame,
+      FLF2V) for transformers with image_dim; None otherwise.
+    """
+
+    latents: jax.Array
+    first_frame_mask: jax.Array | None = None
+    image_embeds: jax.Array | None = None
+
+    @property
+    def replaces_first_frame(self) -> bool:
+        return self.first_frame_mask is not None
+
+
+def frame_mask(batch: int, num_frames: int, latent_hw: tuple[int, int], last: bool,
+               temporal: int = MASK_CHANNELS) -> np.ndarray:
+    """[B, temporal, F, h, w] float32, `prepare_latents`'s `mask_lat_size`: 1 for the given
+    frames (the first; and the last with `last`), the first frame's value repeated
+    `temporal` times so the pixel frames fold into latent frames, folded as diffusers'
+    view + transpose does."""
+    h, w = latent_hw
+    mask = np.ones((batch, 1, num_frames, h, w), np.float32)
+    mask[:, :, 1:num_frames - 1 if last else num_frames] = 0
+    mask = np.concatenate([np.repeat(mask[:, :, :1], temporal, axis=2), mask[:, :, 1:]], axis=2)
+    mask = mask.reshape(batch, -1, temporal, h, w)  # [B, F, temporal, h, w]
+    return np.ascontiguousarray(mask.transpose(0, 2, 1, 3, 4))
+
+
+def conditioning_video(image: np.ndarray, last_image: np.ndarray | None, num_frames: int,
+                       first_frame_only: bool) -> np.ndarray:
+    """[1, 3, T, H, W] float32: the frame(s) [3, H, W] in [-1, 1] with zero frames between
+    them (T = num_frames), or the first frame alone (T = 1) when `first_frame_only`."""
+    x = image[None, :, None]
+    if first_frame_only:
+        return x
+    zeros = np.zeros((1, 3, num_frames - 1 - (last_image is not None), *image.shape[1:]),
+                     np.float32)
+    parts = [x, zeros] + ([] if last_image is None else [last_image[None, :, None]])
+    return np.concatenate(parts, axis=2)
+
+
+def encode_condition(vae: wan_vae.AutoencoderKLWan, image: np.ndarray,
+                     last_image: np.ndarray | None, num_frames: int, batch: int,
+                     first_frame_only: bool) -> jax.Array:
+    """The normalised VAE latents (posterior mode) of `conditioning_video`, repeated for
+    the batch: [B, z, F, h, w] ([B, z, 1, h, w] first frame only), float32."""
+    video = jnp.asarray(conditioning_video(image, last_image, num_frames, first_frame_only))
+    z = wan_vae.wan_vae_encode(vae, video.astype(vae.dtype)).mode().astype(jnp.float32)
+    z = wan_vae.normalize(z, vae.config)
+    return jnp.repeat(z, batch, axis=0)
+
+
+def clip_image_features(image_encoder: clip_vision.CLIPVisionModel, images,
+                        processing: CLIPImageProcessing = CLIPImageProcessing()) -> jax.Array:
+    """`encode_image`: the CLIP tower's hidden_states[-2] [len(images), N, D] of the
+    preprocessed images (PIL images or uint8 [H, W, 3], as given to the pipeline)."""
+    pixels = jnp.asarray(clip_pixel_values(images, processing), image_encoder.dtype)
+    return clip_vision.penultimate_hidden_states(image_encoder, pixels)
+
+
+def image_condition(vae: wan_vae.AutoencoderKLWan, image, last_image=None, *, height: int,
+                    width: int, num_frames: int, batch: int = 1, replace_first_frame: bool,
+                    image_encoder: clip_vision.CLIPVisionModel | None = None,
+                    processing: CLIPImageProcessing = CLIPImageProcessing()
+                    ) -> WanImageCondition:
+    """The whole conditioning of one video from its image(s) (PIL images or uint8
+    [H, W, 3], resized to height x width as diffusers' VideoProcessor does).
+
+    replace_first_frame: the TI2V-5B mode (first frame only; a last image is an error, as
+      that model has no way to take it). image_encoder: for transformers with image_dim.
+    """
+    from svg2_jax.pipelines.video import image_frame
+
+    if replace_first_frame and last_image is not None:
+        raise ValueError("a last image needs a first-and-last-frame model: Wan2.2 TI2V-5B "
+                         "conditions on the first frame only")
+    frame = image_frame(image, height, width)
+    last = None if last_image is None else image_frame(last_image, height, width)
+    z = encode_condition(vae, frame, last, num_frames, batch, replace_first_frame)
+    embeds = None
+    if image_encoder is not None:
+        images = [image] if last_image is None else [image, last_image]
+        embeds = jnp.tile(clip_image_features(image_encoder, images, processing), (batch, 1, 1))
+    if replace_first_frame:
+        t = vae.config.scale_factor_temporal or vae.config.temporal_compression
+        f = 1 + (num_frames - 1) // t
+        mask = np.ones((1, 1, f, *z.shape[3:]), np.float32)
+        mask[:, :, 0] = 0
+        return WanImageCondition(z, jnp.asarray(mask), embeds)
+    mask = frame_mask(batch, num_frames, z.shape[3:], last is not None,
+                      vae.config.scale_factor_temporal or MASK_CHANNELS)
+    return WanImageCondition(jnp.concatenate([jnp.asarray(mask), z], axis=1), None, embeds)
