@@ -29,6 +29,54 @@ from svg2_jax.models.clip_vision.preprocess import CLIPImageProcessing, clip_pix
 MASK_CHANNELS = 4  # = the VAE's temporal compression: one mask channel per folded frame
 
 
+# how far (relative) the image's aspect ratio may be from the video's before it counts as
+# a wrong-size image: diffusers stretches any image to the video's size; a few percent is
+# the rounding to 16-pixel multiples, more is a visibly distorted first frame
+ASPECT_TOLERANCE = 0.1
+
+
+def check_images(spec, image, last_image) -> None:
+    """Whether the model takes the image(s) given: a clear error naming the model when an
+    image-to-video model gets none, a text-to-video one gets one, or a last frame goes to a
+    model without first-and-last-frame conditioning."""
+    from svg2_jax.pipelines.wan_models import FIRST_FRAME, OPTIONAL_FIRST
+
+    if image is None and last_image is not None:
+        raise ValueError("a last image needs a first image")
+    if spec.needs_image and image is None:
+        raise ValueError(f"{spec.name} is an image-to-video model: give it an image")
+    if not spec.takes_image and image is not None:
+        raise ValueError(f"{spec.name} is a text-to-video model: it takes no image")
+    if last_image is not None and not spec.takes_last_image:
+        why = {FIRST_FRAME: "conditions on the first frame only (wan2.1-flf2v-14b takes a "
+                            "last frame too)",
+               OPTIONAL_FIRST: "conditions on the first frame only"}.get(spec.image, "")
+        raise ValueError(f"{spec.name} takes no last image: it {why}")
+
+
+def video_size(image_size: tuple[int, int], height: int | None, width: int | None,
+               max_area: int, multiple: int) -> tuple[int, int]:
+    """(height, width) of an image-to-video run for an image of image_size (height,
+    width): when not given, the image's aspect ratio at about `max_area` pixels in
+    `multiple`s (`video.fit_to_area`); when given, a ValueError if the image's aspect ratio
+    is off by more than ASPECT_TOLERANCE (it would be stretched to that size)."""
+    from svg2_jax.pipelines.video import fit_to_area
+
+    ih, iw = image_size
+    if height is None and width is None:
+        return fit_to_area(ih, iw, max_area, multiple)
+    if height is None or width is None:
+        raise ValueError("give both height and width, or neither (then they follow the "
+                         "image's aspect ratio)")
+    image_aspect, video_aspect = iw / ih, width / height
+    if abs(image_aspect / video_aspect - 1) > ASPECT_TOLERANCE:
+        raise ValueError(
+            f"the image is {iw}x{ih} (aspect {image_aspect:.3f}) but the video {width}x{height} "
+            f"(aspect {video_aspect:.3f}): the first frame would be stretched. Leave out the "
+            "height and width to follow the image's aspect ratio, or crop the image")
+    return height, width
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class WanImageCondition:
