@@ -1,10 +1,16 @@
-"""`svg2-convert`: model checkpoints -> orbax: the Wan2.1 and HunyuanVideo transformers
-(diffusers or official layout), their text encoders (transformers layout) and their VAEs
-(diffusers layout).
+"""`svg2-convert`: model checkpoints -> orbax: the Wan2.1 / Wan2.2 and HunyuanVideo
+transformers (diffusers or official layout; a Wan2.2 A14B directory's two experts at once,
+written to OUT/transformer and OUT/transformer_2), their text encoders and Wan2.1 I2V's CLIP
+vision tower (transformers layout) and their VAEs (diffusers layout).
 
     svg2-convert --from diffusers /ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer \\
         --model wan2.1-t2v-1.3b --out /ckpt/wan13b-orbax
     svg2-convert --from wan /ckpt/Wan2.1-T2V-14B --model wan2.1-t2v-14b --out /ckpt/wan14b
+    svg2-convert --from wan /ckpt/Wan2.2-T2V-A14B --model wan2.2-t2v-a14b --out /ckpt/wan22-t2v
+    svg2-convert --from diffusers /ckpt/Wan2.2-I2V-A14B-Diffusers --model wan2.2-i2v-a14b \\
+        --out /ckpt/wan22-i2v
+    svg2-convert --from diffusers /ckpt/Wan2.2-TI2V-5B-Diffusers/transformer \\
+        --model wan2.2-ti2v-5b --out /ckpt/wan22-ti2v
     svg2-convert --from hunyuan /ckpt/HunyuanVideo/transformers/mp_rank_00_model_states.pt \\
         --model hunyuan-video-t2v-720p --out /ckpt/hunyuan-orbax
     svg2-convert --from diffusers /ckpt/HunyuanVideo-diffusers/transformer \\
@@ -129,16 +135,16 @@ def _kind(layout: str, model: str) -> Kind:
 
 
 def main(argv=None) -> int:
-    from convert import common
+    from convert import common, wan
 
     kinds = families()
     p = argparse.ArgumentParser(prog="svg2-convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="layout", required=True,
                    choices=tuple(dict.fromkeys(x for k in kinds for x in k.family.layouts)),
-                   help="key layout of SRC: diffusers, wan (official Wan2.1 release), "
-                        "hunyuan (official HunyuanVideo release) or transformers (the text "
-                        "encoders)")
+                   help="key layout of SRC: diffusers, wan (official Wan2.1 / Wan2.2 "
+                        "release), hunyuan (official HunyuanVideo release) or transformers "
+                        "(the text encoders, the CLIP vision tower)")
     p.add_argument("src", metavar="SRC")
     p.add_argument("--model", required=True,
                    help=f"preset ({', '.join(n for k in kinds for n in sorted(k.presets))}) "
@@ -158,19 +164,31 @@ def main(argv=None) -> int:
     try:
         kind = _kind(args.layout, args.model)
         family, dtype = kind.family, args.dtype or kind.dtype
-        total = common.count_reads(family, args.src, args.layout, args.model)
+        experts = family is wan.FAMILY and wan.holds_experts(args.src)
+        total = (wan.count_expert_reads(args.src, args.layout, args.model) if experts else
+                 common.count_reads(family, args.src, args.layout, args.model))
         counter = _Counter(total, enabled=not args.quiet)
         try:
-            report = common.convert_to_orbax(family, args.src, args.layout, args.model,
-                                             args.out, dtype=DTYPES[dtype],
-                                             overwrite=args.overwrite, progress=counter)
+            if experts:
+                reports = wan.convert_experts(args.src, args.layout, args.model, args.out,
+                                              dtype=DTYPES[dtype], overwrite=args.overwrite,
+                                              progress=counter)
+            else:
+                reports = [common.convert_to_orbax(family, args.src, args.layout, args.model,
+                                                   args.out, dtype=DTYPES[dtype],
+                                                   overwrite=args.overwrite, progress=counter)]
         finally:
             counter.close()
     except ValueError as e:
         print(f"svg2-convert: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} ({report.tensors} tensors, {report.bytes_written / 2**30:.2f} GiB, "
-          f"{dtype})")
+    report = common.ConversionReport(
+        reports[0].layout, sum(r.tensors for r in reports), sum((r.ignored for r in reports), []),
+        sum(r.bytes_written for r in reports), sum(r.seconds for r in reports),
+        max(r.peak_rss_mb for r in reports), max(r.peak_rss_increase_mb for r in reports))
+    what = " (transformer/ and transformer_2/: both experts)" if experts else ""
+    print(f"wrote {args.out}{what} ({report.tensors} tensors, "
+          f"{report.bytes_written / 2**30:.2f} GiB, {dtype})")
     if report.ignored:
         print(f"skipped {len(report.ignored)} keys diffusers / transformers also ignore: "
               f"{report.ignored}")

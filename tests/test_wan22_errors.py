@@ -174,3 +174,34 @@ def test_model_spec_of_configs_and_names():
         48, 31, 44, 80)
     with pytest.raises(ValueError, match="height=720 must be a positive multiple of 32"):
         pipe.latent_shape(PRESETS["wan2.2-ti2v-5b"], 720, 1280, 121, "wan2.2-ti2v-5b")
+
+
+def test_both_experts_convert_to_one_orbax_directory(tmp_path, capsys):
+    """convert_experts: an official high_noise_model/ + low_noise_model/ directory ->
+    out/transformer + out/transformer_2, the same parameters as reading the source; the
+    CLI refuses a two-expert directory for a one-transformer model."""
+    import json
+
+    from test_wan_helpers import same_params
+    from test_wan22_pipelines import _save_official
+
+    from convert.cli import main as convert_main
+    from convert.wan import convert_experts, holds_experts
+
+    cfg = TINY["t2v-a14b"]
+    for name, seed in (("high_noise_model", 0), ("low_noise_model", 1)):
+        _save_official(torch_model(cfg, seed=seed), tmp_path / "src" / name)
+    assert holds_experts(tmp_path / "src")
+    reports = convert_experts(tmp_path / "src", "wan", T2V2, tmp_path / "out", dtype=jnp.float32)
+    assert [r.tensors for r in reports] == [len(torch_model(cfg).state_dict())] * 2
+    ours = pipe.load_experts(T2V2, tmp_path / "out", dtype=jnp.float32)
+    direct = pipe.load_experts(T2V2, tmp_path / "src", dtype=jnp.float32)
+    assert all(same_params(a, b) for a, b in zip(ours, direct))
+    assert not same_params(*ours)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg.to_diffusers()))
+    assert convert_main(["--from", "wan", str(tmp_path / "src"), "--model", str(config),
+                         "--out", str(tmp_path / "cli"), "--quiet"]) == 1
+    assert "holds two experts (high_noise_model/ and low_noise_model/): a Wan2.2 A14B" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
