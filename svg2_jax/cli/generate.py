@@ -1,5 +1,5 @@
-"""svg2-generate: Wan2.1 or HunyuanVideo text-to-video with dense or SVG2 attention, the
-whole denoising loop compiled once.
+"""svg2-generate: Wan2.1 / Wan2.2 or HunyuanVideo text-to-video, and Wan image-to-video,
+with dense or SVG2 attention, the whole denoising loop compiled once.
 
 Without --checkpoint it runs a TINY RANDOM Wan (2 layers, output is noise) with random
 text embeddings, so a fresh install shows the whole path (compile, SVG2 warm-up then
@@ -9,6 +9,15 @@ embeddings: --text-embeddings (umT5 states saved as .npy, [L, 4096]) or --prompt
 local umT5 (--text-encoder, transformers + torch). --vae (a local diffusers
 AutoencoderKLWan folder) decodes to RGB; without it the mp4 is a latent preview and
 the latents are saved as .npy.
+
+Wan2.2 A14B (--model wan2.2-t2v-a14b / wan2.2-i2v-a14b) runs its two experts in the one
+compiled loop, each with its own SVG2 centroids: --checkpoint a directory holding both
+(diffusers' transformer/ + transformer_2/, svg2-convert's output, or the official
+high_noise_model/ + low_noise_model/) or the high-noise one with --checkpoint-2.
+Image-to-video (wan2.1-i2v-14b, wan2.1-flf2v-14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b):
+--image (and --last-image for the first-and-last-frame models) with --vae, whose JAX port
+encodes the frames; Wan2.1's models also take --image-encoder (their CLIP vision tower).
+Without --height/--width the video follows the image's aspect ratio at the model's area.
 
 HunyuanVideo (--family hunyuan, or a hunyuan preset): text comes as --text-embeddings
 .npz with prompt_embeds [T, 4096], prompt_attention_mask [T] and pooled_prompt_embeds
@@ -25,6 +34,12 @@ Examples:
   svg2-generate --checkpoint ckpt/ --model wan2.1-t2v-1.3b --text-embeddings emb.npy \\
       --negative-embeddings neg.npy --height 480 --width 832 --frames 81 --steps 50 \\
       --attention svg2 --vae Wan2.1-T2V-1.3B-Diffusers/vae --out out/video.mp4
+  svg2-generate --checkpoint Wan2.2-I2V-A14B-Diffusers --model wan2.2-i2v-a14b \\
+      --image first.png --text-embeddings emb.npy --vae Wan2.2-I2V-A14B-Diffusers/vae
+  svg2-generate --checkpoint Wan2.1-I2V-14B-720P-Diffusers/transformer \\
+      --model wan2.1-i2v-14b --image first.png --height 720 --width 1280 \\
+      --image-encoder Wan2.1-I2V-14B-720P-Diffusers/image_encoder \\
+      --vae Wan2.1-I2V-14B-720P-Diffusers/vae --text-embeddings emb.npy
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ from svg2_jax.cli.text import (PROG, encode_prompt, fail, load_embeddings,
                                load_hunyuan_text)
 from svg2_jax.config import BACKENDS, SVG2Config
 from svg2_jax.layer_attention import SVG2Attention
+from svg2_jax.pipelines.wan_models import model_spec
 from svg2_jax.sampling import SamplerConfig
 
 DTYPES = ("bfloat16", "float32")  # the first is the models' own default
@@ -61,8 +77,13 @@ def parse_args(argv=None):
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="orbax dir, diffusers transformer dir/file, or "
                    "official Wan2.1 file; omitted: a tiny random model (output is noise)")
-    g.add_argument("--model", help="preset or diffusers config.json of the checkpoint "
+    g.add_argument("--model", help="model (wan2.1-t2v-1.3b/-14b, wan2.1-i2v-14b, "
+                   "wan2.1-flf2v-14b, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b, "
+                   "hunyuan-video-t2v-720p) or diffusers config.json of the checkpoint "
                    f"(default: {d(lambda f: f.model)})")
+    g.add_argument("--checkpoint-2", help="Wan2.2 A14B: the low-noise expert (default: "
+                   "--checkpoint is a directory holding both, transformer/ + transformer_2/ "
+                   "or high_noise_model/ + low_noise_model/)")
     g.add_argument("--family", choices=tuple(dflt.FAMILIES),
                    help="model family (default: from --model, else wan)")
     g.add_argument("--dtype", default=DTYPES[0], choices=DTYPES)
@@ -73,6 +94,12 @@ def parse_args(argv=None):
     g.add_argument("--text-embeddings", help=".npy [L, text_dim]: precomputed prompt states")
     g.add_argument("--negative-embeddings", help=".npy [L, text_dim] for the unconditional "
                    "pass (default: zeros)")
+    g.add_argument("--image", help="image-to-video: the first frame (needs --vae; the video "
+                   "follows its aspect ratio unless --height/--width are given)")
+    g.add_argument("--last-image", help="the last frame too (wan2.1-flf2v-14b, "
+                   "wan2.2-i2v-a14b)")
+    g.add_argument("--image-encoder", help="Wan2.1 I2V/FLF2V: the CLIP vision tower (the "
+                   "diffusers repo's image_encoder/, or svg2-convert's orbax)")
     g = p.add_argument_group("video")
     g.add_argument("--height", type=int, help=f"default {d(lambda f: f.video.height)}")
     g.add_argument("--width", type=int, help=f"default {d(lambda f: f.video.width)}")
@@ -83,6 +110,8 @@ def parse_args(argv=None):
     g.add_argument("--guidance", type=float,
                    help=f"Wan: classifier-free guidance; HunyuanVideo: embedded guidance "
                    f"(default {d(lambda f: f.guidance)})")
+    g.add_argument("--guidance-2", type=float, help="Wan2.2 A14B: the low-noise expert's "
+                   "guidance (default: the model's, e.g. 3.0 for wan2.2-t2v-a14b)")
     g.add_argument("--scheduler", choices=SCHEDULERS,
                    help=f"default and choices: {d(lambda f: '/'.join(f.schedulers))}")
     g.add_argument("--shift", type=float,
@@ -140,6 +169,7 @@ class Settings:
     scheduler: str
     shift: float
     guidance: float
+    guidance_2: float | None       # the second expert's (Wan2.2 A14B)
     svg2: SVG2Config | None        # None: dense attention
     dense_layers: tuple[int, ...]
     sampler: SamplerConfig
@@ -158,6 +188,8 @@ def resolve(args) -> Settings:
         from svg2_jax.models.hunyuan import is_hunyuan_config
         family = "hunyuan" if args.model and is_hunyuan_config(args.model) else "wan"
     fam = dflt.FAMILIES[family]
+    if family == "wan" and not tiny:
+        fam = dflt.wan_model(args.model or fam.model, image=args.image is not None)
     fam = dflt.tiny(fam) if tiny else fam
     scheduler = args.scheduler or fam.schedulers[0]
     if scheduler not in fam.schedulers:
@@ -165,6 +197,11 @@ def resolve(args) -> Settings:
              f"not {scheduler}")
     height = fam.video.height if args.height is None else args.height
     width = fam.video.width if args.width is None else args.width
+    if family == "wan" and not tiny:
+        from svg2_jax.pipelines.wan_i2v import check_images, video_size_of
+        check_images(model_spec(fam.model), args.image, args.last_image)
+        if args.image is not None:
+            height, width = video_size_of(fam.model, args.image, args.height, args.width)
     svg2 = None
     if args.attention == "svg2":
         svg2 = dataclasses.replace(
@@ -177,11 +214,16 @@ def resolve(args) -> Settings:
                     tuple(int(x) for x in args.dense_layers.split(",") if x.strip()))
     guidance = fam.guidance if args.guidance is None else args.guidance
     sampler = dataclasses.replace(
-        fam.sampler, **_given(num_steps=args.steps, dense_fraction=args.dense_fraction),
+        fam.sampler_for(height, width),
+        **_given(num_steps=args.steps, dense_fraction=args.dense_fraction),
         kmeans_during_warmup=args.kmeans_during_warmup,
         share_cfg_cache=args.share_cfg_cache, progress=not args.no_progress)
     if family == "wan":
-        sampler = dataclasses.replace(sampler, guidance_scale=guidance)
+        if args.guidance_2 is not None and sampler.num_experts == 1:
+            fail(f"--guidance-2 is the low-noise expert's guidance: {fam.model} has one "
+                 "transformer")
+        sampler = dataclasses.replace(sampler, guidance_scale=guidance,
+                                      **_given(guidance_scale_2=args.guidance_2))
     if svg2 is None:
         sampler = dataclasses.replace(sampler, dense_fraction=0.0)
     return Settings(
@@ -189,7 +231,9 @@ def resolve(args) -> Settings:
         frames=fam.video.frames if args.frames is None else args.frames,
         fps=fam.video.fps if args.fps is None else args.fps, scheduler=scheduler,
         shift=fam.shift_for(height, width) if args.shift is None else args.shift,
-        guidance=guidance, svg2=svg2, dense_layers=dense_layers, sampler=sampler)
+        guidance=guidance,
+        guidance_2=sampler.guidance_scales[1] if sampler.num_experts == 2 else None,
+        svg2=svg2, dense_layers=dense_layers, sampler=sampler)
 
 
 def sparse_backend(cfg: SVG2Config | None) -> str | None:
@@ -215,17 +259,20 @@ def build_attention(run: Settings, seed: int, jax):
 
 
 def _wan_setup(args, run: Settings, attention, dtype, nnx, rng):
-    from svg2_jax.models.wan import WanTransformer3DModel, load
+    from svg2_jax.models.wan import WanTransformer3DModel
     from svg2_jax.pipelines import wan as pipe
+    from svg2_jax.pipelines.wan_i2v import model_image_condition
     from svg2_jax.sampling import FlowMatchEuler, FlowUniPC
 
     if run.tiny:
-        model = WanTransformer3DModel(pipe.TINY_CONFIG, attention=attention, dtype=dtype,
-                                      param_dtype=dtype, rngs=nnx.Rngs(args.seed))
+        if args.image or args.checkpoint_2:
+            fail("--image and --checkpoint-2 need a real model (--checkpoint)")
+        models = (WanTransformer3DModel(pipe.TINY_CONFIG, attention=attention, dtype=dtype,
+                                        param_dtype=dtype, rngs=nnx.Rngs(args.seed)),)
     else:
-        model = load(args.checkpoint, run.model, dtype=dtype)
-        model.attention = attention
-    config = model.config
+        models = pipe.load_experts(run.model, args.checkpoint, args.checkpoint_2, dtype=dtype,
+                                   attention=attention)
+    model, config = models[0], models[0].config
     if args.text_embeddings:
         context = load_embeddings(args.text_embeddings, config.text_dim, "--text-embeddings")
     elif args.prompt is not None:
@@ -247,10 +294,17 @@ def _wan_setup(args, run: Settings, attention, dtype, nnx, rng):
     if uncond.shape != context.shape:
         fail(f"negative embeddings {uncond.shape} must match the prompt embeddings "
              f"{context.shape}")
+    condition = None
+    if args.image is not None:  # the model takes it: checked by resolve
+        if not args.vae:
+            fail("--image needs --vae (the VAE encodes the conditioning frames)")
+        condition = model_image_condition(
+            model_spec(run.model), args.vae, args.image, args.last_image, height=run.height,
+            width=run.width, num_frames=run.frames, image_encoder=args.image_encoder)
     scheduler = (FlowUniPC(flow_shift=run.shift) if run.scheduler == "unipc"
                  else FlowMatchEuler(shift=run.shift))
-    sampler = pipe.WanSampler(model, scheduler, run.sampler)
-    return model, pipe, sampler, (context, uncond)
+    sampler = pipe.WanSampler(models, scheduler, run.sampler)
+    return model, pipe, sampler, (context, uncond, condition)
 
 
 def _hunyuan_setup(args, run: Settings, attention, dtype, nnx, rng):
@@ -258,7 +312,8 @@ def _hunyuan_setup(args, run: Settings, attention, dtype, nnx, rng):
     from svg2_jax.pipelines import hunyuan as pipe
     from svg2_jax.sampling import FlowMatchEuler
 
-    for flag in ("prompt", "text_encoder", "negative_embeddings"):
+    for flag in ("prompt", "text_encoder", "negative_embeddings", "image", "last_image",
+                 "image_encoder", "checkpoint_2", "guidance_2"):
         if getattr(args, flag):
             fail(f"--{flag.replace('_', '-')} is not supported for HunyuanVideo: pass "
                  "--text-embeddings .npz (embedded guidance, no negative prompt)")
@@ -315,11 +370,12 @@ def main(argv=None):
     try:
         model, pipe, sampler, inputs = setup(args, run, attention, dtype, nnx,
                                              np.random.default_rng(args.seed))
-        c, f, h, w = pipe.latent_shape(model.config, run.height, run.width, run.frames)
+        spec = {} if hy else {"spec": run.model}
+        c, f, h, w = pipe.latent_shape(model.config, run.height, run.width, run.frames, **spec)
     except ValueError as e:
         fail(str(e))
     load_s = time.perf_counter() - t0
-    seq = pipe.sequence_length(model.config, run.height, run.width, run.frames)
+    seq = pipe.sequence_length(model.config, run.height, run.width, run.frames, **spec)
     if run.svg2 is not None and seq < max(run.svg2.num_q_clusters, run.svg2.num_k_clusters):
         fail(f"{seq} video tokens are fewer than the clusters (--qc "
              f"{run.svg2.num_q_clusters}, --kc {run.svg2.num_k_clusters}); lower them or "
@@ -365,7 +421,12 @@ def main(argv=None):
                   "mp4": args.out, "mp4_content": video_kind},
         "sampling": {"steps": steps, "scheduler": run.scheduler, "shift": run.shift,
                      ("embedded_guidance" if hy else "guidance"): run.guidance,
+                     **({} if run.guidance_2 is None else {
+                         "guidance_2": run.guidance_2,
+                         "boundary_timestep": run.sampler.boundary_timestep,
+                         "expert_per_step": np.asarray(result.expert).tolist()}),
                      "seed": args.seed, "dense_warmup_steps": n_dense},
+        **({"image": {"first": args.image, "last": args.last_image}} if args.image else {}),
         "attention": {"kind": args.attention,
                       **({} if cfg is None else {
                           "qc": cfg.num_q_clusters, "kc": cfg.num_k_clusters,

@@ -77,6 +77,25 @@ def video_size(image_size: tuple[int, int], height: int | None, width: int | Non
     return height, width
 
 
+def video_size_of(model, image, height: int | None, width: int | None) -> tuple[int, int]:
+    """`video_size` for a released model (`wan_models.model_spec`) and an image (a path,
+    PIL image or uint8 array): its default area, in multiples of its VAE factor times the
+    patch."""
+    from svg2_jax.pipelines.video import load_image
+    from svg2_jax.pipelines.wan import vae_factors
+    from svg2_jax.pipelines.wan_models import model_spec
+
+    spec = model_spec(model)
+    if isinstance(image, np.ndarray):
+        size = image.shape[:2]
+    else:
+        image = load_image(image) if not hasattr(image, "size") else image
+        size = (image.height, image.width)
+    _, ph, pw = spec.config.patch_size
+    return video_size(size, height, width, spec.height * spec.width,
+                      vae_factors(spec)[0] * max(ph, pw))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class WanImageCondition:
@@ -178,3 +197,69 @@ def image_condition(vae: wan_vae.AutoencoderKLWan, image, last_image=None, *, he
     mask = frame_mask(batch, num_frames, z.shape[3:], last is not None,
                       vae.config.scale_factor_temporal or MASK_CHANNELS)
     return WanImageCondition(jnp.concatenate([jnp.asarray(mask), z], axis=1), None, embeds)
+
+
+def processing_beside(image_encoder_path) -> CLIPImageProcessing:
+    """The CLIP preprocessing of a diffusers repo's `image_processor/` next to its
+    `image_encoder/` (or inside the given folder), else CLIPImageProcessor's defaults (the
+    released Wan2.1 I2V repos' settings)."""
+    from pathlib import Path
+
+    path = Path(image_encoder_path)
+    for candidate in (path / "preprocessor_config.json",
+                      path.parent / "image_processor" / "preprocessor_config.json"):
+        if candidate.is_file():
+            return CLIPImageProcessing.from_json(candidate)
+    return CLIPImageProcessing()
+
+
+def model_image_condition(spec, vae, image, last_image=None, *, height: int, width: int,
+                          num_frames: int, image_encoder=None, batch: int = 1
+                          ) -> WanImageCondition:
+    """`image_condition` for a released model (`wan_models.WanModelSpec`): its checks
+    (`check_images`), its mode (TI2V-5B replaces the first frame), and CLIP features when
+    its transformer takes them.
+
+    vae: a loaded `wan_vae.AutoencoderKLWan` or a path for `wan_vae.load` (checked against
+      the spec's VAE preset: a Wan2.1 VAE for TI2V-5B is an error naming both).
+    image, last_image: PIL images, uint8 [H, W, 3] arrays, or image file paths.
+    image_encoder: a loaded `clip_vision.CLIPVisionModel` or a path for `clip_vision.load`
+      (its preprocessing from a sibling `image_processor/`); needed exactly when the
+      transformer has image_dim.
+    """
+    from svg2_jax.pipelines.video import load_image
+
+    image, last_image = (load_image(x) if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__")
+                         else x for x in (image, last_image))
+    check_images(spec, image, last_image)
+    if image is None:
+        raise ValueError(f"{spec.name}: no image given (text-to-video needs no condition)")
+    if not isinstance(vae, wan_vae.AutoencoderKLWan):
+        vae = wan_vae.load(vae)  # the checkpoint's own config, checked below
+    c, want = vae.config, wan_vae.get_config(spec.vae)
+    have = (c.z_dim, c.spatial_compression, c.temporal_compression)
+    if have != (spec.config.out_channels, want.spatial_compression, want.temporal_compression):
+        raise ValueError(
+            f"{spec.name} takes latents of {spec.config.out_channels} channels from a "
+            f"{want.spatial_compression}x spatial, {want.temporal_compression}x temporal VAE "
+            f"({spec.vae}); the VAE given has z_dim {have[0]}, {have[1]}x / {have[2]}x")
+    processing = CLIPImageProcessing()
+    image_dim = spec.config.image_dim
+    if image_dim is None:
+        if image_encoder is not None:
+            raise ValueError(f"{spec.name} takes no CLIP image features: no image encoder")
+    elif image_encoder is None:
+        raise ValueError(f"{spec.name} takes CLIP image features (image_dim={image_dim}): "
+                         f"give its image encoder ({spec.image_encoder or 'a CLIPVisionModel'}"
+                         ", e.g. the diffusers repo's image_encoder/)")
+    else:
+        if not isinstance(image_encoder, clip_vision.CLIPVisionModel):
+            processing = processing_beside(image_encoder)
+            image_encoder = clip_vision.load(image_encoder)  # its own config, checked below
+        if image_encoder.config.hidden_size != image_dim:
+            raise ValueError(f"{spec.name} takes CLIP features of width {image_dim}; the "
+                             f"image encoder's are {image_encoder.config.hidden_size}")
+    return image_condition(vae, image, last_image, height=height, width=width,
+                           num_frames=num_frames, batch=batch,
+                           replace_first_frame=spec.expand_timesteps,
+                           image_encoder=image_encoder, processing=processing)
