@@ -1,4 +1,4 @@
-"""The Wan2.1 video DiT as Flax NNX modules (diffusers' `WanTransformer3DModel`).
+"""The Wan (2.1 / 2.2) video DiT as Flax NNX modules (diffusers' `WanTransformer3DModel`).
 
 Layout follows diffusers 0.42.1 `models/transformers/transformer_wan.py` module for module
 (`patch_embedding`, `condition_embedder`, `blocks`, `norm_out`, `proj_out`,
@@ -102,7 +102,8 @@ class WanTransformerBlock(nnx.Module):
 
 
 class WanTransformer3DModel(nnx.Module):
-    """Wan2.1 DiT (T2V, I2V, FLF2V) with stacked blocks and pluggable self-attention.
+    """Wan DiT (Wan2.1 T2V / I2V / FLF2V, a Wan2.2 expert, TI2V-5B) with stacked blocks and
+    pluggable self-attention.
 
     Args:
       config: architecture (`WanConfig`, e.g. `PRESETS["wan2.1-t2v-14b"]`).
