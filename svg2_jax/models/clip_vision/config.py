@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from svg2_jax.models.clip_text.config import CLIPEncoderConfig
 from svg2_jax.models.common import config as common_config
-from svg2_jax.models.common.text_encoder import TransformersConfig, activation_problems
 
 ARCHITECTURE = "CLIPVisionModel"
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPVisionConfig(TransformersConfig):
+class CLIPVisionConfig(CLIPEncoderConfig):
     """CLIP ViT (transformers 5.24 `models/clip`, `CLIPVisionModel`).
 
     Attributes:
@@ -41,24 +41,14 @@ class CLIPVisionConfig(TransformersConfig):
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        problems = self.positive_int_problems((
+        problems = self.encoder_problems((
             "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_channels", "image_size", "patch_size"))
-        problems += activation_problems(self.hidden_act, "hidden_act")
-        if not problems and self.hidden_size % self.num_attention_heads:
-            problems.append(f"hidden_size ({self.hidden_size}) must be a multiple of "
-                            f"num_attention_heads ({self.num_attention_heads})")
         if not problems and self.image_size % self.patch_size:
             problems.append(f"image_size ({self.image_size}) must be a multiple of patch_size "
                             f"({self.patch_size})")
-        if not self.layer_norm_eps > 0:
-            problems.append(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         if problems:
             raise ValueError("CLIPVisionConfig: " + "; ".join(problems))
-
-    @property
-    def attention_head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
     @property
     def num_positions(self) -> int:
