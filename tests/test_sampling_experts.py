@@ -7,17 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_sampling_loop import CFG, B, H, L, D, inputs, toy_model
+from test_sampling_loop import CFG, B, H, L, D, inputs, toy_model, toy_weights
 
 from svg2_jax.layer_attention import DenseAttention, SVG2Attention
 from svg2_jax.sampling import FlowMatchEuler, FlowUniPC, SamplerConfig, make_sampler
 
 
-def python_loop(model_fns, attention, scheduler, cfg, boundary, scales, latents, cond, uncond,
-                state):
-    """diffusers' rule: `transformer` while t >= boundary, else `transformer_2`; each expert
-    keeps its own (shared-CFG) state, set to dense / sparse by the global step."""
-    fns = [jax.jit(f) for f in model_fns]
+def python_loop(model_fn, params, attention, scheduler, cfg, boundary, scales, latents, cond,
+                uncond, state):
+    """diffusers' rule: `transformer` while t >= boundary, else `transformer_2` (here one
+    model function with each expert's params); each expert keeps its own (shared-CFG)
+    state, set to dense / sparse by the global step."""
+    fn = jax.jit(model_fn)
     step = jax.jit(scheduler.step)
     timesteps, sigmas = scheduler.schedule(cfg.num_steps)
     n_dense = int(cfg.dense_fraction * cfg.num_steps)
@@ -29,28 +30,30 @@ def python_loop(model_fns, attention, scheduler, cfg, boundary, scales, latents,
         used.append(e)
         states[e] = attention.set_mode(states[e], sparse=i >= n_dense)
         t = jnp.full((B,), timesteps[i])
-        pc, states[e], _ = fns[e](None, latents, t, cond, states[e])
-        pu, states[e], _ = fns[e](None, latents, t, uncond, states[e])
+        pc, states[e], _ = fn(params[e], latents, t, cond, states[e])
+        pu, states[e], _ = fn(params[e], latents, t, uncond, states[e])
         latents, solver = step(solver, jnp.asarray(sigmas), i, pu + scales[e] * (pc - pu),
                                latents)
     return latents, states, used
 
 
-@pytest.mark.parametrize("scheduler,switch_after", [(FlowUniPC(flow_shift=3.0), 3),
-                                                    (FlowMatchEuler(shift=3.0), 1)])
-def test_experts_switch_at_the_exact_boundary_with_their_own_caches(scheduler, switch_after):
+def test_experts_switch_at_the_exact_boundary_with_their_own_caches():
+    """UniPC (multistep: its history runs across the switch); 6 steps, 2 dense: the first
+    expert runs steps 0-3 (sparse from 2), the second 4-5, cold-starting its own cache at 4."""
+    scheduler, switch_after = FlowUniPC(flow_shift=3.0), 3
     attention = SVG2Attention(CFG, dense_layers=(0,))
-    fns = (toy_model(attention, seed=0), toy_model(attention, seed=7))
+    fn = toy_model(attention)
+    params = (toy_weights(0), toy_weights(7))
     timesteps, _ = scheduler.schedule(6)
     boundary = float(timesteps[switch_after])  # that step is still the first expert's (>=)
     cfg = SamplerConfig(num_steps=6, guidance_scale=4.0, guidance_scale_2=2.5,
                         dense_fraction=0.34, boundary_timestep=boundary, progress=False)
     latents, cond, uncond = inputs()
     state = attention.init_state(L, B, H, D)
-    res = make_sampler(fns, attention, scheduler, cfg)(
-        (None, None), latents, cond, uncond, (state, state))
-    want, states, used = python_loop(fns, attention, scheduler, cfg, boundary, (4.0, 2.5),
-                                     latents, cond, uncond, state)
+    res = make_sampler((fn, fn), attention, scheduler, cfg)(
+        params, latents, cond, uncond, (state, state))
+    want, states, used = python_loop(fn, params, attention, scheduler, cfg, boundary,
+                                     (4.0, 2.5), latents, cond, uncond, state)
     expected = [0] * (switch_after + 1) + [1] * (5 - switch_after)
     assert used == expected
     np.testing.assert_array_equal(np.asarray(res.expert), expected)
@@ -62,26 +65,25 @@ def test_experts_switch_at_the_exact_boundary_with_their_own_caches(scheduler, s
                                    np.asarray(theirs.cache.q_centroids), rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(np.asarray(ours.initialized),
                                       np.asarray(theirs.initialized))
-    # the second expert's first step (4 with UniPC: sparse) was a cold start of its own cache
-    first_sparse = 2  # floor(0.34 * 6)
-    assert np.asarray(res.attn_state[1][0].initialized)[1:].all()
-    if switch_after + 1 < first_sparse:  # (Euler) the low-noise expert also ran dense steps
-        dens = np.asarray(res.density)
-        assert (dens[:first_sparse] == 1).all() and (dens[first_sparse:, :, 1:] < 1).all()
+    # both caches were filled (layer 0 stays dense), each from its own expert's Q/K
+    dens = np.asarray(res.density)
+    assert (dens[:2] == 1).all() and (dens[2:, :, 1:] < 1).all()  # floor(0.34 * 6) dense
+    for e in range(2):
+        assert np.asarray(res.attn_state[e][0].initialized)[1:].all()
     assert not np.allclose(np.asarray(res.attn_state[0][0].cache.q_centroids),
                            np.asarray(res.attn_state[1][0].cache.q_centroids))
 
 
 def test_an_expert_whose_steps_are_all_dense_never_clusters():
     attention = SVG2Attention(CFG, dense_layers=(0,))
-    fns = (toy_model(attention, seed=0), toy_model(attention, seed=7))
+    fn = toy_model(attention)
     scheduler = FlowMatchEuler(shift=3.0)
     timesteps, _ = scheduler.schedule(5)
     cfg = SamplerConfig(num_steps=5, guidance_scale=1.0, dense_fraction=0.4,
                         boundary_timestep=float(timesteps[1]), progress=False)
     state = attention.init_state(L, B, H, D)
-    res = make_sampler(fns, attention, scheduler, cfg)((None, None), *inputs()[:2], None,
-                                                       (state, state))
+    res = make_sampler((fn, fn), attention, scheduler, cfg)(
+        (toy_weights(0), toy_weights(7)), *inputs()[:2], None, (state, state))
     np.testing.assert_array_equal(np.asarray(res.expert), [0, 0, 1, 1, 1])
     # expert 0 ran steps 0-1, both in the dense warm-up: its cache was never filled
     assert not np.asarray(res.attn_state[0][0].initialized).any()

@@ -21,6 +21,8 @@ from test_text_helpers import torch_encoder
 from vae_helpers import random_torch_vae
 
 from convert.wan import convert_to_orbax
+from svg2_jax import SVG2Config
+from svg2_jax.layer_attention import SVG2Attention
 from svg2_jax.models import clip_vision, wan_vae
 from svg2_jax.models.clip_vision.preprocess import CLIPImageProcessing
 from svg2_jax.models.wan import WanConfig
@@ -143,6 +145,21 @@ def test_t2v_a14b_experts_switch_at_the_boundary(tmp_path):
     assert 0 < theirs.count(0) < steps  # the boundary falls inside the loop
     np.testing.assert_array_equal(np.asarray(res.expert), theirs)
     assert rel_err(res.latents, want) <= TOL
+
+    # SVG2 on both experts: one stacked state each, filled by its own sparse steps
+    svg2 = SVG2Attention(SVG2Config(num_q_clusters=4, num_k_clusters=6, top_p=0.5,
+                                    kmeans_iters_cold=3))
+    for m in models:
+        m.attention = svg2
+    res = _ours(models, FlowUniPC(flow_shift=shift),
+                pipe.sampler_config(spec, dense_fraction=0.2, progress=False),
+                latents, text, negative)
+    assert len(res.attn_state) == 2  # (cond, uncond) per expert; CFG shares the cache
+    for e in range(2):
+        np.testing.assert_array_equal(np.asarray(res.attn_state[e][0].initialized),
+                                      [False, True])  # layer 0 is always dense
+    dens = np.asarray(res.density)  # [steps, 2, layers, B, heads]
+    assert (dens[:1] == 1).all() and (dens[1:, :, 1] < 1).all()
 
 
 @pytest.mark.parametrize("last", [False, True])
