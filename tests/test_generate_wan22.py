@@ -2,7 +2,6 @@
 settings, the reference's I2V warm-up), an image-to-video run end to end on tiny
 checkpoints, and the errors of its new flags."""
 
-import dataclasses
 import json
 
 import numpy as np

@@ -30,7 +30,7 @@ from svg2_jax.pipelines import wan as pipe
 from svg2_jax.pipelines.wan_i2v import image_condition
 from svg2_jax.pipelines.wan_models import (FIRST_FRAME, FIRST_LAST, OPTIONAL_FIRST,
                                            WanModelSpec)
-from svg2_jax.sampling import FlowMatchEuler, FlowUniPC, SamplerConfig
+from svg2_jax.sampling import FlowMatchEuler, FlowUniPC
 
 TOL = 1e-4
 FRAMES = 9           # -> 3 latent frames
@@ -272,3 +272,39 @@ def test_ti2v_5b_text_and_image_to_video(vaes, tmp_path, with_image):
                 pipe.sampler_config(spec, dense_fraction=0.0, progress=False),
                 latents, text, negative, condition)
     assert rel_err(res.latents, want) <= TOL
+
+
+def test_image_conditioning_without_torch(vaes, tmp_path):
+    """The Wan2.1 I2V conditioning (JAX VAE + JAX CLIP tower, Pillow preprocessing) from
+    checkpoints on disk, in a fresh interpreter, leaves torch unimported."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    encoder = torch_encoder("clip_vision")
+    encoder.save_pretrained(tmp_path / "image_encoder")
+    vae_dir = tmp_path / "vae"
+    vaes["wan2.1"][0].save_pretrained(vae_dir, safe_serialization=True)
+    image = tmp_path / "first.png"
+    _image(40, 60, 7).save(image)
+    code = f"""
+import sys
+from svg2_jax.models import clip_vision, wan_vae
+from svg2_jax.pipelines.video import load_image
+from svg2_jax.pipelines.wan_i2v import image_condition, processing_beside
+from svg2_jax.models.clip_vision.preprocess import CLIPImageProcessing
+cond = image_condition(wan_vae.load({str(vae_dir)!r}), load_image({str(image)!r}),
+                       height=32, width=48, num_frames=9, replace_first_frame=False,
+                       image_encoder=clip_vision.load({str(tmp_path / 'image_encoder')!r}),
+                       processing=CLIPImageProcessing(shortest_edge=28, crop_size=(28, 28)))
+assert cond.latents.shape == (1, 8, 3, 4, 6) and cond.image_embeds.shape == (1, 17, 32)
+assert 'torch' not in sys.modules, 'torch was imported'
+print('ok')
+"""
+    root = Path(__file__).resolve().parents[1]
+    # posix_spawn (no cwd, no close_fds), not fork: JAX warns about forking this process
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, close_fds=False,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
