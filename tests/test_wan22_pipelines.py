@@ -308,3 +308,16 @@ print('ok')
                             timeout=300, close_fds=False,
                             env={**os.environ, "PYTHONPATH": str(root)})
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("size", [(32, 48), (45, 70), (20, 24)])
+def test_image_frame_is_the_video_processors(size):
+    """image_frame == diffusers' VideoProcessor.preprocess(image, height, width): Lanczos
+    to the video's size (or none at it), [-1, 1]."""
+    from diffusers.video_processor import VideoProcessor
+
+    from svg2_jax.pipelines.video import image_frame
+
+    image = _image(*size, seed=sum(size))
+    want = VideoProcessor(vae_scale_factor=8).preprocess(image, height=32, width=48)[0]
+    np.testing.assert_array_equal(image_frame(image, 32, 48), want.numpy())
