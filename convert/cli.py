@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import logging
 import sys
 from typing import Callable
 
@@ -79,6 +80,22 @@ class _Counter:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+class _StderrNotes(logging.Handler):
+    """The conversion's notes (what killed runs left and what became of it) on stderr, as
+    `svg2-convert: ...` lines (sys.stderr looked up at each note)."""
+
+    def emit(self, record):
+        print(f"svg2-convert: {record.getMessage()}", file=sys.stderr)
+
+
+def _notes_to_stderr():
+    from convert.output_dir import log
+
+    if not any(isinstance(h, _StderrNotes) for h in log.handlers):
+        log.addHandler(_StderrNotes())
+        log.propagate = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print tensor counts, skipped keys, time and peak memory")
     args = p.parse_args(argv)
+    _notes_to_stderr()
 
     try:
         kind = _kind(args.layout, args.model)
@@ -179,7 +197,7 @@ def main(argv=None) -> int:
                                                    overwrite=args.overwrite, progress=counter)]
         finally:
             counter.close()
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"svg2-convert: error: {e}", file=sys.stderr)
         return 1
     report = common.ConversionReport(

@@ -31,6 +31,8 @@ from typing import Callable
 import jax.numpy as jnp
 
 from convert import common
+from convert.output_dir import (EXPERT_PAIR, atomic_directory, check_output, clean_stale,
+                                output_path)
 from svg2_jax.models.wan.load import FAMILY
 from svg2_jax.pipelines.wan import EXPERT_DIRS, expert_paths
 from svg2_jax.pipelines.wan_models import model_spec
@@ -66,12 +68,13 @@ def convert_experts(src: str | os.PathLike, layout: str, model, out: str | os.Pa
         raise ValueError(f"{spec.name} has one transformer; {src} holds two experts (a Wan2.2 "
                          "A14B checkpoint): name wan2.2-t2v-a14b or wan2.2-i2v-a14b")
     paths = expert_paths(spec, src)
-    out = Path(out)
-    common.check_output(out, overwrite)
-    with common.atomic_directory(out, overwrite) as tmp:
+    out = output_path(out)
+    clean_stale(out)
+    check_output(out, overwrite)
+    with atomic_directory(out, overwrite) as tmp:
         return [common.convert_to_orbax(FAMILY, path, layout, spec.transformer, tmp / name,
                                         dtype=dtype, progress=progress)
-                for path, name in zip(paths, EXPERT_DIRS[0])]
+                for path, name in zip(paths, EXPERT_PAIR)]
 
 
 def count_expert_reads(src: str | os.PathLike, layout: str, model) -> int:

@@ -2,7 +2,8 @@
 
 One call, on per-head problems (`svg2_core`): cluster queries and keys
 (`clustering.cluster_qk`), select blocks (`selection.select_blocks`), attend to the
-selected blocks with the config's backend (`backends.SPARSE_BACKENDS`).
+selected blocks with the config's backend (`backends.SPARSE_BACKENDS`). Non-finite
+inputs follow `svg2_jax.nonfinite`'s policy, around the clustering and at the output.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from einops import rearrange
 from svg2_jax.backends import SPARSE_BACKENDS, resolve_backend
 from svg2_jax.clustering import Clustering, SVG2Cache, cluster_qk, to_cache
 from svg2_jax.config import SVG2Config
+from svg2_jax.nonfinite import InputFinite, input_finite, poison
 from svg2_jax.selection import Selection, block_density, select_blocks
 
 
@@ -31,6 +33,8 @@ class SVG2Stats:
     {q,k}_size_min / _max: [B, H] smallest / largest non-empty cluster.
     {q,k}_empty: [B, H] number of empty clusters.
     {q,k}_kmeans_iters: [] k-means iterations run (early stop may cut them short).
+    nonfinite_input: [B, H] bool, the head's q, k or v held a NaN/Inf (its output is then
+      NaN where dense attention's would be, `svg2_jax.nonfinite`).
     """
 
     density: jax.Array
@@ -43,12 +47,13 @@ class SVG2Stats:
     k_empty: jax.Array
     q_kmeans_iters: jax.Array
     k_kmeans_iters: jax.Array
+    nonfinite_input: jax.Array
 
 
-def check_inputs(q, k, v, cache, config: SVG2Config):
-    """Raises one ValueError listing every way q [B, Sq, H, D], k, v [B, Sk, H, D] (one
-    floating dtype) and the cache (None or [B, H, QC | KC, D] centroids) do not fit an
-    SVG2 call with config."""
+def check_inputs(q, k, v, cache, config: SVG2Config, caller: str = "svg2_attention"):
+    """Raises one ValueError, starting with the caller's name, listing every way
+    q [B, Sq, H, D], k, v [B, Sk, H, D] (one floating dtype) and the cache (None or
+    [B, H, QC | KC, D] centroids) do not fit an SVG2 call with config."""
     problems = []
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not hasattr(x, "shape") or x.ndim != 4:
@@ -57,7 +62,7 @@ def check_inputs(q, k, v, cache, config: SVG2Config):
         elif not jnp.issubdtype(x.dtype, jnp.floating):
             problems.append(f"{name} must be floating point, got {x.dtype}")
     if problems:  # the checks below need three 4-d arrays
-        raise ValueError("svg2_attention: " + "; ".join(problems))
+        raise ValueError(f"{caller}: " + "; ".join(problems))
     if not q.dtype == k.dtype == v.dtype:
         problems.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != v.shape:
@@ -80,7 +85,7 @@ def check_inputs(q, k, v, cache, config: SVG2Config):
                 f"{tuple(cache.k_centroids.shape)} do not fit this call, expected {want_q} / "
                 f"{want_k} (same batch, heads, head dim and cluster counts)")
     if problems:
-        raise ValueError("svg2_attention: " + "; ".join(problems))
+        raise ValueError(f"{caller}: " + "; ".join(problems))
 
 
 def _size_summary(sizes):
@@ -95,7 +100,7 @@ def svg2_kmeans(q: jax.Array, k: jax.Array, cache: SVG2Cache | None, config: SVG
                 key: jax.Array | None = None) -> SVG2Cache:
     """Only the clustering step of `svg2_attention` (same arguments, no v): returns the
     updated cache. For dense steps that warm up the centroids for later sparse ones."""
-    check_inputs(q, k, k, cache, config)
+    check_inputs(q, k, k, cache, config, "svg2_kmeans")
     clustering = cluster_qk(*(rearrange(x, "b s h d -> (b h) s d") for x in (q, k)), cache,
                             config, key)
     return to_cache(clustering, q.shape[0])
@@ -116,7 +121,8 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
       config: static settings.
       key: PRNG key for the cold-start initialisation; None means PRNGKey(0).
         Unused on a warm start.
-      scale: softmax scale, default 1/sqrt(D).
+      scale: softmax scale, default 1/sqrt(D); the selection's attention-mass estimate
+        uses it too.
 
     Returns:
       (out [B, Sq, H, D] in q.dtype, new cache, SVG2Stats).
@@ -129,18 +135,21 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
     out = rearrange(core.out, "(b h) s d -> b s h d", b=b)
     clustering, selected = core.clustering, core.selection.selected
     density = block_density(selected, clustering.q.sizes, clustering.k.sizes)
-    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b)
+    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b,
+                                                    ~core.finite.head)
 
 
 class CoreResult(NamedTuple):
     """`svg2_core` on N = batch x heads problems: out [N, Sq, D]; lse [N, Sq] float32
-    (natural log, -inf for a query with no selected key); the clustering and the
-    selection it used."""
+    (natural log, -inf for a query with no selected key; both NaN where the input was not
+    finite, `nonfinite.poison`); the clustering and the selection it used; which inputs
+    were finite."""
 
     out: jax.Array
     lse: jax.Array
     clustering: Clustering
     selection: Selection
+    finite: InputFinite
 
 
 def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scale: float
@@ -149,15 +158,16 @@ def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scal
     (b h) order, for the cache); cache, config, key as `svg2_attention`; scale: the
     softmax scale -> CoreResult."""
     backend = SPARSE_BACKENDS[resolve_backend(config, qn.dtype, qn.shape[-1])]
+    finite = input_finite(qn, kn, vn)
     clustering = cluster_qk(qn, kn, cache, config, key)
-    selection = select_blocks(clustering, config)
+    selection = select_blocks(clustering, config, scale)
     out, lse = backend(qn, kn, vn, clustering, selection, scale, config)
-    return CoreResult(out, lse, clustering, selection)
+    return CoreResult(*poison(out, lse, finite), clustering, selection, finite)
 
 
-def svg2_stats(density, clustering: Clustering, selected, batch: int) -> SVG2Stats:
+def svg2_stats(density, clustering: Clustering, selected, batch: int, nonfinite) -> SVG2Stats:
     """SVG2Stats from per-problem results: density [B * H]; the call's clustering;
-    selected [B * H, QC, KC]."""
+    selected [B * H, QC, KC]; nonfinite [B * H] bool, the problem's input held a NaN/Inf."""
     qk, kk = clustering.q, clustering.k
     per_head = functools.partial(rearrange, pattern="(b h) -> b h", b=batch)
     q_min, q_max, q_empty = _size_summary(qk.sizes)
@@ -169,5 +179,6 @@ def svg2_stats(density, clustering: Clustering, selected, batch: int) -> SVG2Sta
         kept_k_clusters=per_head(jnp.sum(kept * q_nonempty, -1) / jnp.sum(q_nonempty, -1)),
         q_size_min=per_head(q_min), q_size_max=per_head(q_max), q_empty=per_head(q_empty),
         k_size_min=per_head(k_min), k_size_max=per_head(k_max), k_empty=per_head(k_empty),
-        q_kmeans_iters=qk.iterations, k_kmeans_iters=kk.iterations)
+        q_kmeans_iters=qk.iterations, k_kmeans_iters=kk.iterations,
+        nonfinite_input=per_head(nonfinite))
 

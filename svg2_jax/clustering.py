@@ -13,6 +13,7 @@ from einops import rearrange
 
 from svg2_jax import kmeans as km
 from svg2_jax.kmeans import KMeansResult
+from svg2_jax.nonfinite import keep_finite_centroids
 
 if TYPE_CHECKING:
     from svg2_jax.config import SVG2Config
@@ -55,7 +56,11 @@ def cluster_qk(qn: jax.Array, kn: jax.Array, cache: SVG2Cache | None, config: SV
     (key split in two, for queries and keys; None means PRNGKey(0)),
     `config.kmeans_iters_cold` iterations. Otherwise a warm start from the cache's
     centroids ([B, H, C, D]), `config.kmeans_iters_warm` iterations. kmeans_impl: None
-    resolves config.kmeans_impl (`resolve_kmeans_impl`)."""
+    resolves config.kmeans_impl (`resolve_kmeans_impl`).
+
+    NaN/Inf elements count as 0 in the centroids (`kmeans`), and a centroid that still
+    comes out non-finite keeps its initial value (`svg2_jax.nonfinite`), so the cache
+    never holds a NaN."""
     if cache is None:
         key = jax.random.PRNGKey(0) if key is None else key
         key_q, key_k = jax.random.split(key)
@@ -69,7 +74,11 @@ def cluster_qk(qn: jax.Array, kn: jax.Array, cache: SVG2Cache | None, config: SV
     impl = resolve_kmeans_impl(config) if kmeans_impl is None else kmeans_impl
     run = functools.partial(km.kmeans, num_iters=iters, tol=config.kmeans_tol, impl=impl,
                             chunk=config.kmeans_chunk)
-    return Clustering(run(qn, q_init), run(kn, k_init))
+    def finite_run(x, init):
+        result = run(x, init)
+        return result._replace(centroids=keep_finite_centroids(result.centroids, init))
+
+    return Clustering(finite_run(qn, q_init), finite_run(kn, k_init))
 
 
 def to_cache(clustering: Clustering, batch: int) -> SVG2Cache:

@@ -29,17 +29,19 @@ class Selection(NamedTuple):
     mass: jax.Array
 
 
-def cluster_mass(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array) -> jax.Array:
+def cluster_mass(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
+                 scale: float | None = None) -> jax.Array:
     """Approximate attention mass of each key cluster for each query cluster.
 
     q_centroids: [N, QC, D]; k_centroids: [N, KC, D]; k_sizes: [N, KC] ->
     [N, QC, KC] float32, rows summing to 1: p_j proportional to size_j * exp(s_j) with
-    s = qc . kc / sqrt(D), since a cluster of n keys near its centroid gets about
-    n times one key's weight. Empty clusters get exactly 0.
+    s = scale * qc . kc (the attention's softmax scale, default 1/sqrt(D)), since a
+    cluster of n keys near its centroid gets about n times one key's weight. Empty
+    clusters get exactly 0.
     """
-    d = q_centroids.shape[-1]
+    scale = q_centroids.shape[-1] ** -0.5 if scale is None else scale
     scores = jnp.einsum("nqd,nkd->nqk", q_centroids.astype(jnp.float32),
-                        k_centroids.astype(jnp.float32)) / jnp.sqrt(jnp.float32(d))
+                        k_centroids.astype(jnp.float32)) * jnp.float32(scale)
     nonempty = (k_sizes > 0)[:, None, :]
     scores = jnp.where(nonempty, scores, -jnp.inf)
     weights = k_sizes[:, None, :].astype(jnp.float32) * jnp.exp(
@@ -66,7 +68,7 @@ def _keep_heaviest(mass, nonempty, amount, budget: float, min_clusters: int):
 
 
 def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
-                    top_p: float, min_clusters: int) -> Selection:
+                    top_p: float, min_clusters: int, scale: float | None = None) -> Selection:
     """Which key clusters each query cluster attends to (Selection.selected
     [N, QC, KC]).
 
@@ -74,9 +76,10 @@ def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax
     cumulative mass reaches `top_p` (the crossing cluster is kept, so the heaviest
     one always is), and never fewer than `min_clusters`. Empty key clusters are
     never selected and do not count toward the floor. top_p >= 1 keeps every
-    non-empty cluster (exact, not subject to the cumsum's rounding).
+    non-empty cluster (exact, not subject to the cumsum's rounding). scale: the
+    attention's softmax scale (`cluster_mass`).
     """
-    mass = cluster_mass(q_centroids, k_centroids, k_sizes)
+    mass = cluster_mass(q_centroids, k_centroids, k_sizes, scale)
     nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
     if top_p >= 1.0:
         return Selection(nonempty, mass)
@@ -84,14 +87,15 @@ def select_clusters(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax
 
 
 def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: jax.Array,
-                      density: float, min_clusters: int) -> Selection:
+                      density: float, min_clusters: int, scale: float | None = None
+                      ) -> Selection:
     """A fixed compute budget instead of top-p: per query cluster, key clusters by
     descending mass until `density` of the keys are kept (the crossing cluster is kept),
     never fewer than `min_clusters` non-empty ones.
 
     For controlled benchmarks (random weights do not give trained-model densities) and
-    for budgeted generation; top-p is SVG2's rule."""
-    mass = cluster_mass(q_centroids, k_centroids, k_sizes)
+    for budgeted generation; top-p is SVG2's rule. scale: as `select_clusters`."""
+    mass = cluster_mass(q_centroids, k_centroids, k_sizes, scale)
     nonempty = jnp.broadcast_to((k_sizes > 0)[:, None, :], mass.shape)
     fraction = k_sizes.astype(jnp.float32) / jnp.sum(k_sizes, axis=-1, keepdims=True)
     return Selection(_keep_heaviest(mass, nonempty,
@@ -99,15 +103,18 @@ def select_by_density(q_centroids: jax.Array, k_centroids: jax.Array, k_sizes: j
                                     density, min_clusters), mass)
 
 
-def select_blocks(clustering: Clustering, config: SVG2Config) -> Selection:
+def select_blocks(clustering: Clustering, config: SVG2Config, scale: float | None = None
+                  ) -> Selection:
     """The selection config asks for: top-p (`config.top_p`), or the fixed budget
-    `config.target_density` when set; at least `config.min_k_clusters` key clusters."""
+    `config.target_density` when set; at least `config.min_k_clusters` key clusters.
+    scale: the attention's softmax scale (default 1/sqrt(D)), which the mass estimate
+    uses."""
     q, k = clustering.q, clustering.k
     if config.target_density is None:
         return select_clusters(q.centroids, k.centroids, k.sizes, config.top_p,
-                               config.min_k_clusters)
+                               config.min_k_clusters, scale)
     return select_by_density(q.centroids, k.centroids, k.sizes, config.target_density,
-                             config.min_k_clusters)
+                             config.min_k_clusters, scale)
 
 
 def block_density(selected: jax.Array, q_sizes: jax.Array, k_sizes: jax.Array) -> jax.Array:

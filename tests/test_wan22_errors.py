@@ -198,6 +198,21 @@ def test_both_experts_convert_to_one_orbax_directory(tmp_path, capsys):
     direct = pipe.load_experts(T2V2, tmp_path / "src", dtype=jnp.float32)
     assert all(same_params(a, b) for a, b in zip(ours, direct))
     assert not same_params(*ours)
+    # the pair is ours: replaced only with overwrite, and not once something else is in it
+    with pytest.raises(ValueError, match="already exists"):
+        convert_experts(tmp_path / "src", "wan", T2V2, tmp_path / "out", dtype=jnp.float32)
+    convert_experts(tmp_path / "src", "wan", T2V2, tmp_path / "out", dtype=jnp.float32,
+                    overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["transformer",
+                                                                    "transformer_2"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--overwrite replaces only .* or transformer/ \+ "
+                                         r"transformer_2/ of two of them\), and .* holds "
+                                         r"notes\.txt"):
+        convert_experts(tmp_path / "src", "wan", T2V2, tmp_path / "out", dtype=jnp.float32,
+                        overwrite=True)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     config = tmp_path / "config.json"
     config.write_text(json.dumps(cfg.to_diffusers()))
     assert convert_main(["--from", "wan", str(tmp_path / "src"), "--model", str(config),

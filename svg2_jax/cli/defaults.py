@@ -14,7 +14,7 @@ import dataclasses
 from svg2_jax.config import SVG2Config
 from svg2_jax.pipelines.hunyuan import HunyuanSampler
 from svg2_jax.pipelines.wan import sampler_config
-from svg2_jax.pipelines.wan_models import model_spec
+from svg2_jax.pipelines.wan_models import WanModelSpec, model_spec
 from svg2_jax.sampling import SamplerConfig
 
 
@@ -96,7 +96,7 @@ FAMILIES = {d.family: d for d in (WAN, HUNYUAN)}
 I2V_DENSE_FRACTION, I2V_DENSE_FRACTION_HD = 0.2, 0.35
 
 
-def wan_model(model: str, image: bool) -> FamilyDefaults:
+def wan_model(model: "str | WanModelSpec", image: bool) -> FamilyDefaults:
     """The Wan family's defaults for one model (`svg2_jax.pipelines.wan_models`: its steps,
     guidance per expert, expert boundary, flow shift and video size), generating from an
     image or not (image-to-video takes the reference's I2V warm-up)."""

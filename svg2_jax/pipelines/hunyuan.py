@@ -2,9 +2,11 @@
 
 As diffusers' HunyuanVideoPipeline: FlowMatchEuler with sigmas linspace(1, 0, n + 1)[:-1]
 shifted by 7, the distilled (embedded) guidance input guidance_scale x 1000 and no true
-classifier-free guidance. The text encoders (Llama + CLIP) stay in PyTorch: the loop takes
-precomputed text states. Latents decode with the JAX VAE (`decode_with_jax_vae`) or
-diffusers' (`decode_with_diffusers_vae`).
+classifier-free guidance. The text encoders (Llama + CLIP,
+`svg2_jax.text.encode_hunyuan_prompt`) and the VAE (`decode_with_jax_vae`) are JAX too: a
+prompt becomes a video without torch; the loop takes the text states, so they may also come precomputed.
+`decode_with_diffusers_vae` decodes through diffusers' PyTorch VAE instead (the parity
+tests' reference; needs the `torch` extra).
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ def patch(config: HunyuanVideoConfig):
     return config.patch_size_t, config.patch_size, config.patch_size
 
 
-def latent_shape(config: HunyuanVideoConfig, height: int, width: int, frames: int):
-    return video.latent_shape(config.in_channels, patch(config), height, width, frames)
+def latent_shape(config: HunyuanVideoConfig, height: int, width: int, frames: int,
+                 vae: "video.VAECompression | None" = None):
+    """vae: the VAE's config (its compression; None: 4x / 8x, the released VAE's)."""
+    return video.latent_shape(config.in_channels, patch(config), height, width, frames, vae)
 
 
-def sequence_length(config: HunyuanVideoConfig, height: int, width: int, frames: int) -> int:
+def sequence_length(config: HunyuanVideoConfig, height: int, width: int, frames: int,
+                    vae: "video.VAECompression | None" = None) -> int:
     """Video tokens per sample (118800 for 1280x720, 129 frames); text tokens come on top."""
-    return video.sequence_length(config.in_channels, patch(config), height, width, frames)
+    return video.sequence_length(config.in_channels, patch(config), height, width, frames,
+                                 vae)
 
 
 @dataclasses.dataclass
@@ -88,9 +94,21 @@ class HunyuanSampler:
         return self._sample(self.params, latents, text, None, self.init_state(latents.shape[0]))
 
 
+def decode_latents(latents: np.ndarray, vae):
+    """Latents [B, 16, F, H, W] (what the sampler returns) -> the decoded video, a torch
+    tensor [B, 3, T, H*8, W*8] in about [-1, 1], through a diffusers
+    `AutoencoderKLHunyuanVideo`, dividing by its scaling_factor first as
+    HunyuanVideoPipeline does."""
+    import torch
+
+    z = torch.from_numpy(np.array(latents, np.float32)).to(vae.dtype)
+    with torch.no_grad():
+        return vae.decode(z / vae.config.scaling_factor).sample
+
+
 def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
     """Latents [B, 16, F, H, W] -> uint8 video [B, T, H*8, W*8, 3] through diffusers'
-    AutoencoderKLHunyuanVideo, dividing by its scaling_factor as HunyuanVideoPipeline does."""
+    AutoencoderKLHunyuanVideo loaded from vae_path (`decode_latents`)."""
     try:
         import torch
         from diffusers import AutoencoderKLHunyuanVideo
@@ -98,10 +116,7 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
         raise RuntimeError("decoding needs PyTorch and diffusers: pip install 'svg2-jax[torch]'"
                            ) from e
     vae = AutoencoderKLHunyuanVideo.from_pretrained(vae_path, torch_dtype=torch.float32)
-    z = torch.from_numpy(np.array(latents, np.float32)) / vae.config.scaling_factor
-    with torch.no_grad():
-        decoded = vae.decode(z).sample
-    return video.to_uint8_frames(decoded)
+    return video.to_uint8_frames(decode_latents(latents, vae))
 
 
 def decode_with_jax_vae(latents, vae: "hunyuan_vae.AutoencoderKLHunyuanVideo | str | os.PathLike",

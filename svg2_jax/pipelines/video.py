@@ -1,48 +1,63 @@
-"""Pieces every video pipeline shares: latent shapes through a causal VAE (4x in time; 8x
-in space, 16x for Wan2.2's), initial noise, conditioning images, a latent preview, mp4
-writing."""
+"""Pieces every video pipeline shares: latent shapes through a causal video VAE (4x/8x
+unless the VAE says otherwise), initial noise, conditioning images (read, sized, made
+frames), a latent preview, mp4 writing."""
 
 from __future__ import annotations
 
 import warnings
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 # Wan2.1's and HunyuanVideo's VAEs: 8x spatial, 4x temporal, first frame kept
-# (F = 1 + (T - 1) / 4). Wan2.2's VAE compresses 16x in space.
+# (F = 1 + (T - 1) / 4). Wan2.2's is 16x spatial.
 VAE_SPATIAL = 8
 VAE_TEMPORAL = 4
 
 
+class VAECompression(Protocol):
+    """What the latent shape needs of a video VAE (its config: `WanVAEConfig`,
+    `HunyuanVideoVAEConfig`): frames per latent frame after the first, pixels per latent
+    pixel."""
+
+    @property
+    def temporal_compression(self) -> int: ...
+
+    @property
+    def spatial_compression(self) -> int: ...
+
+
 def latent_shape(channels: int, patch: tuple[int, int, int], height: int, width: int,
-                 frames: int, spatial: int = VAE_SPATIAL, temporal: int = VAE_TEMPORAL):
+                 frames: int, vae: VAECompression | None = None):
     """(C, F, H, W) of the latents for a video of frames x height x width pixels, with a
     clear error when the size cannot go through the VAE and the patch embedding.
-    patch: (p_t, p_h, p_w) of the model's patch embedding; spatial, temporal: the VAE's
-    compression."""
+    patch: (p_t, p_h, p_w) of the model's patch embedding. vae: the VAE's compression
+    (None: VAE_TEMPORAL x / VAE_SPATIAL x, Wan2.1's and HunyuanVideo's)."""
     pt, ph, pw = patch
+    rt, rs = ((VAE_TEMPORAL, VAE_SPATIAL) if vae is None
+              else (vae.temporal_compression, vae.spatial_compression))
     problems = []
-    if frames < 1 or (frames - 1) % temporal:
-        problems.append(f"frames={frames} must be 1 + {temporal}k (e.g. 81): the VAE "
-                        f"keeps the first frame and compresses the rest {temporal}x")
+    if frames < 1 or (frames - 1) % rt:
+        problems.append(f"frames={frames} must be 1 + {rt}k (e.g. {1 + 20 * rt}): the VAE "
+                        f"keeps the first frame and compresses the rest {rt}x")
     for name, size, p in (("height", height, ph), ("width", width, pw)):
-        if size < 1 or size % (spatial * p):
-            problems.append(f"{name}={size} must be a positive multiple of {spatial * p} "
-                            f"(VAE {spatial}x times patch {p})")
-    f = 1 + (frames - 1) // temporal if frames >= 1 else 0
+        if size < 1 or size % (rs * p):
+            problems.append(f"{name}={size} must be a positive multiple of {rs * p} "
+                            f"(VAE {rs}x times patch {p})")
+    f = 1 + (frames - 1) // rt if frames >= 1 else 0
     if not problems and f % pt:
         problems.append(f"{f} latent frames are not a multiple of the temporal patch {pt}")
     if problems:
         raise ValueError("cannot generate this size: " + "; ".join(problems))
-    return channels, f, height // spatial, width // spatial
+    return channels, f, height // rs, width // rs
 
 
 def sequence_length(channels, patch, height: int, width: int, frames: int,
-                    spatial: int = VAE_SPATIAL, temporal: int = VAE_TEMPORAL) -> int:
+                    vae: VAECompression | None = None) -> int:
     """Video tokens per sample (e.g. 75600 for Wan at 1280x720, 81 frames)."""
-    _, f, h, w = latent_shape(channels, patch, height, width, frames, spatial, temporal)
+    _, f, h, w = latent_shape(channels, patch, height, width, frames, vae)
     pt, ph, pw = patch
     return (f // pt) * (h // ph) * (w // pw)
 
@@ -121,19 +136,28 @@ def latent_preview(latents: np.ndarray) -> np.ndarray:
     return (np.moveaxis(x, 1, -1) * 255).round().astype(np.uint8)
 
 
+def check_mp4_writer():
+    """Raises RuntimeError unless imageio and its ffmpeg binary are there (what
+    `write_mp4` needs): call it before the work whose result it will write."""
+    try:
+        import imageio.v3  # noqa: F401
+        import imageio_ffmpeg
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as e:
+        raise RuntimeError(f"writing mp4 needs imageio and imageio-ffmpeg ({e}): pip install "
+                           "'svg2-jax[video]'") from None
+
+
 def write_mp4(frames: np.ndarray, path: str, fps: int = 16):
     """frames: [T, H, W, 3] uint8 -> an H.264 mp4 through imageio's ffmpeg plugin."""
-    try:
-        import imageio.v3 as iio
-    except ImportError as e:
-        raise RuntimeError("writing mp4 needs imageio and imageio-ffmpeg: "
-                           "pip install 'svg2-jax[video]'") from e
+    check_mp4_writer()
+    import imageio.v3 as iio
+
     try:
         with warnings.catch_warnings():
             # JAX warns on any fork; this one only starts the ffmpeg encoder process.
             warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
             iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264",
                         macro_block_size=1)
-    except Exception as e:  # a missing ffmpeg backend surfaces here
-        raise RuntimeError(f"could not write {path}: {e}. Install imageio-ffmpeg "
-                           "(pip install 'svg2-jax[video]').") from e
+    except Exception as e:  # noqa: BLE001  (ffmpeg's failures come as several kinds)
+        raise RuntimeError(f"could not write {path}: {type(e).__name__}: {e}") from e

@@ -1,10 +1,13 @@
 """Wan sampling (Wan2.1 T2V / I2V / FLF2V, Wan2.2 A14B T2V / I2V with two experts, Wan2.2
 TI2V-5B): shapes, loading the experts, the compiled denoising loop, latent decoding.
 
-The denoiser, the loop, the image conditioning (`wan_i2v`) and the VAE are JAX; the loop
-takes precomputed text embeddings (`svg2_jax.text.wan` encodes prompts). Latents decode
-with the JAX VAE (`decode_with_jax_vae`) or diffusers' (`decode_with_diffusers_vae`), or
-are saved without decoding. The released models' settings are `wan_models.WAN_MODELS`.
+The denoiser, the loop, the image conditioning (`wan_i2v`: the JAX VAE and CLIP vision
+tower), the text encoder (umT5, `svg2_jax.text.encode_wan_prompt`) and the VAE decode
+(`decode_with_jax_vae`) are JAX: a prompt (and an image) becomes a video without torch.
+The loop takes the text states, so they may also come precomputed.
+`decode_with_diffusers_vae` decodes through diffusers' PyTorch VAE instead (the parity
+tests' reference; needs the `torch` extra). The released models' settings are
+`wan_models.WAN_MODELS`.
 """
 
 from __future__ import annotations
@@ -35,28 +38,31 @@ TINY_CONFIG = WanConfig(num_attention_heads=2, attention_head_dim=32, in_channel
 EXPERT_DIRS = (("transformer", "transformer_2"), ("high_noise_model", "low_noise_model"))
 
 
-def vae_factors(spec: "WanModelSpec | str | None" = None) -> tuple[int, int]:
-    """(spatial, temporal) compression of the model's VAE (Wan2.1's 8/4 without a spec)."""
-    if spec is None:
-        return video.VAE_SPATIAL, video.VAE_TEMPORAL
-    c = wan_vae.get_config(model_spec(spec).vae)
-    return c.spatial_compression, c.temporal_compression
+def model_vae(spec: "WanModelSpec | str") -> wan_vae.WanVAEConfig:
+    """The config of the VAE a released model's latents belong to (its compression)."""
+    return wan_vae.get_config(model_spec(spec).vae)
+
+
+def _compression(vae) -> "video.VAECompression | None":
+    return model_vae(vae) if isinstance(vae, (WanModelSpec, str)) else vae
 
 
 def latent_shape(config: WanConfig, height: int, width: int, frames: int,
-                 spec: "WanModelSpec | str | None" = None):
+                 vae: "video.VAECompression | WanModelSpec | str | None" = None):
     """(C, F, H, W) of the noise latents (C = out_channels, the VAE's z_dim: image
     conditioning comes on top) for a video of that size, with a clear error if it cannot
-    be; spec: the model (its VAE's compression; None: Wan2.1's VAE)."""
+    be. vae: the VAE's config (its compression), or a model (`wan_models.model_spec`: its
+    VAE's); None: Wan2.1's 4x / 8x."""
     return video.latent_shape(config.out_channels, config.patch_size, height, width, frames,
-                              *vae_factors(spec))
+                              _compression(vae))
 
 
 def sequence_length(config: WanConfig, height: int, width: int, frames: int,
-                    spec: "WanModelSpec | str | None" = None) -> int:
-    """Video tokens per sample (75600 for Wan2.1 at 1280x720, 81 frames)."""
+                    vae: "video.VAECompression | WanModelSpec | str | None" = None) -> int:
+    """Video tokens per sample (75600 for Wan2.1 at 1280x720, 81 frames); vae as for
+    `latent_shape`."""
     return video.sequence_length(config.out_channels, config.patch_size, height, width,
-                                 frames, *vae_factors(spec))
+                                 frames, _compression(vae))
 
 
 def _listing(path: Path) -> str:
@@ -64,13 +70,15 @@ def _listing(path: Path) -> str:
     return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") if names else "nothing"
 
 
-def expert_paths(spec: WanModelSpec, checkpoint, checkpoint_2=None) -> tuple[Path, ...]:
+def expert_paths(spec: WanModelSpec, checkpoint, checkpoint_2=None,
+                 second_name: str = "the second checkpoint") -> tuple[Path, ...]:
     """The checkpoint path of each expert of `spec`, with errors that say what is there.
 
     One expert: `checkpoint` (a diffusers repo root with `transformer/` is looked into).
     Two experts: `checkpoint` and `checkpoint_2` (high-noise then low-noise), or one
     directory holding both (`transformer/` + `transformer_2/`, diffusers and svg2-convert;
-    `high_noise_model/` + `low_noise_model/`, the official release).
+    `high_noise_model/` + `low_noise_model/`, the official release). second_name: what the
+    errors call `checkpoint_2` (a command's flag).
     """
     path = Path(checkpoint)
     if not path.exists():
@@ -100,10 +108,10 @@ def expert_paths(spec: WanModelSpec, checkpoint, checkpoint_2=None) -> tuple[Pat
         raise ValueError(
             f"{spec.name} needs two experts, but {path} holds {have.name}/ without "
             f"{missing.name}/ (it holds: {_listing(path)}); a Wan2.1 checkpoint has one "
-            "transformer. Pass the other expert as the second checkpoint")
+            f"transformer. Pass the other expert as {second_name}")
     raise ValueError(
         f"{spec.name} needs two experts (high-noise and low-noise transformers): pass the "
-        f"second as the second checkpoint, or a directory holding transformer/ and "
+        f"second as {second_name}, or a directory holding transformer/ and "
         f"transformer_2/ (diffusers, svg2-convert) or high_noise_model/ and "
         f"low_noise_model/ (official); {path} holds {_listing(path) if path.is_dir() else 'one file'}")
 
@@ -256,10 +264,23 @@ def sampler_config(spec: "WanModelSpec | str", **overrides) -> SamplerConfig:
     return SamplerConfig(**{**values, **overrides})
 
 
+def decode_latents(latents: np.ndarray, vae):
+    """Latents [B, z, F, H, W] (what the sampler returns) -> the decoded video, a torch
+    tensor [B, 3, T, H*8, W*8] in about [-1, 1], through a diffusers `AutoencoderKLWan`,
+    un-normalising with its latents_mean/std first as diffusers' WanPipeline does."""
+    import torch
+
+    z = torch.from_numpy(np.array(latents, np.float32)).to(vae.dtype)
+    channels = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, dtype=z.dtype).view(channels)
+    std = torch.tensor(vae.config.latents_std, dtype=z.dtype).view(channels)
+    with torch.no_grad():
+        return vae.decode(z * std + mean).sample
+
+
 def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
     """Latents [B, 16, F, H, W] -> uint8 video [B, T, H*8, W*8, 3] through diffusers'
-    AutoencoderKLWan (PyTorch), un-normalising with its latents_mean/std as diffusers'
-    WanPipeline does."""
+    AutoencoderKLWan (PyTorch) loaded from vae_path (`decode_latents`)."""
     try:
         import torch
         from diffusers import AutoencoderKLWan
@@ -267,12 +288,7 @@ def decode_with_diffusers_vae(latents: np.ndarray, vae_path: str) -> np.ndarray:
         raise RuntimeError("decoding needs PyTorch and diffusers: pip install 'svg2-jax[torch]'"
                            ) from e
     vae = AutoencoderKLWan.from_pretrained(vae_path, torch_dtype=torch.float32)
-    z = torch.from_numpy(np.array(latents, np.float32))  # a writable copy
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1)
-    with torch.no_grad():
-        decoded = vae.decode(z * std + mean).sample  # [B, 3, T, H, W] in [-1, 1]
-    return video.to_uint8_frames(decoded)
+    return video.to_uint8_frames(decode_latents(latents, vae))
 
 
 def decode_with_jax_vae(latents, vae: "wan_vae.AutoencoderKLWan | str | os.PathLike",

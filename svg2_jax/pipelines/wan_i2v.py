@@ -35,23 +35,34 @@ MASK_CHANNELS = 4  # = the VAE's temporal compression: one mask channel per fold
 ASPECT_TOLERANCE = 0.1
 
 
-def check_images(spec, image, last_image) -> None:
-    """Whether the model takes the image(s) given: a clear error naming the model when an
-    image-to-video model gets none, a text-to-video one gets one, or a last frame goes to a
+def image_problems(spec, image: bool, last_image: bool) -> list[tuple[str, str]]:
+    """What is wrong with giving `spec`'s model an image (`image`) and a last image
+    (`last_image`): (which, message) pairs, which being "image" or "last_image": an
+    image-to-video model without an image, a text-to-video one with one, a last frame for a
     model without first-and-last-frame conditioning."""
     from svg2_jax.pipelines.wan_models import FIRST_FRAME, OPTIONAL_FIRST
 
-    if image is None and last_image is not None:
-        raise ValueError("a last image needs a first image")
-    if spec.needs_image and image is None:
-        raise ValueError(f"{spec.name} is an image-to-video model: give it an image")
-    if not spec.takes_image and image is not None:
-        raise ValueError(f"{spec.name} is a text-to-video model: it takes no image")
-    if last_image is not None and not spec.takes_last_image:
+    problems = []
+    if last_image and not image:
+        problems.append(("last_image", "a last image needs a first image"))
+    if spec.needs_image and not image:
+        problems.append(("image", f"{spec.name} is an image-to-video model: give it an image"))
+    if image and not spec.takes_image:
+        problems.append(("image", f"{spec.name} is a text-to-video model: it takes no image"))
+    if last_image and not spec.takes_last_image:
         why = {FIRST_FRAME: "conditions on the first frame only (wan2.1-flf2v-14b takes a "
                             "last frame too)",
                OPTIONAL_FIRST: "conditions on the first frame only"}.get(spec.image, "")
-        raise ValueError(f"{spec.name} takes no last image: it {why}")
+        problems.append(("last_image", f"{spec.name} takes no last image: it {why}"))
+    return problems
+
+
+def check_images(spec, image, last_image) -> None:
+    """Whether the model takes the image(s) given: a ValueError with the first of
+    `image_problems`."""
+    problems = image_problems(spec, image is not None, last_image is not None)
+    if problems:
+        raise ValueError(problems[0][1])
 
 
 def video_size(image_size: tuple[int, int], height: int | None, width: int | None,
@@ -82,7 +93,7 @@ def video_size_of(model, image, height: int | None, width: int | None) -> tuple[
     PIL image or uint8 array): its default area, in multiples of its VAE factor times the
     patch."""
     from svg2_jax.pipelines.video import load_image
-    from svg2_jax.pipelines.wan import vae_factors
+    from svg2_jax.pipelines.wan import model_vae
     from svg2_jax.pipelines.wan_models import model_spec
 
     spec = model_spec(model)
@@ -93,7 +104,7 @@ def video_size_of(model, image, height: int | None, width: int | None) -> tuple[
         size = (image.height, image.width)
     _, ph, pw = spec.config.patch_size
     return video_size(size, height, width, spec.height * spec.width,
-                      vae_factors(spec)[0] * max(ph, pw))
+                      model_vae(spec).spatial_compression * max(ph, pw))
 
 
 @jax.tree_util.register_dataclass
@@ -214,7 +225,8 @@ def processing_beside(image_encoder_path) -> CLIPImageProcessing:
 
 
 def model_image_condition(spec, vae, image, last_image=None, *, height: int, width: int,
-                          num_frames: int, image_encoder=None, batch: int = 1
+                          num_frames: int, image_encoder=None, batch: int = 1,
+                          processing: CLIPImageProcessing | None = None
                           ) -> WanImageCondition:
     """`image_condition` for a released model (`wan_models.WanModelSpec`): its checks
     (`check_images`), its mode (TI2V-5B replaces the first frame), and CLIP features when
@@ -223,9 +235,10 @@ def model_image_condition(spec, vae, image, last_image=None, *, height: int, wid
     vae: a loaded `wan_vae.AutoencoderKLWan` or a path for `wan_vae.load` (checked against
       the spec's VAE preset: a Wan2.1 VAE for TI2V-5B is an error naming both).
     image, last_image: PIL images, uint8 [H, W, 3] arrays, or image file paths.
-    image_encoder: a loaded `clip_vision.CLIPVisionModel` or a path for `clip_vision.load`
-      (its preprocessing from a sibling `image_processor/`); needed exactly when the
-      transformer has image_dim.
+    image_encoder: a loaded `clip_vision.CLIPVisionModel` or a path for `clip_vision.load`;
+      needed exactly when the transformer has image_dim.
+    processing: the CLIP preprocessing (None: `processing_beside` an image_encoder path,
+      else CLIPImageProcessor's defaults).
     """
     from svg2_jax.pipelines.video import load_image
 
@@ -243,7 +256,6 @@ def model_image_condition(spec, vae, image, last_image=None, *, height: int, wid
             f"{spec.name} takes latents of {spec.config.out_channels} channels from a "
             f"{want.spatial_compression}x spatial, {want.temporal_compression}x temporal VAE "
             f"({spec.vae}); the VAE given has z_dim {have[0]}, {have[1]}x / {have[2]}x")
-    processing = CLIPImageProcessing()
     image_dim = spec.config.image_dim
     if image_dim is None:
         if image_encoder is not None:
@@ -254,7 +266,8 @@ def model_image_condition(spec, vae, image, last_image=None, *, height: int, wid
                          ", e.g. the diffusers repo's image_encoder/)")
     else:
         if not isinstance(image_encoder, clip_vision.CLIPVisionModel):
-            processing = processing_beside(image_encoder)
+            if processing is None:
+                processing = processing_beside(image_encoder)
             image_encoder = clip_vision.load(image_encoder)  # its own config, checked below
         if image_encoder.config.hidden_size != image_dim:
             raise ValueError(f"{spec.name} takes CLIP features of width {image_dim}; the "
@@ -262,4 +275,5 @@ def model_image_condition(spec, vae, image, last_image=None, *, height: int, wid
     return image_condition(vae, image, last_image, height=height, width=width,
                            num_frames=num_frames, batch=batch,
                            replace_first_frame=spec.expand_timesteps,
-                           image_encoder=image_encoder, processing=processing)
+                           image_encoder=image_encoder,
+                           processing=processing or CLIPImageProcessing())

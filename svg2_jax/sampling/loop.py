@@ -4,7 +4,8 @@ state are the carry of a `lax.fori_loop`.
 The model is any function
     model_fn(params, latents [B, ...], timestep [B], context, attn_state)
         -> (pred, attn_state, density [L, B, H])
-(params is passed through as an argument of the compiled loop, never baked in as a constant)
+(density NaN for a head whose attention output was not finite, as `svg2_jax.layer_attention`
+reports it; params is passed through as an argument of the compiled loop, never baked in as a constant)
 where `attn_state` is the stacked per-layer state of a `svg2_jax.layer_attention`
 attention (None for dense attention). The loop only flips which layers are sparse
 (dense warm-up, then SVG2), so one compilation serves every step and every call with
@@ -99,12 +100,17 @@ class SampleResult:
     attn_state: the final per-layer states (cond, uncond-or-None); with several experts a
     tuple of those, one per expert.
     first_nonfinite_step: [] int32, the first step whose latents had a NaN/Inf, -1 if none.
+    first_nonfinite_attention: [3] int32, (step, pass, layer) of the first self-attention
+      whose output had a NaN/Inf (a NaN density), all -1 if none. Passes run in order
+      (conditional first) and layers in order, so this is where they first appeared
+      (the step's expert is `expert[step]`).
     expert: [num_steps] int32, the expert that denoised each step (all 0 with one)."""
 
     latents: jax.Array
     density: jax.Array
     attn_state: Any
     first_nonfinite_step: jax.Array
+    first_nonfinite_attention: jax.Array
     expert: jax.Array
 
 
@@ -137,6 +143,16 @@ def _set_mode(attention, state, sparse, cluster):
 
 def _replace(items: tuple, index: int, value) -> tuple:
     return items[:index] + (value,) + items[index + 1:]
+
+
+def _first_nan_attention(record, step, dens):
+    """record [3] (step, pass, layer), updated from this step's density [passes, L, B, H]
+    if it is still -1 and a NaN is there."""
+    hit = jnp.any(jnp.isnan(dens), axis=(-2, -1)).reshape(-1)  # [passes * L], in run order
+    first = jnp.argmax(hit).astype(jnp.int32)
+    layers = dens.shape[1]
+    found = jnp.stack([jnp.int32(step), first // layers, first % layers])
+    return jnp.where((record[0] < 0) & jnp.any(hit), found, record)
 
 
 def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
@@ -203,7 +219,7 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
         states_u0 = tuple(None if shared else s for s in attn_state)
 
         def body(i, carry):
-            latents, solver, states_c, states_u, density, bad = carry
+            latents, solver, states_c, states_u, density, bad, bad_attn = carry
             sparse_now = i >= n_dense
             # --kmeans_during_warmup: the last dense step already clusters (cold), so the
             # first sparse step starts from warm centroids, as the reference's zero-step init.
@@ -216,9 +232,11 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
             latents, solver = scheduler.step(solver, sigmas, i, pred, latents)
             ok = jnp.all(jnp.isfinite(latents))
             bad = jnp.where((bad < 0) & ~ok, i, bad)
+            bad_attn = _first_nan_attention(bad_attn, i, dens)
             if progress is not None:
                 jax.debug.callback(progress, i, ordered=True)
-            return latents, solver, states_c, states_u, density.at[i].set(dens), bad
+            return (latents, solver, states_c, states_u, density.at[i].set(dens), bad,
+                    bad_attn)
 
         passes = 2 if config.cfg else 1
         per_call = {jax.eval_shape(lambda e=e: experts[e](
@@ -229,21 +247,60 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
                              "experts must have the same layers and heads")
         density = jnp.zeros((config.num_steps, passes) + per_call.pop(), jnp.float32)
         carry = (latents, scheduler.init(latents), attn_state, states_u0, density,
-                 jnp.int32(-1))
-        latents, _, states_c, states_u, density, bad = jax.lax.fori_loop(
+                 jnp.int32(-1), jnp.full((3,), -1, jnp.int32))
+        latents, _, states_c, states_u, density, bad, bad_attn = jax.lax.fori_loop(
             0, config.num_steps, body, carry)
         final = tuple(zip(states_c, states_u))
         return SampleResult(latents, density, final[0] if len(experts) == 1 else final, bad,
-                            jnp.asarray(expert_np))
+                            bad_attn, jnp.asarray(expert_np))
 
     return sample
 
 
-def check_finite(result: SampleResult):
-    """Raises FloatingPointError naming the first step whose latents were not finite."""
+PASS_NAMES = ("conditional", "unconditional")
+
+
+def nonfinite_report(result: SampleResult) -> dict | None:
+    """Where NaN/Inf appeared (host side; None if nowhere): {"latents_step": first step
+    whose latents were not finite or None, "attention": {"step", "pass", "layer"} of the
+    first self-attention output that was not finite, or None}, the attention's dict with
+    "expert" too (0-based) when the run switched experts. Steps and layers 0-based."""
     step = int(result.first_nonfinite_step)
-    if step >= 0:
-        raise FloatingPointError(
-            f"latents became NaN/Inf at denoising step {step} (0-based); the density report "
-            f"up to that step is in the result. Check the inputs, dtype and guidance scale.")
+    s, p, layer = (int(x) for x in np.asarray(result.first_nonfinite_attention))
+    if step < 0 and s < 0:
+        return None
+    attention = None
+    if s >= 0:
+        attention = {"step": s, "pass": PASS_NAMES[p], "layer": layer}
+        experts = np.asarray(result.expert)
+        if experts.max() > 0:
+            attention["expert"] = int(experts[s])
+    return {"latents_step": step if step >= 0 else None, "attention": attention}
+
+
+def describe_nonfinite(report: dict) -> str:
+    """A sentence from `nonfinite_report`'s dict."""
+    parts = []
+    if report["latents_step"] is not None:
+        parts.append(f"latents became NaN/Inf at denoising step {report['latents_step']}")
+    att = report["attention"]
+    if att is None:
+        parts.append("every self-attention output stayed finite (the NaN/Inf came from "
+                     "elsewhere in the model or from the solver)")
+    else:
+        expert = f" (expert {att['expert']})" if "expert" in att else ""
+        parts.append(f"NaN/Inf first appeared in the self-attention output of layer "
+                     f"{att['layer']} in the {att['pass']} pass of step {att['step']}{expert}")
+    counted = "steps, layers and experts" if att and "expert" in att else "steps and layers"
+    return "; ".join(parts) + f" ({counted} 0-based)"
+
+
+def check_finite(result: SampleResult):
+    """Raises FloatingPointError naming the first step whose latents were not finite and
+    the step, pass and layer whose self-attention output first was (`nonfinite_report`)."""
+    report = nonfinite_report(result)
+    if report is not None:
+        raise FloatingPointError(describe_nonfinite(report) + ". Check the inputs, dtype and "
+                                 "guidance scale; SampleResult.density shows NaN for the "
+                                 "heads whose attention output was not finite.")
     return result

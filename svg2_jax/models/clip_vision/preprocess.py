@@ -11,10 +11,11 @@ from these (not measured here: torchvision is not a dependency).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
+
+from svg2_jax.input_files import read_json
 
 # transformers.image_utils OPENAI_CLIP_MEAN / OPENAI_CLIP_STD
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,18 +43,20 @@ class CLIPImageProcessing:
     def from_json(cls, path: str | os.PathLike) -> "CLIPImageProcessing":
         """From a `preprocessor_config.json`; keys that would change the pixels in a way
         not ported raise."""
-        with open(path) as f:
-            raw = json.load(f)
+        raw = read_json(path, "CLIP image processor config")
         size, crop = raw.get("size", {"shortest_edge": 224}), raw.get("crop_size", 224)
         if isinstance(size, dict):
             if set(size) != {"shortest_edge"}:
                 raise ValueError(f"{path}: size {size} is not a shortest_edge resize (the only "
                                  "one ported)")
             size = size["shortest_edge"]
-        if isinstance(crop, dict):
+        if isinstance(crop, dict) and set(crop) == {"height", "width"}:
             crop = (crop["height"], crop["width"])
         elif isinstance(crop, int):
             crop = (crop, crop)
+        else:
+            raise ValueError(f"{path}: crop_size {crop} is neither a size nor "
+                             "{height, width}")
         if raw.get("do_convert_rgb") is False or raw.get("do_pad"):
             raise ValueError(f"{path}: do_convert_rgb false / do_pad are not ported")
         keep = {f.name for f in dataclasses.fields(cls)} - {"shortest_edge", "crop_size"}

@@ -101,6 +101,11 @@ class WanConfig(ModelConfig):
         return self.patch_size
 
     @property
+    def num_attention_layers(self) -> int:
+        """Self-attention layers (one per block), the name HunyuanVideoConfig has too."""
+        return self.num_layers
+
+    @property
     def is_i2v(self) -> bool:
         return self.image_dim is not None
 
