@@ -714,14 +714,25 @@ def test_bench_kernel_dry_run_writes_every_figure(tmp_path, capsys):
     from scripts import bench_kernel
     out = tmp_path / "kernel.json"
     assert bench_kernel.main(["--dry-run", "--densities", "0.2", "--top-ps", "0.9", "--reps",
-                              "1", "--kmeans-iters", "3", "--json", str(out)]) == 0
+                              "1", "--kmeans-iters", "3", "--query-tiles", "clusters,spanning",
+                              "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["meta"]["dry_run"]
     rows = [r for r in data["rows"] if "kernel_ms" in r]
     s, h, _, _ = bench_kernel.SHAPES["tiny"]
-    assert sorted((r["selection"], r["heavy_first"]) for r in rows) == [
-        ("density", True), ("top_p", False), ("top_p", True)]
+    assert sorted((r["selection"], r["heavy_first"], r["query_tiles"]) for r in rows) == [
+        (sel, hf, tiles) for sel, hf in (("density", True), ("top_p", False), ("top_p", True))
+        for tiles in ("clusters", "spanning")]
+    for r in rows:
+        # cluster tiles use the selected pairs; spanning tiles a superset; both compute more
+        used = r["used_density"]
+        assert used == pytest.approx(r["density"]) if r["query_tiles"] == "clusters" else (
+            used >= r["density"])
+        assert r["computed_density"] >= used
+        assert r["efficiency_per_used_pair"] == pytest.approx(
+            used * r["dense_ms"] / r["kernel_ms"])
+        assert format(r["used_density"], ".3f") in printed
     dense, = [r for r in data["rows"] if r.get("dense")]
     assert f"dense {dense['dense_ms']:.3f} ms" in printed
     for r in rows:
@@ -735,6 +746,7 @@ def test_bench_kernel_dry_run_writes_every_figure(tmp_path, capsys):
     json_arg = ["--json", str(out)]
     for argv, msg in ((["--ablations", "no_walk"] + json_arg, "not with --dry-run"),
                       (["--key-orders", "random"] + json_arg, "known orders"),
+                      (["--query-tiles", "rows"] + json_arg, "known tilings"),
                       (["--ablations", "no_walk+fast"] + json_arg, "unknown ablation"),
                       ([], "--json is required")):
         with pytest.raises(SystemExit):
