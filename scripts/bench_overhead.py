@@ -5,6 +5,11 @@ Times, for bf16 q, k, v [1, S, H, 128] on one GPU (random inputs):
   k-means on Q (QC clusters) and K (KC clusters): cold (50 iterations, no early stop)
   and warm (2 iterations), for each k-means implementation (XLA; fused Pallas kernels),
   also one assignment + update step alone,
+  and the same cold, warm and one-step rows for the peer, the SVG authors' Triton k-means
+  (the `flash-kmeans` package, `scripts/flash_kmeans_peer.py`: same tokens, same initial
+  centroids, timed with torch.cuda.synchronize; skipped, with the reason in the JSON
+  under "flash_kmeans_skipped", where torch, triton, the package or a CUDA device is
+  missing),
   the top-p selection, and the permutation (argsorts, gathers of q, k, v, inverse).
 Two rows put the pieces together, each compiled as ONE function that returns every
 output it builds (`scripts.timing.time_jax`: XLA cannot drop a gather whose result is
@@ -19,7 +24,8 @@ not used, because every result is returned, blocked on and summarised in the JSO
     `pallas` backend runs except the kernel itself.
 Each row is the median of --reps calls, each call synchronised (block_until_ready).
 Pieces timed alone include a dispatch gap each (~0.05-0.1 ms), so they add up to more.
-Every printed figure is in the JSON (`--json`, default docs/bench/overhead_vs_dense.json).
+Every printed figure is in the JSON (`--json`, default docs/bench/overhead_vs_dense.json),
+every row with its percentage of the dense row of its shape.
 
 Usage (GPU machine):
   python -m scripts.bench_overhead
@@ -35,9 +41,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from einops import rearrange
 
 from pallas_kernels.sparse_flash_mgpu import gather_rows
+from scripts import flash_kmeans_peer
 from scripts.raw_data import add_run_args, run_meta, write_json
 from scripts.timing import time_jax
 from svg2_jax import SVG2Cache, SVG2Config, svg2_attention
@@ -150,6 +158,8 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
 
     if not results:
         return rows, figures
+    figures.update(flash_kmeans_rows(rows, name, qn, kn, q_init, k_init, results, reps,
+                                     cpu_fallback=not gpu))
     res_q, res_k = next(iter(results.values()))
     for impl in results:
         if impl != "xla" and "xla" in results:
@@ -209,6 +219,51 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
     return rows, figures
 
 
+def flash_kmeans_rows(rows, name, qn, kn, q_init, k_init, ours, reps, *, cpu_fallback):
+    """The peer's cold, warm and one-step rows, labelled as ours with the tag
+    [flash-kmeans], added to `rows`; returns its figures (implementation, version,
+    iteration counts, agreement of its K labels with each of ours: after one assignment
+    from the same centroids, and after the cold runs from the same start), or the reason
+    it was skipped or the error it raised. ours: {impl: (Q result, K result)} of our cold
+    runs."""
+    peer, why = flash_kmeans_peer.load(cpu_fallback)
+    if peer is None:
+        print(f"[{name}] flash-kmeans peer skipped: {why}", flush=True)
+        return {"flash_kmeans_skipped": why}
+    tag = "flash-kmeans" if peer.name == "triton" else f"flash-kmeans {peer.name}"
+    # its steps start from our first cold result's centroids, rounded to bf16 as its
+    # assignment needs; ours assigns from the same rounded centroids below
+    res_q, res_k = next(iter(ours.values()))
+    q_step, k_step = (r.centroids.astype(jnp.bfloat16) for r in (res_q, res_k))
+    try:
+        t = flash_kmeans_peer.time_peer(peer, qn, kn, q_init, k_init, q_step, k_step,
+                                        cold_iters=COLD_ITERS, warm_iters=WARM_ITERS,
+                                        reps=reps, cold_reps=max(2, reps // 4))
+    except Exception as e:  # report, keep benchmarking ours
+        print(f"[{name}] {tag} failed: {type(e).__name__}: {e}", flush=True)
+        return {"flash_kmeans_error": f"{type(e).__name__}: {e}"}
+    rows[f"k-means cold, {COLD_ITERS} it, Q+K [{tag}]"] = t["cold"].as_json()
+    rows[f"k-means warm, {WARM_ITERS} it, Q+K [{tag}]"] = t["warm"].as_json()
+    rows[f"  one step (assign+update) K [{tag}]"] = t["step_k"].as_json()
+    rows[f"  one step (assign+update) Q [{tag}]"] = t["step_q"].as_json()
+    print(f"[{name}] {tag} {peer.version}: warm {t['warm'].median_ms:.2f} ms", flush=True)
+    figures = dict(flash_kmeans=dict(implementation=peer.name, version=peer.version,
+                                     iterations=t["iterations"]))
+    kc = k_step.shape[1]
+    for impl, (_, res_k) in ours.items():
+        labels = jax.jit(km.kmeans_step(impl), static_argnums=2)(
+            kn, k_step.astype(jnp.float32), kc)[0]
+        one = float(np.mean(np.asarray(labels) == t["step_labels_k"]))
+        # same start, same iterations: differences are bf16 near-ties that compound
+        cold = float(np.mean(np.asarray(res_k.labels) == t["cold_labels_k"]))
+        figures[f"k_label_agreement_{impl}_vs_flash_kmeans_one_step"] = one
+        figures[f"k_label_agreement_{impl}_vs_flash_kmeans_after_cold"] = cold
+        print(f"[{name}] K label agreement {impl} vs {tag}: {one:.4f} after one assignment "
+              f"from the same centroids, {cold:.4f} after {COLD_ITERS} cold iterations from "
+              f"the same start", flush=True)
+    return figures
+
+
 def table(name, shape, rows) -> str:
     s, h, qc, kc = shape
     dense = next(r["median_ms"] for label, r in rows.items() if label.startswith("dense"))
@@ -234,6 +289,7 @@ def main(argv=None):
         sys.exit("bench_overhead needs a GPU (cuDNN attention and the Pallas kernels); "
                  "--tiny runs a CPU smoke test")
     print("device:", jax.devices()[0].device_kind, "jax", jax.__version__)
+    meta = run_meta(reps=args.reps, impls=impls, timing="median of reps, each call synchronised")
     out = {}
     for name in names:
         s, h, qc, kc = shapes[name]
@@ -244,9 +300,7 @@ def main(argv=None):
         out[name] = dict(S=s, H=h, QC=qc, KC=kc, D=128, dtype="bfloat16", rows=rows, **figures)
         print()
         print(table(name, shapes[name], rows))
-    write_json(args.json, dict(meta=run_meta(reps=args.reps, impls=impls,
-                                             timing="median of reps, each call synchronised"),
-                               shapes=out))
+        write_json(args.json, dict(meta=meta, shapes=out))  # after each shape: kept if cut
     return 0
 
 
