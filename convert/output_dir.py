@@ -1,5 +1,6 @@
 """A conversion's output directory: never half-written, never replacing anything but one of
-our checkpoints, never leaking its temporary directories.
+our checkpoints (or svg2-convert's pair of them for a two-expert model), never leaking its
+temporary directories.
 
 A conversion to OUT works in a staging directory next to it, `.<OUT name>.svg2-convert-*/`,
 holding `owner.json` (the pid, host, boot id and process start time of the conversion),
@@ -12,6 +13,10 @@ conversion into the same directory finds it (`clean_stale`): it is removed when 
 process is gone (its OUT restored from `old/` first if the kill fell between the two
 renames), left alone while its owner runs, and reported with the command that removes it
 when this machine cannot tell (another host).
+
+A Wan2.2 A14B conversion writes both experts into one OUT (`transformer/` +
+`transformer_2/`, each one of our checkpoints: `EXPERT_PAIR`); such an OUT counts as ours
+too (`replaceable`).
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ from pathlib import Path
 
 from svg2_jax.checkpoints.orbax_io import STATE_DIR, checkpoint_format
 from svg2_jax.cli.outputs import check_creatable
+from svg2_jax.pipelines.wan import EXPERT_DIRS
 
 log = logging.getLogger("svg2-convert")
 
 STAGING_TAG = ".svg2-convert-"
 OWNER_FILE = "owner.json"
 NEW, OLD = "new", "old"
+# the two-expert output of `convert.wan.convert_experts`: diffusers' names
+EXPERT_PAIR = EXPERT_DIRS[0]
 # directories an earlier version of this code left, without an owner record
 _LEGACY_TAGS = (".tmp-", ".old-")
 
@@ -50,19 +58,32 @@ def output_path(out: str | os.PathLike) -> Path:
     return path
 
 
+def replaceable(path: Path) -> bool:
+    """Whether `path` is one of our checkpoints (`checkpoint_format`: its
+    `<family>_config.json` and `state/`, nothing else), or holds exactly EXPERT_PAIR, each
+    one of them."""
+    if checkpoint_format(path) is not None:
+        return True
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return (sorted(p.name for p in path.iterdir()) == sorted(EXPERT_PAIR)
+            and all(checkpoint_format(path / name) is not None for name in EXPERT_PAIR))
+
+
 def check_output(out: Path, overwrite: bool):
     """Before any work: OUT's parent can hold a new directory, and an existing OUT is
-    replaced only with `overwrite` and only if it is one of our checkpoints (then only
-    its `<family>_config.json` and `state/`: anything else in it is refused too)."""
+    replaced only with `overwrite` and only if it is ours (`replaceable`: anything else
+    in it is refused too)."""
     check_creatable(out, "--out")
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
         raise ValueError(f"output {str(out)!r} already exists (pass overwrite=True / "
                          "--overwrite to replace it)")
-    if checkpoint_format(out) is None:
+    if not replaceable(out):
         raise ValueError(f"--overwrite replaces only an svg2-jax checkpoint directory "
-                         f"(<family>_config.json + {STATE_DIR}/, nothing else), and "
+                         f"(<family>_config.json + {STATE_DIR}/, nothing else; or "
+                         f"{' + '.join(n + '/' for n in EXPERT_PAIR)} of two of them), and "
                          f"{str(out)!r} {_describe(out)}; remove or move it yourself, or "
                          "choose another --out")
 

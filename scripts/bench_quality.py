@@ -29,6 +29,11 @@ standing in for the rest:
    pair like the oracle of 2, at SVG2's density. Comparing it with 2 separates the
    grouping (clusters vs contiguous blocks) from the scoring (estimate vs true mass).
 
+`--query-tiles clusters,spanning` adds one row per tiling of the Hopper kernel
+(`SparseTuningConfig.query_tiles`) at SVG2's own selection: the pairs its tiles *use*
+(density, error, recall: spanning tiles attend to the union of their clusters'
+selections, a superset) and the pairs they compute (`computed`, tile waste included).
+
 Metrics per (method, setting), averaged over heads (and images):
   density      fraction of query-key pairs computed (counted from the token mask);
   rel. error   ||o - o_dense||_F / ||o_dense||_F per head, o = exact softmax attention
@@ -114,6 +119,7 @@ from scripts.quality.inputs import build_qkv
 from scripts.quality.plot import plot
 from scripts.quality.report import (DOC_PATH, PLOT_PATH, attention_line, machine, summary,
                                     table_markdown, targets_line, utc_date, write_doc)
+from scripts.quality.selectors import KERNEL_TILE_SELECTORS, SELECTORS
 from scripts.raw_data import REPO, default_path, write_json
 
 # The input sets (module docstring). Fields: build_qkv's, plus qc / kc (None: from the
@@ -174,6 +180,10 @@ def run_cli(argv=None):
                    help="re-run svg2_attention itself for all the library's rows or one "
                         "per method (top_p 0.9, the default tolerance; default) and check "
                         "it gives the same densities and errors")
+    p.add_argument("--query-tiles", default="",
+                   help=f"comma-separated, from {list(KERNEL_TILE_SELECTORS)}: also rows of "
+                        f"SVG2's selection as the kernel's tiles use it (used and computed "
+                        f"pairs)")
     p.add_argument("--json", help="write all numbers here (default: docs/bench/"
                    "quality_quick.json, or quality_full.json with --full)")
     p.add_argument("--write-doc", action="store_true", help=f"(re)write {DOC_PATH}")
@@ -185,6 +195,11 @@ def run_cli(argv=None):
     unknown = [n for n in names if n not in INPUTS]
     if unknown or not names:
         p.error(f"--inputs: unknown input set(s) {unknown}; choose from {tuple(INPUTS)}")
+    tiles = [t for t in args.query_tiles.split(",") if t]
+    if set(tiles) - set(KERNEL_TILE_SELECTORS):
+        p.error(f"--query-tiles {args.query_tiles!r}: known tilings are "
+                f"{list(KERNEL_TILE_SELECTORS)}")
+    selectors = SELECTORS + tuple(KERNEL_TILE_SELECTORS[t] for t in tiles)
     if args.json is None:
         args.json = default_path(f"quality_{'full' if args.full else 'quick'}.json")
     command = "python -m scripts.bench_quality " + " ".join(
@@ -197,7 +212,7 @@ def run_cli(argv=None):
     runs = []
     for name in names:
         spec = dict(INPUTS[name], **overrides)
-        runs.append(run_input(name, spec, args))
+        runs.append(run_input(name, spec, args, selectors))
     wall = time.perf_counter() - t_start
     print(f"wall time {wall:.1f} s")
     plot_note = "no plot requested"
@@ -215,7 +230,7 @@ def run_cli(argv=None):
     return {run["name"]: run for run in runs}
 
 
-def run_input(name, spec, args) -> dict:
+def run_input(name, spec, args, selectors=SELECTORS) -> dict:
     """One input set through the benchmark: prints its tables; returns its results with
     name, inputs (the builder's description) and wall_s."""
     t_start = time.perf_counter()
@@ -234,7 +249,7 @@ def run_input(name, spec, args) -> dict:
                       num_k_clusters=spec["kc"], q_tokens_per_cluster=args.q_tokens_per_cluster,
                       k_tokens_per_cluster=args.k_tokens_per_cluster,
                       kmeans_iters=args.kmeans_iters, block=args.block, seed=args.seed,
-                      tile=args.tile, api_check=args.api_check)
+                      tile=args.tile, api_check=args.api_check, selectors=selectors)
     wall = time.perf_counter() - t_start
     print(f"[{name}] dense attention:", attention_line(res))
     print()

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-from svg2_jax.backends import SPARSE_BACKENDS, resolve_backend
+from svg2_jax.backends import SPARSE_BACKENDS, attended_blocks, resolve_backend
 from svg2_jax.clustering import Clustering, SVG2Cache, cluster_qk, to_cache
 from svg2_jax.compensation import KeyClusterStats, compensate, key_cluster_stats
 from svg2_jax.config import SVG2Config
@@ -38,8 +38,9 @@ class SVG2Stats:
       that the compensation of left-out key clusters supplied (0 without compensation;
       NaN for a head with non-finite input, as its output).
     estimated_error: [B, H] the selection rule's estimate of the relative output error
-      after compensation ("error" rule); NaN for a rule that estimates none ("svg2") and
-      for a head with non-finite input.
+      after compensation ("error" rule); -1 for a rule that estimates none ("svg2": a
+      finite sentinel, so that NaN keeps meaning non-finite input); NaN for a head with
+      non-finite input.
     {q,k}_size_min / _max: [B, H] smallest / largest non-empty cluster.
     {q,k}_empty: [B, H] number of empty clusters.
     {q,k}_kmeans_iters: [] k-means iterations run (early stop may cut them short).
@@ -174,17 +175,18 @@ def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scal
     """The algorithm on per-head problems: qn [N, Sq, D]; kn, vn [N, Sk, D] (N = B * H in
     (b h) order, for the cache); cache, config, key as `svg2_attention`; scale: the
     softmax scale; heads: H (what `config.error_pool="layer"` pools) -> CoreResult."""
-    backend = SPARSE_BACKENDS[resolve_backend(config, qn.dtype, qn.shape[-1])]
+    name = resolve_backend(config, qn.dtype, qn.shape[-1])
     finite = input_finite(qn, kn, vn)
     clustering = cluster_qk(qn, kn, cache, config, key)
     stats = key_cluster_stats(kn, vn, clustering.k) if config.needs_key_stats else None
     selection = select_blocks(clustering, config, scale, qn=qn, key_stats=stats,
                               heads=heads)
-    out, lse = backend(qn, kn, vn, clustering, selection, scale, config)
+    out, lse = SPARSE_BACKENDS[name](qn, kn, vn, clustering, selection, scale, config)
     comp_lse = None
-    if config.compensation:
-        out, lse, comp_lse = compensate(qn, kn, vn, clustering.q.labels, clustering.k.labels,
-                                        selection.selected, stats, scale, out, lse,
+    if config.compensation:  # of what the backend left out (its tiles may use more)
+        q_group, attended = attended_blocks(name, clustering, selection, config)
+        out, lse, comp_lse = compensate(qn, kn, vn, q_group, clustering.k.labels, attended,
+                                        stats, scale, out, lse,
                                         own_key=config.compensate_own_key,
                                         q_tile=config.q_tile)
     # poisoned after the compensation: its finite estimate never stands in for a NaN row
@@ -214,8 +216,8 @@ def svg2_stats(density, clustering: Clustering, selection: Selection, batch: int
     if compensated is None:
         compensated = jnp.zeros((n,), jnp.float32)
     estimated = selection.estimated_error
-    if estimated is None:
-        estimated = jnp.full((n,), jnp.nan, jnp.float32)
+    if estimated is None:  # the rule estimates none
+        estimated = jnp.full((n,), -1.0, jnp.float32)
     # NaN/Inf entered the estimate as 0 (`compensation`): no estimate for that head
     estimated = jnp.where(nonfinite, jnp.float32(jnp.nan), estimated)
     q_min, q_max, q_empty = _size_summary(qk.sizes)

@@ -19,7 +19,7 @@ import jax
 
 from pallas_kernels import sparse_flash_mgpu as sf
 from svg2_jax.clustering import Clustering
-from svg2_jax.layout import pallas_layout
+from svg2_jax.layout import pallas_layout, used_blocks
 from svg2_jax.permute import cluster_order, permute, unpermute
 from svg2_jax.selection import Selection
 from svg2_jax.sparse_attention import sparse_attention_chunked, sparse_attention_masked_dense
@@ -87,6 +87,19 @@ SPARSE_BACKENDS: dict[str, SparseBackend] = {
     "jax": jax_backend,
     "masked_dense": masked_dense_backend,
 }
+
+
+def attended_blocks(backend: str, clustering: Clustering, selection: Selection,
+                    config: SVG2Config):
+    """The blocks the SPARSE_BACKENDS entry `backend` attends to exactly, as (q_group
+    [N, Sq] int32, group_selected [N, G, KC] bool): query token t attends to key token u
+    when group_selected[n, q_group[n, t], k_label(u)]. The Pallas backends' tiles may use
+    more pairs than were selected (spanning query tiles: `layout.used_blocks`); the others
+    attend to the selection itself (groups = query clusters). The compensation stands in
+    for the rest, so it must not count a pair twice."""
+    if backend in ("pallas", "pallas_reference"):
+        return used_blocks(clustering, selection, config.kernel)
+    return clustering.q.labels, selection.selected
 
 
 def is_hopper() -> bool:

@@ -220,7 +220,9 @@ def compensate(qn, kn, vn, q_labels, k_labels, selected, stats: KeyClusterStats,
                out, lse, *, own_key: bool = True, q_tile: int = 256):
     """The sparse attention's (out [N, Sq, D], lse [N, Sq]) merged with the compensation of
     the key clusters it left out: qn [N, Sq, D]; kn, vn [N, Sk, D]; q_labels [N, Sq],
-    k_labels [N, Sk]; selected [N, QC, KC]; the key clusters' stats. own_key: take each
+    k_labels [N, Sk]; selected [N, QC, KC] (query t attended key cluster j exactly when
+    selected[n, q_labels[n, t], j]; q_labels may be any grouping of the queries, e.g. the
+    Pallas tiles' `backends.attended_blocks`); the key clusters' stats. own_key: take each
     query's own key exactly (only used when Sq == Sk: self-attention).
 
     Returns (out [N, Sq, D] in out.dtype, lse [N, Sq] float32, compensation lse [N, Sq]:

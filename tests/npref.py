@@ -198,7 +198,7 @@ def svg2(q, k, v, qc0, kc0, iters, tol, top_p, min_count, scale=None, *, tau=Non
     the left-out clusters compensated (own_key: each query's own key exact, when
     Sq == Sk). -> dict with out [N, Sq, D], q / k (the `kmeans` results), selected
     [N, QC, KC], mask [N, Sq, Sk], density [N] (fraction of query-key pairs computed),
-    estimated [N] (the error rule's estimate; NaN under top-p) and compensated [N] (mean
+    estimated [N] (the error rule's estimate; -1 under top-p) and compensated [N] (mean
     over queries of the compensation's share of the softmax denominator; 0 without)."""
     scale = np.shape(q)[-1] ** -0.5 if scale is None else scale
     qk, kk = kmeans(q, qc0, iters, tol), kmeans(k, kc0, iters, tol)
@@ -206,7 +206,7 @@ def svg2(q, k, v, qc0, kc0, iters, tol, top_p, min_count, scale=None, *, tau=Non
     stats = [key_stats(k[n], v[n], kk[0][n], num_k) for n in range(len(q))]
     if tau is None:
         sel = select(qk[1], kk[1], kk[2], top_p, min_count, scale)
-        estimated = np.full(len(q), np.nan)
+        estimated = np.full(len(q), -1.0)
     else:
         picked = [error_select(q[n], qk[0][n], num_q, *stats[n], scale, tau=tau)
                   for n in range(len(q))]

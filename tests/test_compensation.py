@@ -9,10 +9,12 @@ from einops import rearrange
 
 import npref
 from svg2_jax import SVG2Config, SparseTuningConfig, svg2_attention
+from svg2_jax.attention import svg2_core
 from svg2_jax.backends import SPARSE_BACKENDS, jax_backend
 from svg2_jax.clustering import Clustering, cluster_qk
 from svg2_jax.compensation import KeyClusterStats, compensate, key_cluster_stats
 from svg2_jax.kmeans import KMeansResult
+from svg2_jax.layout import used_blocks
 from svg2_jax.selection import select_by_error, select_clusters
 
 N, S, D, QC, KC = 2, 150, 16, 5, 9
@@ -222,6 +224,31 @@ def test_every_backend_agrees_with_masked_dense_plus_compensation():
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5,
                                    err_msg=backend)
         np.testing.assert_allclose(np.asarray(st.density), np.asarray(want_st.density))
+
+
+def test_spanning_query_tiles_compensate_only_what_their_tiles_left_out():
+    """Spanning query tiles attend to the union of their clusters' selections, more pairs
+    than were selected: the compensation stands in for the rest of each token's keys only
+    (numpy over the pairs the tiles use), never for a pair computed exactly."""
+    q, k, v, *_ = problem(10)
+    tuning = SparseTuningConfig(query_tiles="spanning", block_kv=64, box_rows=8)
+    cfg = SVG2Config(num_q_clusters=QC, num_k_clusters=KC, kmeans_iters_cold=4, q_tile=64,
+                     target_density=0.3, backend="pallas_reference", kernel=tuning)
+    core = jax.jit(svg2_core, static_argnums=(4, 6))(q, k, v, None, cfg,
+                                                     jax.random.PRNGKey(3), SCALE)
+    groups, used = (np.asarray(x) for x in used_blocks(core.clustering, core.selection,
+                                                       tuning))
+    ql, kl = np.asarray(core.clustering.q.labels), np.asarray(core.clustering.k.labels)
+    selected = np.asarray(core.selection.selected)
+    extra = 0
+    for n in range(N):
+        sizes, c, vb, kv, _ = np_stats(k, v, kl, n)
+        extra += (used[n][groups[n]][:, kl[n]] & ~selected[n][ql[n]][:, kl[n]]).sum()
+        want, want_lse = npref.compensated_attention(q[n], k[n], v[n], groups[n], kl[n],
+                                                     used[n], sizes, c, vb, kv, SCALE)
+        np.testing.assert_allclose(np.asarray(core.out[n]), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(core.lse[n]), want_lse, rtol=1e-5, atol=1e-5)
+    assert extra > 0  # the tiles did use pairs beyond the selection
 
 
 def _compensated_backends_agree(backends, rule, seed=11, shape=(1, 512, 2, 128)):

@@ -228,6 +228,34 @@ def test_the_sampler_names_step_pass_and_layer(attention):
             assert np.isfinite(np.asarray(c)).all()
 
 
+def test_the_two_expert_sampler_names_the_expert_too():
+    """Two experts switched at t = 700: only the second (low-noise) one's layer 1 turns
+    NaN, so the first NaN is at the first step below the boundary, in expert 1; the
+    first expert's SVG2 cache stays finite."""
+    attention = SVG2Attention(CFG, dense_layers=(0,))
+    scheduler = FlowMatchEuler()
+    cfg = SamplerConfig(num_steps=6, guidance_scale=3.0, dense_fraction=0.0, progress=False,
+                        boundary_timestep=700.0)
+    experts = [toy_model(attention, bad_layer=99, bad_from_t=0),
+               toy_model(attention, bad_layer=1, bad_from_t=1001)]
+    sample = make_sampler(experts, attention, scheduler, cfg)
+    states = tuple(attention.init_state(L, B, H, D) for _ in experts)
+    x = jax.random.normal(jax.random.PRNGKey(1), (B, S, C))
+    cond, uncond = jnp.full((B, S, C), 0.1), jnp.full((B, S, C), -0.1)
+    res = sample((None, None), x, cond, uncond, states)
+    switch = int(np.argmax(np.asarray(scheduler.schedule(6)[0]) < 700))
+    assert 0 < switch < 6
+    assert np.asarray(res.expert).tolist() == [0] * switch + [1] * (6 - switch)
+    assert nonfinite_report(res) == {
+        "latents_step": switch,
+        "attention": {"step": switch, "pass": "conditional", "layer": 1, "expert": 1}}
+    with pytest.raises(FloatingPointError, match=f"layer 1 in the conditional pass of step "
+                                                 f"{switch} \\(expert 1\\)"):
+        check_finite(res)
+    for c in jax.tree.leaves(res.attn_state[0][0].cache):  # the first expert's
+        assert np.isfinite(np.asarray(c)).all()
+
+
 def test_a_nan_outside_attention_is_reported_as_such():
     def model_fn(params, x, t, context, state):
         return x * 0 + jnp.where(t[0] < 700, jnp.inf, 0.0), state, jnp.ones((1, B, H))

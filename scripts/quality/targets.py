@@ -73,6 +73,9 @@ def evaluate(res, method: str = DEFAULT_METHOD, top_p: float = 0.9, ratio: float
     p10, p10_in = at_density(pts, d0, "recall_p10")
     rec, _ = at_density(pts, d0, "recall")
     d_e0, kind = density_at_error(pts, e0)
+    # recall at that density (at the lowest swept point when the curve starts below e0)
+    at_e0 = (lambda key: float("nan")) if kind == "never" else (
+        lambda key: at_density(pts, d_e0, key)[0])
     return dict(
         method=method, d0=d0, e0=e0, ref_recall=ref["recall"], ref_p10=ref["recall_p10"],
         oracle_density=oracle["density"], oracle_error=oracle["rel_error"],
@@ -80,6 +83,7 @@ def evaluate(res, method: str = DEFAULT_METHOD, top_p: float = 0.9, ratio: float
         error_at_d0=err, error_ratio=err / e0, recall_at_d0=rec, p10_at_d0=p10,
         inside_range=err_in and p10_in,
         density_at_e0=d_e0, density_ratio=d_e0 / d0, density_at_e0_kind=kind,
+        recall_at_e0=at_e0("recall"), p10_at_e0=at_e0("recall_p10"),
         # "below" only bounds the density: above the target the bound decides nothing
         met=dict(density=(None if kind == "below" and d_e0 / d0 > DENSITY_RATIO_TARGET
                           else kind != "never" and d_e0 / d0 <= DENSITY_RATIO_TARGET),

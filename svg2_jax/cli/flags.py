@@ -1,6 +1,7 @@
 """svg2-generate's flags checked before any model work, every problem naming its flag:
 values in range (`check_values`), flags the run would otherwise ignore
-(`check_applicable`; the text conditioning's are `svg2_jax.cli.text.check_text_flags`),
+(`check_applicable`; the text conditioning's are `svg2_jax.cli.text.check_text_flags`,
+the Wan experts' and images' `svg2_jax.cli.wan_flags`),
 input paths that must exist (`input_problem`) and output paths that must be writable
 (`check_paths`, returning where the run writes). `parse_dense_layers` reads
 --dense-layers."""
@@ -70,7 +71,7 @@ def check_values(args) -> list[str]:
         low_ok = value > low_open if low_open is not None else value >= 0.0
         if not (low_ok and value <= high):
             problems.append(f"{flag(dest)} must be in {text}, got {value}")
-    for dest in ("guidance", "shift"):
+    for dest in ("guidance", "guidance_2", "shift"):
         value = getattr(args, dest)
         if value is not None and not math.isfinite(value):
             problems.append(f"{flag(dest)} must be finite, got {value}")
@@ -153,11 +154,12 @@ def input_problem(name: str, path, kind: str | None = None) -> str | None:
 
 
 def check_paths(args) -> tuple[list[str], OutputPaths | None]:
-    """Inputs that must exist (checkpoint, text files, VAE; the text encoders' and
-    tokenizers' are `check_text_flags`') and outputs that must be writable files of the
+    """Inputs that must exist (checkpoints, text files, VAE; the text encoders' and
+    tokenizers' are `check_text_flags`', the images' and the image encoder's
+    `svg2_jax.cli.wan_flags`') and outputs that must be writable files of the
     right kind -> (problems, OutputPaths or None when an output is unusable)."""
-    inputs = {"checkpoint": None, "text_embeddings": "file", "negative_embeddings": "file",
-              "vae": None}
+    inputs = {"checkpoint": None, "checkpoint_2": None, "text_embeddings": "file",
+              "negative_embeddings": "file", "vae": None}
     problems = []
     for dest, kind in inputs.items():
         problem = given(args, dest) and input_problem(flag(dest), getattr(args, dest), kind)

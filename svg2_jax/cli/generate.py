@@ -1,5 +1,6 @@
-"""svg2-generate: Wan2.1 or HunyuanVideo text-to-video with dense or SVG2 attention, the
-whole denoising loop compiled once. JAX only: no torch is imported.
+"""svg2-generate: Wan2.1 / Wan2.2 or HunyuanVideo text-to-video, and Wan image-to-video,
+with dense or SVG2 attention, the whole denoising loop compiled once. JAX only: no torch
+is imported.
 
 Without --checkpoint it runs a TINY RANDOM Wan (2 layers, output is noise) with random
 text embeddings, so a fresh install shows the whole path (compile, SVG2 warm-up then
@@ -12,23 +13,35 @@ tokenizer/ folder, by default found in or beside the encoder's), or precomputed 
 decodes to RGB with the JAX VAE; without it the mp4 is a latent preview and the latents
 are saved as .npy.
 
+Wan2.2 A14B (--model wan2.2-t2v-a14b / wan2.2-i2v-a14b) runs its two experts in the one
+compiled loop, each with its own SVG2 centroids: --checkpoint a directory holding both
+(diffusers' transformer/ + transformer_2/, svg2-convert's output, or the official
+high_noise_model/ + low_noise_model/) or the high-noise one with --checkpoint-2 the
+low-noise one; --guidance-2 is the low-noise expert's guidance. Each --model takes its
+released settings (steps, guidance, shift, size) unless flags say otherwise.
+Image-to-video (wan2.1-i2v-14b, wan2.1-flf2v-14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b):
+--image (and --last-image for the first-and-last-frame models) with --vae, whose JAX port
+encodes the frames; Wan2.1's models also take --image-encoder (their CLIP vision tower,
+JAX too). Without --height/--width the video follows the image's aspect ratio at the
+model's area.
+
 HunyuanVideo (--family hunyuan, or a hunyuan preset): --prompt with its Llama
 (--text-encoder, --tokenizer: the repo's text_encoder/ and tokenizer/) and CLIP
 (--text-encoder-2, --tokenizer-2: text_encoder_2/ and tokenizer_2/), or --text-embeddings
 .npz with prompt_embeds [T, 4096], prompt_attention_mask [T] and pooled_prompt_embeds
 [768]; --guidance is its embedded (distilled) guidance, there is no negative prompt.
 
-The text encoders run in --dtype, the VAEs in float32 (as diffusers' pipelines). The
-PyTorch encoders and VAEs are not wired in: ours read the same checkpoints and match
-them (parity tests); `pipelines.{wan,hunyuan}.decode_with_diffusers_vae` remain for
-library use.
+The text encoders run in --dtype, the VAEs and the CLIP vision tower in float32 (as
+diffusers' pipelines). The PyTorch encoders and VAEs are not wired in: ours read the same
+checkpoints and match them (parity tests); `pipelines.{wan,hunyuan}.decode_with_diffusers_vae`
+remain for library use.
 
 Flags left out take the library's defaults (SVG2Config, SamplerConfig, the family's
 preset; svg2_jax/cli/defaults.py says where a family departs from them): --help lists
-them. Every flag is checked before any model work (svg2_jax/cli/flags.py, and
-svg2_jax/cli/text.py for the text flags): a value out of range, a flag the run would
-ignore, a missing input or an output that cannot be written stops the run at once, naming
-the flag. Outputs are written whole or not at all; if NaN/Inf appear, only the JSON report
+them. Every flag is checked before any model work (svg2_jax/cli/flags.py;
+svg2_jax/cli/text.py for the text flags, svg2_jax/cli/wan_flags.py for the experts' and
+the images'): a value out of range, a flag the run would ignore, a missing or unreadable
+input or an output that cannot be written stops the run at once, naming the flag. Outputs are written whole or not at all; if NaN/Inf appear, only the JSON report
 is written, naming the step, pass and layer.
 
 Examples:
@@ -39,6 +52,14 @@ Examples:
   svg2-generate --checkpoint ckpt/hunyuan --model hunyuan-video-t2v-720p --prompt "a fox" \\
       --text-encoder ckpt/llama --tokenizer HunyuanVideo/tokenizer --text-encoder-2 ckpt/clip \\
       --tokenizer-2 HunyuanVideo/tokenizer_2 --vae ckpt/hunyuan-vae --out out/fox.mp4
+  svg2-generate --checkpoint Wan2.2-I2V-A14B-Diffusers --model wan2.2-i2v-a14b \\
+      --image first.png --prompt "the fox runs off" \\
+      --text-encoder Wan2.2-I2V-A14B-Diffusers/text_encoder \\
+      --vae Wan2.2-I2V-A14B-Diffusers/vae --out out/fox-i2v.mp4
+  svg2-generate --checkpoint Wan2.1-I2V-14B-720P-Diffusers/transformer \\
+      --model wan2.1-i2v-14b --image first.png --height 720 --width 1280 \\
+      --image-encoder Wan2.1-I2V-14B-720P-Diffusers/image_encoder \\
+      --vae Wan2.1-I2V-14B-720P-Diffusers/vae --text-embeddings emb.npy
 """
 
 from __future__ import annotations
@@ -55,14 +76,15 @@ import numpy as np
 
 from svg2_jax.backends import is_hopper
 from svg2_jax.cli import defaults as dflt
-from svg2_jax.cli import text
+from svg2_jax.cli import text, wan_flags
 from svg2_jax.cli.flags import (OutputPaths, check_applicable, check_paths, check_values,
                                 parse_dense_layers)
 from svg2_jax.cli.outputs import write_atomically
 from svg2_jax.cli.text import PROG, fail
-from svg2_jax.cli.vae import load_vae, vae_config, vae_problems
+from svg2_jax.cli.vae import load_vae, vae_config, vae_problems, wan_vae_problems
 from svg2_jax.config import BACKENDS, ERROR_POOLS, REFERENCE_RULE, SELECTIONS, SVG2Config
 from svg2_jax.layer_attention import SVG2Attention
+from svg2_jax.pipelines.wan_models import WanModelSpec, model_spec
 from svg2_jax.sampling import SamplerConfig
 from svg2_jax.sampling.schedulers import dense_warmup_steps
 
@@ -80,9 +102,15 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="orbax dir, diffusers transformer dir/file, or "
-                   "official Wan2.1 file; omitted: a tiny random model (output is noise)")
-    g.add_argument("--model", help="preset or diffusers config.json of the checkpoint "
+                   "official Wan2.1 file (Wan2.2 A14B: a directory holding both experts); "
+                   "omitted: a tiny random model (output is noise)")
+    g.add_argument("--model", help="model (wan2.1-t2v-1.3b/-14b, wan2.1-i2v-14b, "
+                   "wan2.1-flf2v-14b, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b, "
+                   "hunyuan-video-t2v-720p) or diffusers config.json of the checkpoint "
                    f"(default: {d(lambda f: f.model)})")
+    g.add_argument("--checkpoint-2", help="Wan2.2 A14B: the low-noise expert (default: "
+                   "--checkpoint is a directory holding both, transformer/ + transformer_2/ "
+                   "or high_noise_model/ + low_noise_model/)")
     g.add_argument("--family", choices=tuple(dflt.FAMILIES),
                    help="model family (default: from --model, else wan)")
     g.add_argument("--dtype", default=DTYPES[0], choices=DTYPES)
@@ -96,6 +124,12 @@ def parse_args(argv=None):
                    "(Wan: .npy [L, text_dim]; HunyuanVideo: .npz)")
     g.add_argument("--negative-embeddings", help="Wan: .npy [L, text_dim] for the "
                    "unconditional pass (default with --text-embeddings: zeros)")
+    g.add_argument("--image", help="Wan image-to-video: the first frame (needs --vae; the "
+                   "video follows its aspect ratio unless --height/--width are given)")
+    g.add_argument("--last-image", help="the last frame too (wan2.1-flf2v-14b, "
+                   "wan2.2-i2v-a14b)")
+    g.add_argument("--image-encoder", help="Wan2.1 I2V/FLF2V: the CLIP vision tower (the "
+                   "repo's image_encoder/ folder, or svg2-convert's orbax)")
     g = p.add_argument_group("video")
     g.add_argument("--height", type=int, help=f"default {d(lambda f: f.video.height)}")
     g.add_argument("--width", type=int, help=f"default {d(lambda f: f.video.width)}")
@@ -105,7 +139,9 @@ def parse_args(argv=None):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--guidance", type=float,
                    help=f"Wan: classifier-free guidance; HunyuanVideo: embedded guidance "
-                   f"(default {d(lambda f: f.guidance)})")
+                   f"(default {d(lambda f: f.guidance)}; Wan: the model's)")
+    g.add_argument("--guidance-2", type=float, help="Wan2.2 A14B: the low-noise expert's "
+                   "guidance (default: the model's, e.g. 3.0 for wan2.2-t2v-a14b)")
     g.add_argument("--scheduler", choices=SCHEDULERS,
                    help=f"default and choices: {d(lambda f: '/'.join(f.schedulers))}")
     g.add_argument("--shift", type=float,
@@ -180,9 +216,11 @@ class Settings:
     scheduler: str
     shift: float
     guidance: float
+    guidance_2: float | None       # the second expert's (Wan2.2 A14B)
     svg2: SVG2Config | None        # None: dense attention
     dense_layers: tuple[int, ...]
     sampler: SamplerConfig
+    spec: WanModelSpec | None = None  # the Wan model's pipeline; None: tiny or HunyuanVideo
 
 
 def _given(**values):
@@ -204,6 +242,14 @@ def resolve(args) -> Settings:
     tiny = args.checkpoint is None
     family = family_of(args)
     fam = dflt.FAMILIES[family]
+    spec = None
+    if family == "wan" and not tiny:
+        model = args.model or fam.model
+        try:
+            spec = model_spec(model)
+        except ValueError as e:
+            raise ValueError(f"--model {model}: {e}") from None
+        fam = dflt.wan_model(spec, image=args.image is not None)
     fam = dflt.tiny(fam) if tiny else fam
     scheduler = args.scheduler or fam.schedulers[0]
     if scheduler not in fam.schedulers:
@@ -211,6 +257,13 @@ def resolve(args) -> Settings:
              f"not {scheduler}")
     height = fam.video.height if args.height is None else args.height
     width = fam.video.width if args.width is None else args.width
+    if spec is not None and spec.takes_image and args.image is not None:
+        from svg2_jax.pipelines.wan_i2v import video_size_of
+
+        try:
+            height, width = video_size_of(spec, args.image, args.height, args.width)
+        except ValueError as e:
+            raise ValueError(f"--image {args.image}: {e}") from None
     svg2 = None
     if args.attention == "svg2":
         # flags that contradict --reference-svg2 are `check_applicable`'s to report
@@ -226,12 +279,14 @@ def resolve(args) -> Settings:
                     parse_dense_layers(args.dense_layers))
     guidance = fam.guidance if args.guidance is None else args.guidance
     sampler = dataclasses.replace(
-        fam.sampler, **_given(num_steps=args.steps, dense_fraction=args.dense_fraction,
-                              kmeans_during_warmup=args.kmeans_during_warmup,
-                              share_cfg_cache=args.share_cfg_cache),
+        fam.sampler_for(height, width),
+        **_given(num_steps=args.steps, dense_fraction=args.dense_fraction,
+                 kmeans_during_warmup=args.kmeans_during_warmup,
+                 share_cfg_cache=args.share_cfg_cache),
         progress=not args.no_progress)
-    if family == "wan":
-        sampler = dataclasses.replace(sampler, guidance_scale=guidance)
+    if family == "wan":  # --guidance-2 with one expert: a problem of check_wan_flags
+        second = _given(guidance_scale_2=args.guidance_2) if sampler.num_experts == 2 else {}
+        sampler = dataclasses.replace(sampler, guidance_scale=guidance, **second)
     if svg2 is None:
         sampler = dataclasses.replace(sampler, dense_fraction=0.0)
     return Settings(
@@ -239,7 +294,9 @@ def resolve(args) -> Settings:
         frames=fam.video.frames if args.frames is None else args.frames,
         fps=fam.video.fps if args.fps is None else args.fps, scheduler=scheduler,
         shift=fam.shift_for(height, width) if args.shift is None else args.shift,
-        guidance=guidance, svg2=svg2, dense_layers=dense_layers, sampler=sampler)
+        guidance=guidance,
+        guidance_2=sampler.guidance_scales[1] if sampler.num_experts == 2 else None,
+        svg2=svg2, dense_layers=dense_layers, sampler=sampler, spec=spec)
 
 
 def sparse_backend(cfg: SVG2Config | None) -> str | None:
@@ -267,15 +324,16 @@ def build_attention(run: Settings, seed: int, jax):
 def checked_settings(args) -> tuple[Settings, OutputPaths]:
     """Every flag checked before any model work (`svg2_jax.cli.flags`): exits listing
     every problem, each naming its flag; else the settings and the output paths."""
-    problems = check_values(args)
-    if problems:  # resolving needs sound values
+    problems = check_values(args) + wan_flags.check_image_files(args)
+    if problems:  # resolving needs sound values (and the image, whose size it reads)
         _fail_all(problems)
     try:
         run = resolve(args)
     except ValueError as e:
         fail(str(e))
     problems = (check_applicable(args, run.family, run.sampler.cfg)
-                + text.check_text_flags(args, run.family))
+                + text.check_text_flags(args, run.family)
+                + wan_flags.check_wan_flags(args, run.family, run.spec))
     if (run.svg2 is not None and run.sampler.kmeans_during_warmup
             and dense_warmup_steps(run.sampler.num_steps, run.sampler.dense_fraction) == 0):
         problems.append("--kmeans-during-warmup needs a dense warm-up step (--dense-fraction "
@@ -301,14 +359,17 @@ def _pipeline(run: Settings):
     else:
         from svg2_jax.models.wan import get_config
         from svg2_jax.pipelines import wan as pipe
-    return pipe, (pipe.TINY_CONFIG if run.tiny else get_config(run.model))
+    if run.tiny:
+        return pipe, pipe.TINY_CONFIG
+    return pipe, (run.spec.config if run.spec is not None else get_config(run.model))
 
 
 def _check_model_fit(args, run: Settings, pipe, config, vae=None):
     """What needs the architecture but no weights: --dense-layers within its layers, the
     size through the VAE (vae: the --vae config, its compression and latent channels;
-    None: the released VAEs' 4x / 8x) and the patches, enough video tokens for the
-    clusters. Exits listing every problem; else (latent shape, video tokens)."""
+    None: the Wan model's VAE, else the released VAEs' 4x / 8x) and the patches, enough
+    video tokens for the clusters. Exits listing every problem; else (latent shape, video
+    tokens)."""
     problems = []
     layers = config.num_attention_layers
     outside = [i for i in run.dense_layers if i >= layers]
@@ -317,9 +378,12 @@ def _check_model_fit(args, run: Settings, pipe, config, vae=None):
                         f"attention layers (0..{layers - 1})")
     if vae is not None:
         problems += vae_problems(vae, args.vae, config.out_channels)
+    if vae is not None and run.spec is not None:
+        problems += wan_vae_problems(vae, args.vae, run.spec)
+    compression = vae if vae is not None else run.spec
     try:
-        shape = pipe.latent_shape(config, run.height, run.width, run.frames, vae)
-        seq = pipe.sequence_length(config, run.height, run.width, run.frames, vae)
+        shape = pipe.latent_shape(config, run.height, run.width, run.frames, compression)
+        seq = pipe.sequence_length(config, run.height, run.width, run.frames, compression)
     except ValueError as e:
         problems.append(str(e))
     else:
@@ -341,32 +405,36 @@ def _conditioning(args, run: Settings, config, dtype):
     return text.wan_conditioning(args, config.text_dim, run.tiny, rng, dtype)
 
 
-def _model(args, run: Settings, config, attention, dtype, nnx):
-    """The tiny random model, or the checkpoint's weights (ValueError naming what is
-    wrong with it)."""
+def _model(args, run: Settings, config, attention, dtype, nnx) -> tuple:
+    """The tiny random model, or the checkpoint's weights, as a tuple of the experts (one
+    but for Wan2.2 A14B); ValueError naming what is wrong with a checkpoint."""
     if run.family == "hunyuan":
         from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel as model_cls
         from svg2_jax.models.hunyuan import load
     else:
         from svg2_jax.models.wan import WanTransformer3DModel as model_cls
-        from svg2_jax.models.wan import load
+        from svg2_jax.pipelines.wan import load_experts
     if run.tiny:
-        return model_cls(config, attention=attention, dtype=dtype, param_dtype=dtype,
-                         rngs=nnx.Rngs(args.seed))
+        return (model_cls(config, attention=attention, dtype=dtype, param_dtype=dtype,
+                          rngs=nnx.Rngs(args.seed)),)
+    if run.family == "wan":  # the experts of run.spec, checked by check_wan_flags
+        return load_experts(run.spec, args.checkpoint, args.checkpoint_2, dtype=dtype,
+                            attention=attention)
     model = load(args.checkpoint, config, dtype=dtype)
     model.attention = attention
-    return model
+    return (model,)
 
 
-def _sampler(run: Settings, pipe, model):
+def _sampler(run: Settings, pipe, models: tuple):
     from svg2_jax.sampling import FlowMatchEuler, FlowUniPC
 
     if run.family == "hunyuan":
+        (model,) = models
         return pipe.HunyuanSampler(model, FlowMatchEuler(shift=run.shift, pipeline_sigmas=True),
                                    run.sampler, embedded_guidance=run.guidance)
     scheduler = (FlowUniPC(flow_shift=run.shift) if run.scheduler == "unipc"
                  else FlowMatchEuler(shift=run.shift))
-    return pipe.WanSampler(model, scheduler, run.sampler)
+    return pipe.WanSampler(models, scheduler, run.sampler)
 
 
 def _finite_or_none(x):
@@ -414,15 +482,20 @@ def main(argv=None):
               + ". Its output is noise; this run only shows the pipeline.", file=sys.stderr)
 
     t0 = time.perf_counter()
-    # the text encoders are let go before the VAE and the DiT load; the VAE before the DiT,
-    # so that a broken VAE checkpoint stops the run before the big read
+    # the text encoders are let go before the VAE and the DiT load; the VAE (and the image
+    # conditioning it and the CLIP tower encode) before the DiT, so that a broken VAE
+    # checkpoint or image stops the run before the big read
     inputs = _conditioning(args, run, config, dtype)
     vae = None if vae_cfg is None else load_vae(run.family, args.vae, vae_cfg)
+    condition = wan_flags.image_condition(args, run.spec, vae, run.height, run.width,
+                                          run.frames)
+    if condition is not None:
+        inputs = (*inputs, condition)
     try:
-        model = _model(args, run, config, attention, dtype, nnx)
+        models = _model(args, run, config, attention, dtype, nnx)
     except ValueError as e:
         fail(str(e))
-    sampler = _sampler(run, pipe, model)
+    sampler = _sampler(run, pipe, models)
     load_s = time.perf_counter() - t0
 
     latents = video.initial_noise(args.seed, (1, c, f, h, w))
@@ -450,7 +523,8 @@ def main(argv=None):
                       "normalised and upsampled 8x; no --vae given")
     report = {
         "model": (f"TINY RANDOM {run.family} (not a real model: output is noise)" if run.tiny
-                  else {"checkpoint": os.path.abspath(args.checkpoint), "preset": run.model}),
+                  else {"checkpoint": os.path.abspath(args.checkpoint), "preset": run.model,
+                        **wan_flags.describe_experts(args, run.spec)}),
         "family": run.family,
         "video": {"height": run.height, "width": run.width, "frames": run.frames,
                   "fps": run.fps, "latent_shape": [c, f, h, w], "video_tokens": seq,
@@ -458,8 +532,13 @@ def main(argv=None):
                   "latents_npy": None if vae is not None else str(paths.latents),
                   "vae": None if vae is None else os.path.abspath(args.vae)},
         "text": text.describe(args, run.family),
+        "image": wan_flags.describe_image(args),
         "sampling": {"steps": steps, "scheduler": run.scheduler, "shift": run.shift,
                      ("embedded_guidance" if hy else "guidance"): run.guidance,
+                     **({} if run.guidance_2 is None else {
+                         "guidance_2": run.guidance_2,
+                         "boundary_timestep": run.sampler.boundary_timestep,
+                         "expert_per_step": np.asarray(result.expert).tolist()}),
                      "seed": args.seed, "dense_warmup_steps": n_dense},
         "attention": {"kind": args.attention,
                       **({} if cfg is None else {

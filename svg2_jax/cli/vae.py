@@ -37,6 +37,20 @@ def vae_problems(config, path: str, latent_channels: int) -> list[str]:
     return []
 
 
+def wan_vae_problems(config, path: str, spec) -> list[str]:
+    """A Wan model's latents come from one VAE (`wan_models.WanModelSpec.vae`): --vae must
+    compress as that one does (Wan2.1's 4x / 8x, Wan2.2's 4x / 16x)."""
+    from svg2_jax.pipelines.wan import model_vae
+
+    want, have = model_vae(spec), config
+    if ((have.temporal_compression, have.spatial_compression)
+            != (want.temporal_compression, want.spatial_compression)):
+        return [f"--vae {path} compresses {have.temporal_compression}x in time and "
+                f"{have.spatial_compression}x in space; {spec.name}'s latents come from a "
+                f"{want.temporal_compression}x / {want.spatial_compression}x VAE ({spec.vae})"]
+    return []
+
+
 def load_vae(family: str, path: str, config):
     """The family's VAE at `path` with `config` (`vae_config`'s) in float32, as diffusers'
     pipelines run it."""

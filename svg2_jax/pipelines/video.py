@@ -1,5 +1,6 @@
 """Pieces every video pipeline shares: latent shapes through a causal video VAE (4x/8x
-unless the VAE says otherwise), initial noise, a latent preview, mp4 writing."""
+unless the VAE says otherwise), initial noise, conditioning images (read, sized, made
+frames), a latent preview, mp4 writing."""
 
 from __future__ import annotations
 
@@ -64,6 +65,53 @@ def sequence_length(channels, patch, height: int, width: int, frames: int,
 def initial_noise(seed: int, shape) -> jax.Array:
     """[B, C, F, H, W] float32 standard normal latents (the loop keeps latents in float32)."""
     return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+
+
+def load_image(path):
+    """The image file at `path` as an RGB PIL image (what diffusers' `load_image` gives),
+    with an error naming the file when it is missing or not an image."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as e:
+        raise RuntimeError("reading images needs Pillow: pip install pillow") from e
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
+
+
+def image_frame(image, height: int, width: int) -> np.ndarray:
+    """A conditioning image (a PIL image or uint8 [H, W, 3]) as a video frame float32
+    [3, height, width] in [-1, 1], as diffusers' `VideoProcessor.preprocess(image, height,
+    width)`: Pillow's Lanczos resize to (width, height) (an identity at that size), / 255,
+    2x - 1."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"an image array must be uint8 [H, W, 3], got {image.dtype} "
+                             f"{list(image.shape)}")
+        image = Image.fromarray(image)
+    x = np.asarray(image.resize((width, height), resample=Image.Resampling.LANCZOS))
+    x = x.astype(np.float32) / np.float32(255.0)
+    return np.moveaxis(2.0 * x - 1.0, -1, 0).astype(np.float32)
+
+
+def fit_to_area(image_height: int, image_width: int, max_area: int, multiple: int
+                ) -> tuple[int, int]:
+    """(height, width) of the image's aspect ratio with about `max_area` pixels, each a
+    multiple of `multiple` (the VAE factor times the patch): the sizing diffusers' Wan I2V
+    example and the SVG2 reference's I2V script apply to the input image."""
+    aspect = image_height / image_width
+    height = round(np.sqrt(max_area * aspect)) // multiple * multiple
+    width = round(np.sqrt(max_area / aspect)) // multiple * multiple
+    if height < multiple or width < multiple:
+        raise ValueError(f"an image of {image_width}x{image_height} (aspect {aspect:.3g}) "
+                         f"leaves no {multiple}-pixel multiple at {max_area} pixels")
+    return int(height), int(width)
 
 
 def to_uint8_frames(video) -> np.ndarray:
