@@ -128,6 +128,41 @@ def test_compensation_rows(tiny):
     assert set(t["met"]) == {"density", "error", "p10"}
 
 
+def test_targets_and_headline_on_hand_made_curves():
+    """The reading at the reference point, by hand: SVG2 at d0 0.1 / e0 0.1; the default's
+    curve through (0.01, error 0.2, recall 0.3) and (0.1, 0.02, 0.9), log-log in error,
+    linear in log density for recall: it reaches e0 at density 10^-1.699 = 0.02, with
+    recall 0.3 + 0.6 x log10(2) there."""
+    from scripts.quality import report
+
+    def r(method, density, err, rec, p10, **kw):
+        return dict(method=method, density=density, rel_error=err, recall=rec,
+                    recall_p10=p10, **kw)
+    rows = [r("SVG2", 0.1, 0.1, 0.8, 0.5, top_p=0.9, min_kc_ratio=0.1),
+            r("oracle (same clusters)", 0.1, 0.05, 0.95, 0.9, top_p=0.9, min_kc_ratio=0.1),
+            r(selectors.DEFAULT_METHOD, 0.01, 0.2, 0.3, 0.0),
+            r(selectors.DEFAULT_METHOD, 0.1, 0.02, 0.9, 0.86)]
+    t = targets.evaluate(dict(rows=rows))
+    assert t["density_at_e0_kind"] == "at"
+    assert t["density_at_e0"] == pytest.approx(0.02)
+    assert t["recall_at_e0"] == pytest.approx(0.3 + 0.6 * math.log10(2))
+    assert t["p10_at_e0"] == pytest.approx(0.86 * math.log10(2))
+    assert (t["error_at_d0"], t["recall_at_d0"], t["p10_at_d0"]) == pytest.approx((0.02, 0.9,
+                                                                                  0.86))
+    assert t["met"] == dict(density=True, error=True, p10=True)
+    line = report.headline_markdown([dict(rows=rows, name="hand")]).splitlines()[-1]
+    assert line == ("| hand | 0.1000 / 0.1000 / 0.800 / 0.500 | 0.0200 / 0.900 / 0.860 | "
+                    f"0.0200 / {0.3 + 0.6 * math.log10(2):.3f} / {0.86 * math.log10(2):.3f} | "
+                    "0.0500 / 0.950 / 0.900 |")
+    # a curve that starts below e0 only bounds the density; one that never reaches it
+    low = targets.evaluate(dict(rows=rows[:2] + [r(selectors.DEFAULT_METHOD, 0.01, 0.05,
+                                                   0.3, 0.0)] + rows[3:]))
+    assert low["density_at_e0_kind"] == "below" and low["density_at_e0"] == 0.01
+    never = targets.evaluate(dict(rows=rows[:2] + [r(selectors.DEFAULT_METHOD, 0.01, 0.5,
+                                                     0.3, 0.0)]))
+    assert never["density_at_e0_kind"] == "never" and math.isnan(never["recall_at_e0"])
+
+
 def test_flop_count_at_wan_720p():
     dense, items, variants = flops.cost_items(**flops.WAN_720P)
     assert dense == 4 * 75600 ** 2 * 128 * 40

@@ -272,6 +272,17 @@ def targets_reading(runs) -> list[str]:
            + (f" ({', '.join(met['p10'])})" if 0 < len(met['p10']) < n else "") + "."
            + (f" Target 1 is undetermined on {', '.join(open_)}: the lowest swept density "
               f"already has a smaller error." if open_ else "")]
+    reached = [t for t in ev if t["density_at_e0_kind"] != "never"]
+    if reached:
+        out.append(
+            f"At the reference's error the default computes almost nothing exactly: density "
+            f"{min(t['density_at_e0'] for t in reached):.4f}..{max(t['density_at_e0'] for t in reached):.4f}"
+            f" (the lowest swept tolerances; '<=' where even the lowest swept density is "
+            f"below e0), recall {min(t['recall_at_e0'] for t in reached):.3f}.."
+            f"{max(t['recall_at_e0'] for t in reached):.3f}: on these inputs the "
+            f"compensation alone, with each query's own key exact, is about as accurate as "
+            f"the reference's sparse attention. That is what target 1 measures, not a density "
+            f"to run at.")
     outside = [nm for nm, t in zip(names, ev) if not t["inside_range"]]
     if outside:
         out.append(f"On {', '.join(outside)} the reference's density lies outside the "
@@ -290,6 +301,25 @@ def targets_reading(runs) -> list[str]:
         f"where the mass is, and a block whose mass the compensation reproduces well is "
         f"left to it even when it holds much of a query's mass. The reference's own p10 "
         f"there is {min(t['ref_p10'] for t in ev):.3f}..{max(t['ref_p10'] for t in ev):.3f}.")
+    own = [nm for nm, t in zip(names, ev)
+           if t["met"]["p10"] is False and t["oracle_p10"] >= targets.P10_TARGET]
+    if own:
+        out.append(f"On {', '.join(own)} the default misses p10 {targets.P10_TARGET} while the "
+                   f"oracle on the same clusters reaches it: there the miss is the "
+                   f"error-aware choice (error per pair over mass), not the clusters. On the "
+                   f"design lab's inputs, with clusters as small relative to S, the oracle "
+                   f"itself stayed under {targets.P10_TARGET} on most inputs (below).")
+    rows = [(targets.default_row(r), t) for r, t in zip(runs, ev)]
+    rows = [(row, t) for row, t in rows if row is not None]
+    if rows:
+        ratio = lambda f: [f(row, t) for row, t in rows]
+        d = ratio(lambda row, t: row["density"] / t["d0"])
+        e = ratio(lambda row, t: row["rel_error"] / t["e0"])
+        p = ratio(lambda row, t: row["recall_p10"])
+        out.append(f"At its own tolerance the default runs below the reference's density "
+                   f"({min(d):.2f}..{max(d):.2f} x d0) at {min(e):.2f}..{max(e):.2f} x its "
+                   f"error, with recall p10 {min(p):.3f}..{max(p):.3f}: it spends fewer "
+                   f"exact pairs, and p10 falls with the density (the curves above).")
     lay = [targets.evaluate(r, PER_LAYER) for r in runs]
     wins = [nm for nm, a, b in zip(names, lay, ev) if a["error_ratio"] < b["error_ratio"]]
     out.append(f"One pool for all heads of a video (`error_pool=\"layer\"`) against one per "
@@ -297,7 +327,11 @@ def targets_reading(runs) -> list[str]:
                f"{max(t['error_ratio'] for t in lay):.2f} x e0, lower than per head on "
                f"{len(wins)} of {n} input sets" + (f" ({', '.join(wins)})" if wins else "")
                + f" (per head {min(t['error_ratio'] for t in ev):.2f}.."
-               f"{max(t['error_ratio'] for t in ev):.2f} x e0).")
+               f"{max(t['error_ratio'] for t in ev):.2f} x e0). The default stays per head "
+               f"all the same: a shared pool makes each head's output depend on which "
+               f"heads share its call, so it would change with a sharded run's device count "
+               f"(head-parallel attention calls each device's heads apart) and with padding "
+               f"heads; per head, a head's output is its own.")
     no_own = [targets.evaluate(r, NO_OWN_KEY) for r in runs]
     out.append(
         f"Without the own-key term the default's error at d0 is "
@@ -412,6 +446,12 @@ commit 27abebc); its conclusions decided what the library implements:
   0.128 x e0); one pool for all heads of a layer was equal or slightly better on mixed
   head temperatures (it equalises the heads' errors). The tolerance rule sets each
   head's density from the error it estimates and matched the budget at equal density.
+- **Recall p10 >= 0.85 at the reference's density** (the recommended method): met on 1 of
+  the 8 lab inputs (0.850 on the noisier image), nearly on the neighbour one (0.847),
+  missed on the others (0.63-0.83), where the true-mass oracle on the same clusters itself
+  reached only 0.68-0.89: at those cluster sizes p10 is mostly a property of the
+  clusters. Counting a share of the dropped mass as error in the ranking moved p10 by
+  less than 0.01.
 - **Query subsampling** of the selection pass (1 token in 4 per query cluster) cost
   10-70 % more error at the reference's density, twice as much on the neighbour input:
   not adopted.
