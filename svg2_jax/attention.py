@@ -18,6 +18,7 @@ from einops import rearrange
 from svg2_jax.backends import SPARSE_BACKENDS, resolve_backend
 from svg2_jax.clustering import Clustering, SVG2Cache, cluster_qk, to_cache
 from svg2_jax.config import SVG2Config
+from svg2_jax.head_group import HeadGroup
 from svg2_jax.selection import Selection, block_density, select_blocks
 
 
@@ -92,19 +93,20 @@ def _size_summary(sizes):
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def svg2_kmeans(q: jax.Array, k: jax.Array, cache: SVG2Cache | None, config: SVG2Config,
-                key: jax.Array | None = None) -> SVG2Cache:
+                key: jax.Array | None = None, head_group: HeadGroup | None = None
+                ) -> SVG2Cache:
     """Only the clustering step of `svg2_attention` (same arguments, no v): returns the
     updated cache. For dense steps that warm up the centroids for later sparse ones."""
     check_inputs(q, k, k, cache, config, "svg2_kmeans")
     clustering = cluster_qk(*(rearrange(x, "b s h d -> (b h) s d") for x in (q, k)), cache,
-                            config, key)
+                            config, key, head_group=head_group)
     return to_cache(clustering, q.shape[0])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "scale"))
 def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | None,
                    config: SVG2Config, key: jax.Array | None = None, *,
-                   scale: float | None = None):
+                   scale: float | None = None, head_group: HeadGroup | None = None):
     """SVG2 sparse attention.
 
     Args:
@@ -118,6 +120,10 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
         Unused on a warm start.
       scale: softmax scale, default 1/sqrt(D); the selection's attention-mass estimate
         uses it too.
+      head_group: when these H heads are some of a layer's heads spread over devices
+        (head parallel, inside `shard_map`): their global indices and the mesh axis, so
+        every head starts and stops k-means as in one call over all heads
+        (`svg2_jax.head_group`). None: these are all the heads.
 
     Returns:
       (out [B, Sq, H, D] in q.dtype, new cache, SVG2Stats).
@@ -126,7 +132,7 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
     b, _, _, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
-    core = svg2_core(qn, kn, vn, cache, config, key, scale)
+    core = svg2_core(qn, kn, vn, cache, config, key, scale, head_group)
     out = rearrange(core.out, "(b h) s d -> b s h d", b=b)
     clustering, selected = core.clustering, core.selection.selected
     density = block_density(selected, clustering.q.sizes, clustering.k.sizes)
@@ -144,13 +150,13 @@ class CoreResult(NamedTuple):
     selection: Selection
 
 
-def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scale: float
-              ) -> CoreResult:
+def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scale: float,
+              head_group: HeadGroup | None = None) -> CoreResult:
     """The algorithm on per-head problems: qn [N, Sq, D]; kn, vn [N, Sk, D] (N = B * H in
-    (b h) order, for the cache); cache, config, key as `svg2_attention`; scale: the
-    softmax scale -> CoreResult."""
+    (b h) order, for the cache); cache, config, key, head_group as `svg2_attention`;
+    scale: the softmax scale -> CoreResult."""
     backend = SPARSE_BACKENDS[resolve_backend(config, qn.dtype, qn.shape[-1])]
-    clustering = cluster_qk(qn, kn, cache, config, key)
+    clustering = cluster_qk(qn, kn, cache, config, key, head_group=head_group)
     selection = select_blocks(clustering, config, scale)
     out, lse = backend(qn, kn, vn, clustering, selection, scale, config)
     return CoreResult(out, lse, clustering, selection)

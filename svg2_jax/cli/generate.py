@@ -66,6 +66,12 @@ def parse_args(argv=None):
     g.add_argument("--family", choices=tuple(dflt.FAMILIES),
                    help="model family (default: from --model, else wan)")
     g.add_argument("--dtype", default=DTYPES[0], choices=DTYPES)
+    g = p.add_argument_group("devices")
+    g.add_argument("--mesh", help="run on many devices: sp=N (sequence / head parallel), "
+                   "cfg=2 (CFG parallel: needs --separate-cfg-cache), balance=0 (no "
+                   "density-balanced heads), e.g. sp=4,cfg=2; default: one device")
+    g.add_argument("--distributed", help="several hosts: 'auto' (SLURM, Open MPI) or "
+                   "HOST:PORT,NUM_PROCESSES,PROCESS_ID, same command on every host")
     g = p.add_argument_group("conditioning")
     g.add_argument("--prompt", help="text prompt (needs --text-encoder)")
     g.add_argument("--negative-prompt", default="")
@@ -214,7 +220,7 @@ def build_attention(run: Settings, seed: int, jax):
                          dense_implementation=dense_impl)
 
 
-def _wan_setup(args, run: Settings, attention, dtype, nnx, rng):
+def _wan_setup(args, run: Settings, attention, dtype, nnx, rng, mesh):
     from svg2_jax.models.wan import WanTransformer3DModel, load
     from svg2_jax.pipelines import wan as pipe
     from svg2_jax.sampling import FlowMatchEuler, FlowUniPC
@@ -223,7 +229,7 @@ def _wan_setup(args, run: Settings, attention, dtype, nnx, rng):
         model = WanTransformer3DModel(pipe.TINY_CONFIG, attention=attention, dtype=dtype,
                                       param_dtype=dtype, rngs=nnx.Rngs(args.seed))
     else:
-        model = load(args.checkpoint, run.model, dtype=dtype)
+        model = load(args.checkpoint, run.model, dtype=dtype, mesh=mesh)
         model.attention = attention
     config = model.config
     if args.text_embeddings:
@@ -249,11 +255,11 @@ def _wan_setup(args, run: Settings, attention, dtype, nnx, rng):
              f"{context.shape}")
     scheduler = (FlowUniPC(flow_shift=run.shift) if run.scheduler == "unipc"
                  else FlowMatchEuler(shift=run.shift))
-    sampler = pipe.WanSampler(model, scheduler, run.sampler)
+    sampler = pipe.WanSampler(model, scheduler, run.sampler, mesh=mesh)
     return model, pipe, sampler, (context, uncond)
 
 
-def _hunyuan_setup(args, run: Settings, attention, dtype, nnx, rng):
+def _hunyuan_setup(args, run: Settings, attention, dtype, nnx, rng, mesh):
     from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel, load
     from svg2_jax.pipelines import hunyuan as pipe
     from svg2_jax.sampling import FlowMatchEuler
@@ -267,7 +273,7 @@ def _hunyuan_setup(args, run: Settings, attention, dtype, nnx, rng):
                                                dtype=dtype, param_dtype=dtype,
                                                rngs=nnx.Rngs(args.seed))
     else:
-        model = load(args.checkpoint, run.model, dtype=dtype)
+        model = load(args.checkpoint, run.model, dtype=dtype, mesh=mesh)
         model.attention = attention
     config = model.config
     if args.text_embeddings:
@@ -279,7 +285,8 @@ def _hunyuan_setup(args, run: Settings, attention, dtype, nnx, rng):
     else:
         fail("HunyuanVideo needs --text-embeddings (.npz)")
     scheduler = FlowMatchEuler(shift=run.shift, pipeline_sigmas=True)
-    sampler = pipe.HunyuanSampler(model, scheduler, run.sampler, embedded_guidance=run.guidance)
+    sampler = pipe.HunyuanSampler(model, scheduler, run.sampler, embedded_guidance=run.guidance,
+                                  mesh=mesh)
     return model, pipe, sampler, (text,)
 
 
@@ -296,11 +303,17 @@ def main(argv=None):
     from flax import nnx
 
     from svg2_jax.pipelines import video
+    from svg2_jax.sharding import distributed
+    from svg2_jax.sharding.balance import balance_report
+    from svg2_jax.sharding.mesh import parse_mesh
     from svg2_jax.sampling import check_finite
     from svg2_jax.sampling.schedulers import dense_warmup_steps
 
     dtype = getattr(jnp, args.dtype)
     try:
+        if args.distributed:  # before anything touches a device
+            distributed.initialize(args.distributed)
+        mesh = parse_mesh(args.mesh) if args.mesh else None
         attention = build_attention(run, args.seed, jax)
     except ValueError as e:
         fail(str(e))
@@ -314,7 +327,7 @@ def main(argv=None):
     setup = _hunyuan_setup if hy else _wan_setup
     try:
         model, pipe, sampler, inputs = setup(args, run, attention, dtype, nnx,
-                                             np.random.default_rng(args.seed))
+                                             np.random.default_rng(args.seed), mesh)
         c, f, h, w = pipe.latent_shape(model.config, run.height, run.width, run.frames)
     except ValueError as e:
         fail(str(e))
@@ -335,10 +348,15 @@ def main(argv=None):
     jax.block_until_ready(result.latents)
     jax.effects_barrier()
     sample_s = time.perf_counter() - t2
+    result = dataclasses.replace(result, attn_state=None, **distributed.fetch(dict(
+        latents=result.latents, density=result.density,
+        first_nonfinite_step=result.first_nonfinite_step)))
     try:
         check_finite(result)
     except FloatingPointError as e:
         fail(str(e))
+    if not distributed.is_main_process():  # process 0 writes the files
+        return None
 
     lat = np.asarray(result.latents)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -379,6 +397,9 @@ def main(argv=None):
                       "sparse_backend": sparse_backend(cfg)},
         "timings_s": {"load": round(load_s, 3), "compile": round(compile_s, 3),
                       "sample": round(sample_s, 3), "device": str(jax.devices()[0])},
+        "mesh": None if mesh is None else {
+            **mesh.describe(), **({} if cfg is None or mesh.sp == 1 else {
+                "head_imbalance_per_step": balance_report(density, mesh.sp)})},
         "density_mean_sparse_steps": (float(per_step_layer[n_dense:].mean())
                                       if n_dense < steps else 1.0),
         "density_per_step_pass_layer": per_step_layer.round(5).tolist(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -50,18 +51,22 @@ class HunyuanSampler:
     sample(latents, text) -> SampleResult with text = (prompt_embeds [B, T, 4096],
     prompt_attention_mask [B, T], pooled_prompt_embeds [B, 768]). embedded_guidance:
     the distilled guidance scale (diffusers' guidance_scale, 6.0 by default); it goes in
-    as guidance_scale x 1000 when the model has a guidance embedding.
+    as guidance_scale x 1000 when the model has a guidance embedding. mesh: as
+    `WanSampler`'s (sequence and head parallel; no CFG axis, there is no second pass).
     """
 
     model: HunyuanVideoTransformer3DModel
     scheduler: object
     config: SamplerConfig
     embedded_guidance: float = 6.0
+    mesh: object = None
 
     def __post_init__(self):
         if self.config.cfg:
             raise ValueError("HunyuanVideo uses embedded (distilled) guidance: set the "
                              "sampler's guidance_scale to 1 and pass embedded_guidance")
+        if self.mesh is not None:
+            self.mesh.prepare(self.model)
         graphdef, self.params = nnx.split(self.model)
         dtype = self.model.dtype
         use_guidance = self.model.config.guidance_embeds
@@ -75,14 +80,20 @@ class HunyuanSampler:
                                    embeds.astype(dtype), mask, pooled.astype(dtype), guidance,
                                    state)
 
-        self._sample = make_sampler(model_fn, self.model.attention, self.scheduler, self.config)
+        self._sample = make_sampler(model_fn, self.model.attention, self.scheduler, self.config,
+                                    self.mesh)
 
-    def init_state(self, batch: int):
-        return self.model.init_attention_state(batch)
+    def init_state(self, batch: int, abstract: bool = False):
+        """The attention state for `batch` videos (on a mesh: made on its devices; with
+        abstract=True only its shapes, for `lower`)."""
+        make = lambda: self.model.init_attention_state(batch)
+        if self.mesh is not None:
+            return self.mesh.init_state(self.model.attention, make, abstract)
+        return jax.eval_shape(make) if abstract else make()
 
     def lower(self, latents, text):
         return self._sample.lower(self.params, latents, text, None,
-                                  self.init_state(latents.shape[0]))
+                                  self.init_state(latents.shape[0], abstract=True))
 
     def __call__(self, latents, text):
         return self._sample(self.params, latents, text, None, self.init_state(latents.shape[0]))

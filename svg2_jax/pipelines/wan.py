@@ -12,6 +12,7 @@ import dataclasses
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -43,13 +44,18 @@ class WanSampler:
 
     sample(latents, context, uncond_context) -> SampleResult; the same shapes never
     recompile. params stay outside the compiled program (an argument, not a constant).
+    mesh: a `svg2_jax.sharding.MeshPlan` to run on many devices (the model is prepared
+    for it in place: head-parallel attention, parameters on their shards), or None.
     """
 
     model: WanTransformer3DModel
     scheduler: object
     config: SamplerConfig
+    mesh: object = None
 
     def __post_init__(self):
+        if self.mesh is not None:
+            self.mesh.prepare(self.model)
         graphdef, self.params = nnx.split(self.model)
         dtype = self.model.dtype
 
@@ -57,15 +63,21 @@ class WanSampler:
             return wan_forward(graphdef, params, latents.astype(dtype), t,
                                context.astype(dtype), state)
 
-        self._sample = make_sampler(model_fn, self.model.attention, self.scheduler, self.config)
+        self._sample = make_sampler(model_fn, self.model.attention, self.scheduler, self.config,
+                                    self.mesh)
 
-    def init_state(self, batch: int):
-        return self.model.init_attention_state(batch)
+    def init_state(self, batch: int, abstract: bool = False):
+        """The attention state for `batch` videos (on a mesh: made on its devices; with
+        abstract=True only its shapes, for `lower`)."""
+        make = lambda: self.model.init_attention_state(batch)
+        if self.mesh is not None:
+            return self.mesh.init_state(self.model.attention, make, abstract)
+        return jax.eval_shape(make) if abstract else make()
 
     def lower(self, latents, context, uncond_context):
         """For ahead-of-time compilation: `.lower(...).compile()`."""
         return self._sample.lower(self.params, latents, context, uncond_context,
-                                  self.init_state(latents.shape[0]))
+                                  self.init_state(latents.shape[0], abstract=True))
 
     def __call__(self, latents, context, uncond_context):
         return self._sample(self.params, latents, context, uncond_context,

@@ -92,19 +92,39 @@ def _set_mode(attention, state, sparse, cluster):
     return None if state is None else attention.set_mode(state, sparse, cluster)
 
 
-def make_sampler(model_fn: Callable, attention, scheduler, config: SamplerConfig):
+def make_sampler(model_fn: Callable, attention, scheduler, config: SamplerConfig,
+                 sharding=None):
     """Returns sample(params, latents, context, uncond_context, attn_state) -> SampleResult,
     jitted.
 
     latents: initial noise, float32 (the loop keeps latents in float32, as diffusers' Wan
     pipeline does). attn_state: `attention.init_state(...)` or None for dense attention.
     uncond_context is ignored when guidance_scale == 1.
+    sharding: None, or a `svg2_jax.sharding.MeshPlan` whose mesh the loop runs on (params
+    already on their shards, the attention its head-parallel wrapper: `MeshPlan.prepare`):
+    sequence-parallel activations, the state's heads split over devices and, when the plan
+    balances, reassigned after every step by that step's density; on a cfg=2 mesh the
+    conditional and unconditional passes run at once as one batch split over the two
+    device groups (separate caches needed). Same results as without, up to rounding.
     """
+    paired = sharding is not None and sharding.cfg_parallel
+    if sharding is not None:
+        sharding.check_sampler(attention, config)
+        model_fn = sharding.model_fn(model_fn)
     timesteps_np, sigmas_np = scheduler.schedule(config.num_steps)
     n_dense = dense_warmup_steps(config.num_steps, config.dense_fraction)
     progress = _Progress(config.num_steps) if config.progress else None
 
     def guided(params, latents, t, context, uncond_context, state_c, state_u):
+        if paired:  # [cond; uncond] as one batch, halves on the mesh's two cfg groups
+            both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]),
+                                (latents, t, context), (latents, t, uncond_context))
+            both = (jax.lax.with_sharding_constraint(
+                both[0], sharding.batch_sharding(2 * latents.shape[0])),) + both[1:]
+            pred, state_c, dens = model_fn(params, *both, state_c)
+            pred_c, pred_u = jnp.split(pred, 2)
+            return (pred_u + config.guidance_scale * (pred_c - pred_u), state_c, state_u,
+                    jnp.stack(jnp.split(dens, 2, axis=1)))
         pred_c, state_c, dens_c = model_fn(params, latents, t, context, state_c)
         if not config.cfg:
             return pred_c, state_c, state_u, dens_c[None]
@@ -131,22 +151,36 @@ def make_sampler(model_fn: Callable, attention, scheduler, config: SamplerConfig
             state_c = _set_mode(attention, state_c, sparse_now, cluster_now)
             state_u = _set_mode(attention, state_u, sparse_now, cluster_now)
             t = jnp.broadcast_to(timesteps[i], (batch,))
+            if sharding is not None:  # small: every device holds the whole latents
+                latents = sharding.replicated(latents)
             pred, state_c, state_u, dens = guided(params, latents, t, context, uncond_context,
                                                   state_c, state_u)
             latents, solver = scheduler.step(solver, sigmas, i, pred.astype(jnp.float32), latents)
+            if sharding is not None:  # heads to devices by this step's density
+                state_c, state_u = (None if s is None else attention.rebalance(s, dens)
+                                    for s in (state_c, state_u))
             ok = jnp.all(jnp.isfinite(latents))
             bad = jnp.where((bad < 0) & ~ok, i, bad)
             if progress is not None:
-                jax.debug.callback(progress, i, ordered=True)
+                # ordered callbacks are single-device only
+                jax.debug.callback(progress, i, ordered=sharding is None)
             return latents, solver, state_c, state_u, density.at[i].set(dens), bad
 
         passes = 2 if config.cfg else 1
         per_call = jax.eval_shape(lambda: model_fn(
             params, latents, jnp.zeros((batch,), timesteps.dtype), context, attn_state)[2]).shape
         density = jnp.zeros((config.num_steps, passes) + per_call, jnp.float32)
-        carry = (latents, scheduler.init(latents), attn_state, state_u0, density, jnp.int32(-1))
+        state_c = attn_state
+        if sharding is not None:
+            state_c, state_u0 = (sharding.constrain_state(attention, s)
+                                 for s in (state_c, state_u0))
+            if paired:
+                state_c, state_u0 = sharding.pair_state(attention, state_c), None
+        carry = (latents, scheduler.init(latents), state_c, state_u0, density, jnp.int32(-1))
         latents, _, state_c, state_u, density, bad = jax.lax.fori_loop(
             0, config.num_steps, body, carry)
+        if paired:
+            state_c, state_u = sharding.unpair_state(attention, state_c)
         return SampleResult(latents, density, (state_c, state_u), bad)
 
     return sample
