@@ -380,6 +380,20 @@ def memory_table(rows) -> str:
     return "\n".join(lines)
 
 
+def what_it_shows(args) -> str:
+    """The JSON's own statement of what its figures are (and are not)."""
+    cpu = jax.default_backend() == "cpu"
+    if args.memory:
+        return ("per-device bytes computed by XLA's memory analysis of the compiled "
+                "one-step loop from abstract shapes; not measured"
+                + ("; compiled for the CPU, attention as stand-ins (attention_standin)"
+                   if cpu else "") + (" (tiny configs)" if args.tiny else ""))
+    if cpu:
+        return ("CPU (forced host devices): a correctness run of the benchmark's code "
+                "paths; its times, imbalances and shares say nothing about GPUs")
+    return "measured" + (" (tiny configs)" if args.tiny else "")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -403,7 +417,8 @@ def main(argv=None):
     rows = run_memory(args) if args.memory else run_timing(args)
     meta = run_meta(devices=jax.device_count(), processes=jax.process_count(),
                     mode="memory" if args.memory else "timing", tiny=args.tiny,
-                    top_p=args.top_p, target_density=args.target_density)
+                    top_p=args.top_p, target_density=args.target_density,
+                    what=what_it_shows(args))
     write_json(args.json, dict(meta=meta, rows=rows))
     if args.memory:
         print(memory_table(rows))

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +28,24 @@ from svg2_jax.sharding.rules import EMBED, HEADS, LAYERS, MLP, logical_names, pa
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
+# Host devices for the subprocesses; less LLVM optimisation: these runs are compile-bound
+# (every comparison is between two programs compiled alike).
+QUICK_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 MESH = AbstractMesh((2, 4), ("cfg", "sp"))
 RULES = ((EMBED, ("cfg", "sp")), (HEADS, ("sp",)))
 
 
-def run_on_devices(*argv, devices=8, timeout=900, env=None):
+def cpu_env(devices, *paths):
+    """The environment of a subprocess on `devices` forced CPU host devices (also on a
+    machine with accelerators) importing this checkout (and `paths`)."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([REPO, *paths]),
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {QUICK_XLA}")
+
+
+def run_on_devices(*argv, devices=8, timeout=900):
     """python -m sharding_checks ARGV with `devices` forced host devices; fails the test
     with the output when it fails."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONPATH=os.pathsep.join([REPO, TESTS]), **(env or {}))
+    env = cpu_env(devices, TESTS)
     result = subprocess.run([sys.executable, "-m", "sharding_checks", *map(str, argv)],
                             cwd=TESTS, env=env, capture_output=True, text=True,
                             timeout=timeout)
@@ -188,17 +198,17 @@ def test_parse_mesh_errors():
 
 def test_wan_forward_on_meshes_equals_one_device():
     out = run_on_devices("wan_forward")
-    assert out.count("equal") == 6
+    assert out.count("equal") == 3
 
 
 def test_hunyuan_forward_on_meshes_equals_one_device():
     out = run_on_devices("hunyuan_forward")
-    assert out.count("equal") == 6
+    assert out.count("equal") == 3
 
 
 def test_sampler_loop_on_meshes_equals_one_device_and_balancing_moves_heads():
     out = run_on_devices("sampler")
-    assert out.count("equal") == 5
+    assert out.count("equal") == 4
 
 
 def test_load_places_each_parameter_on_its_shards():
@@ -210,59 +220,89 @@ def test_generate_cli_on_a_mesh():
     run_on_devices("cli")
 
 
-def test_two_processes_through_jax_distributed():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=os.pathsep.join([REPO, TESTS]))
-    procs = [subprocess.Popen([sys.executable, "-m", "sharding_checks", "distributed_worker",
-                               str(i), str(port)], cwd=TESTS, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+def free_localhost_port() -> int:
+    try:
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            return s.getsockname()[1]
+    except OSError as e:
+        pytest.skip(f"no TCP port on localhost for jax.distributed's coordinator: {e}")
+
+
+def run_processes(argvs, env, log_dir, deadline_s):
+    """Runs one process per argv at once; returns (return codes, outputs, seconds, which
+    were killed). As soon as one fails the others are killed (they would wait for it),
+    and at the deadline all are: no process outlives the call."""
+    logs = [open(log_dir / f"process{i}.log", "w+") for i in range(len(argvs))]
+    procs = [subprocess.Popen(argv, cwd=TESTS, env=env, stdout=log, stderr=subprocess.STDOUT)
+             for argv, log in zip(argvs, logs)]
+    start = time.monotonic()
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = any(p.returncode not in (None, 0) for p in procs)
+            if failed or time.monotonic() - start > deadline_s:
+                break
+            time.sleep(0.2)
+    finally:
+        killed = [p.poll() is None for p in procs]
+        for p, kill in zip(procs, killed):
+            if kill:
+                p.kill()
+            p.wait()
     outputs = []
-    for p in procs:
-        try:
-            outputs.append(p.communicate(timeout=600)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for i, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0 and f"process {i}: equal" in out, out[-4000:]
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    return [p.returncode for p in procs], outputs, time.monotonic() - start, killed
+
+
+def test_two_processes_through_jax_distributed(tmp_path):
+    """Two CPU processes with 2 host devices each join through jax.distributed.initialize
+    (a coordinator on a free localhost port); a tiny Wan forward sharded over the 4
+    devices of both (each process holds half the shards) equals, in each process, the
+    single-device forward."""
+    env = cpu_env(2, TESTS)
+    for attempt in range(2):  # the free port may be taken before the coordinator binds it
+        port = free_localhost_port()
+        argvs = [[sys.executable, "-m", "sharding_checks", "distributed_worker", str(i),
+                  str(port)] for i in range(2)]
+        codes, outputs, seconds, killed = run_processes(argvs, env, tmp_path, deadline_s=180)
+        if not any("address already in use" in out.lower() for out in outputs):
+            break
+    report = f"after {seconds:.0f} s:\n" + "\n".join(
+        f"--- process {i} (exit {c}{', killed' if k else ''}) ---\n{out[-4000:]}"
+        for i, (c, out, k) in enumerate(zip(codes, outputs, killed)))
+    for i, (code, out) in enumerate(zip(codes, outputs)):
+        assert code == 0 and f"process {i}: equal" in out, report
 
 
 def test_bench_scaling_tiny(tmp_path):
     timing, memory = tmp_path / "timing.json", tmp_path / "memory.json"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=REPO)
-    for extra, path in ((["--devices", "1", "4", "--reps", "2"], timing),
-                        (["--memory", "--devices", "1", "8", "--attention", "svg2"], memory)):
+    env = cpu_env(8)
+    for extra, path in ((["--cases", "wan14b-720p", "--attention", "svg2", "--devices", "4",
+                          "--reps", "2"], timing),
+                        (["--memory", "--cases", "hunyuan-720p", "--devices", "1", "8",
+                          "--attention", "dense"], memory)):
         result = subprocess.run([sys.executable, "-m", "scripts.bench_scaling", "--tiny",
                                  "--json", str(path), *extra], cwd=REPO, env=env,
                                 capture_output=True, text=True, timeout=1200)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     rows = json.loads(timing.read_text())["rows"]
-    assert not [r for r in rows if "error" in r]
-    # wan: 1 device, 4 (cfg off / on); hunyuan: 1, 4; dense + svg2 (4 devices: balance off/on)
-    assert len(rows) == 3 * 3 + 2 * 3
+    # 4 devices, CFG parallel off / on, balanced heads off / on
+    assert [(r["cfg_parallel"], r["balance"]) for r in rows] == [
+        (False, False), (False, True), (True, False), (True, True)]
     for r in rows:
-        assert r["step_ms"] > 0 and r["outputs"]["nonfinite"] == 0
-        assert r["total_bytes"] > 0 and r["params_bytes_per_device"] > 0
-        if r["devices"] > 1:
-            assert 0 < r["all_to_all_share"] and r["all_to_all_layers"] > 0
-            if r["attention"] == "svg2":
-                assert r["imbalance_balanced"] >= 1 and r["imbalance_contiguous"] >= 1
-    wan = {(r["devices"], r["cfg_parallel"], r["attention"], r["balance"]): r for r in rows
-           if r["case"] == "wan14b-720p"}
-    assert wan[(4, False, "dense", False)]["all_to_all_layers"] == 2 * 2  # 2 layers, 2 passes
-    assert wan[(4, True, "dense", False)]["all_to_all_layers"] == 2
-    assert (wan[(4, False, "dense", False)]["params_bytes_per_device"]
-            < wan[(1, False, "dense", False)]["params_bytes_per_device"] / 2)
+        assert "error" not in r, r["error"]
+        assert r["step_ms"] > 0 and r["outputs"]["nonfinite"] == 0 and r["sp"] == (
+            2 if r["cfg_parallel"] else 4)
+        assert r["total_bytes"] > 0 and 0 < r["density_mean"] <= 1
+        assert r["imbalance_balanced"] >= 1 and r["imbalance_contiguous"] >= 1
+        assert 0 < r["all_to_all_share"]
+        # 2 layers; the passes one after the other, or at once on the two cfg groups
+        assert r["all_to_all_layers"] == (2 if r["cfg_parallel"] else 4)
+        assert r["timing"]["median_ms"] == r["step_ms"]
     mem = json.loads(memory.read_text())["rows"]
-    assert [(r["case"], r["devices"], r["cfg_parallel"]) for r in mem] == [
-        ("wan14b-720p", 1, False), ("wan14b-720p", 8, False), ("wan14b-720p", 8, True),
-        ("hunyuan-720p", 1, False), ("hunyuan-720p", 8, False)]
-    for one, eight in ((mem[0], mem[1]), (mem[3], mem[4])):
-        assert eight["params_bytes_per_device"] < one["params_bytes_per_device"] / 4
-        assert eight["argument_bytes"] < one["argument_bytes"] / 2
+    assert [(r["devices"], r["attention"]) for r in mem] == [(1, "dense"), (8, "dense")]
+    assert mem[1]["params_bytes_per_device"] < mem[0]["params_bytes_per_device"] / 4
+    assert mem[1]["argument_bytes"] < mem[0]["argument_bytes"] / 2

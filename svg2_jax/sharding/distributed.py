@@ -36,9 +36,10 @@ def parse_distributed(spec: str) -> dict:
     return dict(coordinator_address=parts[0], num_processes=num, process_id=pid)
 
 
-def initialize(spec: str = "auto"):
-    """Join the processes (`parse_distributed`); call before any other jax use."""
-    jax.distributed.initialize(**parse_distributed(spec))
+def initialize(spec: str = "auto", **options):
+    """Join the processes (`parse_distributed`; `options`: more keyword arguments of
+    `jax.distributed.initialize`, e.g. its timeouts); call before any other jax use."""
+    jax.distributed.initialize(**parse_distributed(spec), **options)
 
 
 def is_main_process() -> bool:

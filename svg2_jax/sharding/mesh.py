@@ -118,8 +118,7 @@ class MeshPlan:
         """`model` (changed in place and returned) ready for this mesh: its attention
         head parallel (`attention`), its parameters on their shards."""
         model.attention = self.attention(model.attention)
-        graphdef, state = nnx.split(model)
-        nnx.update(model, self.shard_state(state))
+        nnx.update(model, self.shard_state(nnx.state(model)))
         return model
 
     def attention(self, inner) -> UlyssesAttention:
