@@ -2,10 +2,9 @@
 a checkpoint `svg2_jax.checkpoints` reads (its sources, key maps, plan and streaming)
 into one of our orbax directories.
 
-Here: the atomic output directory (`atomic_directory`: written to a temporary directory
-next to the output and renamed into place only when complete), the orbax writer
-(`save_orbax`, `write_checkpoint`), one conversion's clock and report (`ConversionRun`,
-`ConversionReport`) and process helpers (`umask`, `peak_rss_mb`).
+Here: the orbax writer (`save_orbax`, `write_checkpoint`, into the atomic output
+directory of `convert.output_dir`), one conversion's clock and report (`ConversionRun`,
+`ConversionReport`) and `peak_rss_mb`.
 
 On-disk format of a converted checkpoint directory: `<family>_config.json` (the metadata:
 format name, version, diffusers config, weight dtype, source, layout, ignored keys) and
@@ -15,12 +14,9 @@ format name, version, diffusers config, weight dtype, source, layout, ignored ke
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +28,7 @@ import numpy as np
 from svg2_jax.checkpoints import (STATE_DIR, ModelFamily, Plan, TensorSource, abstract_state,
                                   layout_view, make_plan, nest, open_source, to_device_flat)
 from svg2_jax.checkpoints import count_reads as plan_reads
+from convert.output_dir import atomic_directory, check_output, clean_stale, output_path
 from svg2_jax.checkpoints.keymap import check_layout
 
 
@@ -53,42 +50,6 @@ def peak_rss_mb() -> float:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
-
-
-def umask() -> int:
-    """The process umask (read without changing it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def check_output(out: Path, overwrite: bool):
-    """Refuse an existing output unless overwriting."""
-    if out.exists() and not overwrite:
-        raise ValueError(f"output {str(out)!r} already exists (pass overwrite=True / --overwrite)")
-
-
-@contextlib.contextmanager
-def atomic_directory(out: Path, overwrite: bool):
-    """Yield a fresh temporary directory next to `out`; on success rename it to `out`
-    (replacing an old `out` only then, and only with `overwrite`), on any failure remove it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; the result is a normal dir
-    try:
-        yield tmp
-        if out.exists():  # overwrite: move the old one aside only now that the new is done
-            if not overwrite:
-                raise ValueError(f"output {str(out)!r} appeared while converting")
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / "old")
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_orbax(path: Path, tree: dict, concurrent_gb: int = 1):
@@ -137,7 +98,11 @@ class ConversionRun:
     t0: float
 
     @classmethod
-    def start(cls, out: Path, overwrite: bool) -> "ConversionRun":
+    def start(cls, out: str | os.PathLike, overwrite: bool) -> "ConversionRun":
+        """Checks `out` before any work (`output_dir.check_output`), after dealing with
+        what killed conversions to it left (`output_dir.clean_stale`)."""
+        out = output_path(out)
+        clean_stale(out)
         check_output(out, overwrite)
         return cls(out, overwrite, peak_rss_mb(), time.perf_counter())
 
@@ -163,13 +128,15 @@ def convert_to_orbax(family: ModelFamily, src: str | os.PathLike, layout: str, p
     (`family.config_file` + `state/`), loadable by the family's `load`.
 
     Every problem is listed in one ValueError before any tensor is read; then one tensor
-    at a time; `out` appears only when complete. dtype: weight dtype of the converted
+    at a time, each checked (floating point, finite: `checkpoints.stream.check_weight`);
+    `out` appears only when complete, and an existing `out` is replaced (overwrite) only
+    if it is one of our checkpoints (`convert.output_dir`). dtype: weight dtype of the converted
     parameters (those the model keeps in float32 stay float32). progress(diffusers key)
     after each tensor read (`count_reads` of them).
     """
     config = family.get_config(preset)
     check_layout(family.keys, layout)
-    run = ConversionRun.start(Path(out), overwrite)
+    run = ConversionRun.start(out, overwrite)
     _, abstract = abstract_state(family, config, dtype)
     with open_source(src) as raw:
         source = layout_view(family.keys, raw, layout, config)

@@ -3,15 +3,18 @@
 The FA3 structure of jax's `pallas/ops/gpu/attention_mgpu.py` (two consumer
 warpgroups that ping-pong their softmax against each other's wgmma, one TMA producer
 warpgroup, a ring of K/V stages) driven by a work list instead of a dense grid
-(`pallas_kernels/sparse_worklist.py`): each CTA owns 2 x 64 query rows of one query
-cluster and walks that cluster's KV tiles, each tile assembled in shared memory from
+(`pallas_kernels/sparse_worklist.py`): each CTA owns 2 x 64 query rows (of one query
+cluster, or consecutive rows spanning clusters: `SparseTuningConfig.query_tiles`; the
+kernel does not tell them apart, it walks the key list `cta[c, 1]` names) and walks
+that list's KV tiles, each tile assembled in shared memory from
 `box_rows`-row TMA boxes of the selected key clusters, with the rows that are not
 real keys masked through a per-tile bitmask. The producer's walk and copies and the
 consumers' masking are `KernelPieces`; the library runs `PRODUCTION_PIECES` only
 (benchmarks build variants of the same kernel with `build_kernel`).
 
-Layout: q [N, Lq, D] in the padded permuted layout of the work list (query clusters
-contiguous, each starting at a multiple of 8 rows; `padded_index`), k and v [N, Lk, D]
+Layout: q [N, Lq, D] in the query layout of the work list (`q_layout_index`: query
+clusters contiguous, each starting at a multiple of 8 rows, or for spanning tiles
+unpadded with slack to whole CTAs), k and v [N, Lk, D]
 in the key layout (key clusters contiguous, unpadded, slack at the end;
 `key_layout_index`), N =
 batch x heads. Output: one slot of 2 * block_q rows per CTA, out [C * 2 * block_q, D]
@@ -90,7 +93,7 @@ def _check(q, k, v, work: SparseWorkList, config: SparseTuningConfig):
     for name, x in (("q", q), ("k", k)):
         if x.shape[1] % ALIGN:
             raise ValueError(f"sparse_flash_attention: {name} layout length {x.shape[1]} must "
-                             f"be a multiple of {ALIGN} (use q_padded_len / k_layout_len)")
+                             f"be a multiple of {ALIGN} (use q_layout_len / k_layout_len)")
     if work.total_boxes.shape[0] % n or work.entry_size.shape != work.entry_start.shape:
         raise ValueError("sparse_flash_attention: work list does not match N")
     for name in ("cta", "total_boxes", "entry_start", "entry_size", "q_slot"):

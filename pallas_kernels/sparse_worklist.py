@@ -13,7 +13,8 @@ problem n (one batch x head):
   select next to each other), plus `box_rows` rows of slack at the end
   (`key_layout_index`).
 
-- **CTAs.** A CTA computes `2 * block_q` query rows of one query cluster (one
+- **CTAs** (`query_tiles="clusters"`, the default). A CTA computes `2 * block_q`
+  query rows of one query cluster (one
   `block_q` tile per consumer warpgroup; both share one stream of keys). A cluster of
   r rows takes cdiv(r, 2 * block_q) CTAs. Rows past the cluster's end are computed
   but belong to nobody: every CTA writes its own slot of the output, rows
@@ -34,9 +35,20 @@ problem n (one batch x head):
   finite values (0 * NaN would poison the output). `expand_tiles` computes the same
   tiles in JAX (reference and tests).
 
+- **Spanning tiles** (`query_tiles="spanning"`). The queries are contiguous in the
+  permuted layout (no per-cluster padding; `q_layout_index`) and CTA j of a problem
+  computes rows [j * 2 * block_q, (j + 1) * 2 * block_q), whatever clusters they
+  belong to. Its key list (its "group": one entry list per CTA instead of one per
+  query cluster) is the union of the selections of every non-empty query cluster
+  with rows in it (`spanning_union`), merged into runs like a cluster's. Every row
+  of the CTA attends to the whole union: the extra pairs are *used*, not masked
+  (exact attention over a superset of each row's selection), so no row is computed
+  for nobody except past the end of the sequence. The kernel is the same: it only
+  reads `cta[c, 1]` as an index into the entry tables.
+
 All shapes are static upper bounds (no host sync): N * (cdiv(Sq, 2 * block_q) + QC)
-CTAs (those with `rows == 0` do nothing) and KC entries per query cluster (those past
-the cluster's count are never read).
+CTAs for clusters (those with `rows == 0` do nothing), N * cdiv(Sq, 2 * block_q) for
+spanning tiles, and KC entries per group (those past the group's count are never read).
 """
 
 from __future__ import annotations
@@ -48,6 +60,10 @@ import jax.numpy as jnp
 
 MASK_WORD_BITS = 32
 ALIGN = 8  # rows; every cluster of the padded layout starts at a multiple of this
+# How query rows are cut into CTAs (SparseTuningConfig.query_tiles): "clusters", each
+# CTA inside one query cluster (padded query layout); "spanning", CTAs of consecutive
+# rows of the contiguous query layout, each over the union of its clusters' selections.
+QUERY_TILES = ("clusters", "spanning")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +82,11 @@ class SparseTuningConfig:
     heavy_first: launch each problem's CTAs by descending work (KV tiles, halved in
       split mode) instead of in cluster order, so the grid ends on short CTAs instead
       of idling SMs behind a long one.
+    query_tiles: one of QUERY_TILES: "clusters" (a CTA's rows are in one query cluster,
+      rows past a cluster's end are computed for nobody) or "spanning" (a CTA's rows
+      may span clusters and attend to the union of their selections: more pairs used,
+      none computed for nobody but the sequence's last tile). "clusters" stays the
+      default until spanning tiles are timed on a GPU.
     """
 
     block_q: int = 64
@@ -74,6 +95,7 @@ class SparseTuningConfig:
     max_concurrent_steps: int = 2
     split_tails: bool = True
     heavy_first: bool = True
+    query_tiles: str = "clusters"
 
     def __post_init__(self):
         if self.block_q != 64:
@@ -88,6 +110,9 @@ class SparseTuningConfig:
         if not isinstance(self.max_concurrent_steps, int) or self.max_concurrent_steps < 2:
             raise ValueError(f"SparseTuningConfig.max_concurrent_steps must be an int >= 2, "
                              f"got {self.max_concurrent_steps!r}")
+        if self.query_tiles not in QUERY_TILES:
+            raise ValueError(f"SparseTuningConfig.query_tiles must be one of {QUERY_TILES}, "
+                             f"got {self.query_tiles!r}")
 
     @property
     def rows_per_cta(self) -> int:
@@ -107,12 +132,14 @@ class SparseTuningConfig:
 class SparseWorkList:
     """What the kernel walks; int32 arrays on device.
 
-    cta: [C, 4] (problem n, query cluster g = n * QC + c, first padded query row // 8,
-      real rows in this CTA: 0 = unused CTA).
-    total_boxes: [N * QC] boxes in g's list, sum of cdiv(start % 8 + size, box_rows)
+    cta: [C, 4] (problem n, group g, first query row // 8 in the query layout, real rows
+      in this CTA: 0 = unused CTA). The group is the CTA's key list: query cluster
+      g = n * QC + c for clusters tiles, the CTA itself (g = n * cdiv(Sq, 2 * block_q)
+      + j) for spanning tiles; G groups in all.
+    total_boxes: [G] boxes in g's list, sum of cdiv(start % 8 + size, box_rows)
       over its entries (its KV tiles: cdiv(total, boxes_per_tile)).
-    entry_start: [N * QC, KC] first key row of g's i-th run of selected key clusters.
-    entry_size: [N * QC, KC] its rows (> 0 for i < count; 0 after).
+    entry_start: [G, KC] first key row of g's i-th run of selected key clusters.
+    entry_size: [G, KC] its rows (> 0 for i < count; 0 after).
     q_slot: [N, Sq] output row (in [C * 2 * block_q]) of each permuted (unpadded)
       query row.
     """
@@ -140,6 +167,26 @@ def padded_len(seq: int, num_clusters: int, slack: int) -> int:
 
 def q_padded_len(seq_q: int, num_q_clusters: int, config: "SparseTuningConfig") -> int:
     return padded_len(seq_q, num_q_clusters, config.rows_per_cta)
+
+
+def q_layout_len(seq_q: int, num_q_clusters: int, config: "SparseTuningConfig") -> int:
+    """Static length of the query layout of config.query_tiles: the padded layout for
+    clusters tiles; for spanning tiles the rows rounded up to whole CTAs (the last
+    CTA's reads stay in bounds, and a multiple of 2 * block_q is one of ALIGN)."""
+    if config.query_tiles == "spanning":
+        return _round_up(seq_q, config.rows_per_cta)
+    return q_padded_len(seq_q, num_q_clusters, config)
+
+
+def q_layout_index(order: jax.Array, sizes: jax.Array, length: int,
+                   config: "SparseTuningConfig") -> jax.Array:
+    """The gather that builds the query layout of config.query_tiles: order [N, Sq]
+    (permuted row p holds token order[n, p], clusters in ascending id), sizes [N, QC]
+    -> [N, length] int32 token of each row (`padded_index` for clusters tiles; the
+    permuted rows then slack rows repeating token order[n, 0] for spanning tiles)."""
+    if config.query_tiles == "spanning":
+        return key_layout_index(order, length)
+    return padded_index(order, sizes, length)
 
 
 def k_layout_len(seq_k: int, config: "SparseTuningConfig") -> int:
@@ -224,6 +271,64 @@ def _cta_list(q_sizes, seq_q: int, config: SparseTuningConfig):
     cta_idx = problem[:, :1] * per_n + _gather(first, cl) + o // rpc
     q_slot = cta_idx * rpc + o % rpc
     return cta.reshape(n * per_n, 4), q_slot
+
+
+def _spanning_cta_list(n: int, seq_q: int, config: SparseTuningConfig):
+    """CTA j of problem n computes rows [j * R, (j + 1) * R) of the contiguous layout
+    (R = 2 * block_q) with key list g = n * cdiv(Sq, R) + j; a row's slot is its own
+    row of its problem's block of slots."""
+    rpc = config.rows_per_cta
+    per_n = _cdiv(seq_q, rpc)
+    j = jnp.arange(per_n, dtype=jnp.int32)
+    problem = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, per_n))
+    rows = jnp.broadcast_to(jnp.clip(seq_q - j * rpc, 0, rpc), (n, per_n))
+    q0 = jnp.broadcast_to(j * (rpc // ALIGN), (n, per_n))
+    cta = jnp.stack([problem, problem * per_n + j, q0, rows], axis=-1)
+    q_slot = problem[:, :1] * (per_n * rpc) + jnp.arange(seq_q, dtype=jnp.int32)
+    return cta.reshape(n * per_n, 4), q_slot
+
+
+def spanning_clusters(q_sizes: jax.Array, seq_q: int, config: SparseTuningConfig):
+    """The query clusters each spanning CTA holds rows of: q_sizes [N, QC] (clusters in
+    ascending id, as `permute.cluster_order` lays them; sum = seq_q) -> (first, last)
+    [N, cdiv(Sq, 2 * block_q)] int32, the clusters of the CTA's first and last rows
+    (it holds rows of first..last, and of no other; empty clusters in between have none)."""
+    rpc = config.rows_per_cta
+    q_sizes = q_sizes.astype(jnp.int32)
+    cl = _owner(_exclusive_cumsum(q_sizes), q_sizes, seq_q)        # [N, Sq] cluster of row
+    j = jnp.arange(_cdiv(seq_q, rpc), dtype=jnp.int32)
+    return cl[:, j * rpc], cl[:, jnp.minimum((j + 1) * rpc, seq_q) - 1]
+
+
+def spanning_union(q_sizes: jax.Array, selected: jax.Array, seq_q: int,
+                   config: SparseTuningConfig) -> jax.Array:
+    """Each spanning CTA's key clusters: the union of `selected` [N, QC, KC] over the
+    non-empty query clusters with rows in it -> [N, cdiv(Sq, 2 * block_q), KC] bool.
+
+    A segment OR through prefix counts along the query-cluster axis (the CTA's clusters
+    are a contiguous range first..last): count[last + 1] - count[first] > 0."""
+    n, qc, kc = selected.shape
+    first, last = spanning_clusters(q_sizes, seq_q, config)
+    sel = (selected.astype(bool) & (q_sizes > 0)[..., None]).astype(jnp.int32)
+    count = jnp.concatenate([jnp.zeros((n, 1, kc), jnp.int32), jnp.cumsum(sel, axis=1)],
+                            axis=1)                                   # [N, QC + 1, KC]
+    at = lambda i: jnp.take_along_axis(count, i[..., None], axis=1)
+    return (at(last + 1) - at(first)) > 0
+
+
+def query_groups(q_sizes: jax.Array, selected: jax.Array, seq_q: int,
+                 config: SparseTuningConfig):
+    """Which keys each query row is computed against under config.query_tiles, as a block
+    mask: (group [N, Sq] int32 of each permuted query row, group_selected [N, G', KC]
+    bool) -> row p attends to the key clusters group_selected[n, group[n, p]]. Clusters
+    tiles: a row's group is its query cluster and group_selected is `selected`;
+    spanning tiles: its CTA in the problem and the CTA's union (`spanning_union`)."""
+    q_sizes = q_sizes.astype(jnp.int32)
+    if config.query_tiles == "spanning":
+        group = jnp.arange(seq_q, dtype=jnp.int32) // config.rows_per_cta
+        union = spanning_union(q_sizes, selected, seq_q, config)
+        return jnp.broadcast_to(group, (q_sizes.shape[0], seq_q)), union
+    return _owner(_exclusive_cumsum(q_sizes), q_sizes, seq_q), selected.astype(bool)
 
 
 def cta_load(cta, total_boxes, config: SparseTuningConfig):
@@ -382,7 +487,9 @@ def mask_words(los, his, box: int, num_words: int):
 def build_work_list(q_sizes: jax.Array, k_sizes: jax.Array, selected: jax.Array,
                     seq_q: int, seq_k: int, config: SparseTuningConfig) -> SparseWorkList:
     """q_sizes: [N, QC]; k_sizes: [N, KC] int cluster sizes (clusters in layout order);
-    selected: [N, QC, KC] bool (key clusters in the same order) -> SparseWorkList.
+    selected: [N, QC, KC] bool (key clusters in the same order) -> SparseWorkList, with
+    CTAs and key lists as config.query_tiles says (the query layout must be the one of
+    `q_layout_index`).
 
     Jit-friendly (static shapes, no sort); seq_q / seq_k are the permuted lengths."""
     n, qc = q_sizes.shape
@@ -391,8 +498,13 @@ def build_work_list(q_sizes: jax.Array, k_sizes: jax.Array, selected: jax.Array,
                          f"q_sizes {q_sizes.shape} and k_sizes {k_sizes.shape}")
     q_sizes = q_sizes.astype(jnp.int32)
     k_sizes = k_sizes.astype(jnp.int32)
-    cta, q_slot = _cta_list(q_sizes, seq_q, config)
-    entry_start, entry_size = _entries(k_sizes, selected.astype(bool))
+    if config.query_tiles == "spanning":
+        cta, q_slot = _spanning_cta_list(n, seq_q, config)
+        lists = spanning_union(q_sizes, selected, seq_q, config)
+    else:
+        cta, q_slot = _cta_list(q_sizes, seq_q, config)
+        lists = selected.astype(bool)
+    entry_start, entry_size = _entries(k_sizes, lists)
     total_boxes = jnp.sum(jnp.where(entry_size > 0, run_boxes(entry_size, entry_start,
                                                               config.box_rows), 0),
                           axis=-1, dtype=jnp.int32)
@@ -406,7 +518,9 @@ def tile_rows(work: SparseWorkList, config: SparseTuningConfig):
     """Query-key pairs per problem: (computed [N], real [N]) float32, counted the way
     the kernel spends them: every KV tile costs block_kv key rows for each of the
     CTA's 2 * block_q query rows (block_q in split mode: a tail of <= block_q rows).
-    For the wasted-pair fraction of a benchmark."""
+    Real pairs are those of real query rows with the keys of their CTA's list: the
+    selected pairs for clusters tiles, the *used* pairs (a superset) for spanning
+    tiles. For the wasted-pair fraction of a benchmark."""
     n = work.q_slot.shape[0]
     problem, g, _, rows = (work.cta[:, i] for i in range(4))
     used = rows > 0
@@ -418,6 +532,14 @@ def tile_rows(work: SparseWorkList, config: SparseTuningConfig):
         jnp.where(used, rows.astype(jnp.float32) * real_keys[g].astype(jnp.float32), 0.0),
         problem, n)
     return computed, real
+
+
+def used_keys(work: SparseWorkList, config: SparseTuningConfig) -> jax.Array:
+    """Key rows each permuted query row attends to, [N, Sq] int32: those of its CTA's
+    key list (its cluster's selection, or for spanning tiles the union of its CTA's
+    clusters' selections). Summed over rows: `tile_rows`' real pairs."""
+    g = work.cta[work.q_slot // config.rows_per_cta, 1]
+    return jnp.sum(work.entry_size, axis=-1, dtype=jnp.int32)[g]
 
 
 def padded_index(order: jax.Array, sizes: jax.Array, length: int) -> jax.Array:

@@ -67,7 +67,7 @@ def _parts(tiny: bool):
             "1.3b-480p": (PRESETS["wan2.1-t2v-1.3b"], (1, 16, 21, 60, 104), 200, 1000, 3.0)}
 
 
-def _models(cfg, svg2_config, dense_impl):
+def _models(cfg, svg2_cfg, dense_impl):
     from svg2_jax.layer_attention import DenseAttention, SVG2Attention
     from svg2_jax.models.wan import WanTransformer3DModel
 
@@ -77,7 +77,7 @@ def _models(cfg, svg2_config, dense_impl):
                                              rngs=nnx.Rngs(0))
 
     dense_build = build(DenseAttention(dense_impl))
-    svg2 = SVG2Attention(svg2_config, dense_layers=(0,), dense_implementation=dense_impl)
+    svg2 = SVG2Attention(svg2_cfg, dense_layers=(0,), dense_implementation=dense_impl)
     gd_dense, _ = nnx.split(nnx.eval_shape(dense_build))
     gd_svg2, _ = nnx.split(nnx.eval_shape(build(svg2)))
     params = jax.jit(lambda: nnx.state(dense_build()))()  # on the device, bf16
@@ -92,11 +92,25 @@ def _inputs(cfg, shape):
     return latents, ctx, uncond
 
 
-def _svg2_config(qc, kc, args):
+def add_selection_args(ap, density=0.13) -> None:
+    """--density (the fixed-budget control for random weights) and --top-p (SVG2's own
+    rule instead), shared by the benchmarks of whole models."""
+    ap.add_argument("--density", type=float, default=density,
+                    help="fixed SVG2 density budget (the control for random weights)")
+    ap.add_argument("--top-p", type=float, default=None,
+                    help="use SVG2's top-p rule with this p instead of the fixed budget")
+
+
+def svg2_config(qc, kc, args):
+    """SVG2Config with QC / KC clusters and the selection of `add_selection_args`."""
     from svg2_jax import SVG2Config
     return SVG2Config(num_q_clusters=qc, num_k_clusters=kc,
                       target_density=None if args.top_p else args.density,
                       top_p=args.top_p or 0.9)
+
+
+def selection_meta(args) -> dict:
+    return dict(density_control=None if args.top_p else args.density, top_p=args.top_p)
 
 
 def attention_pieces(s, h, d, qc, kc, args, dense_impl):
@@ -106,7 +120,7 @@ def attention_pieces(s, h, d, qc, kc, args, dense_impl):
     from svg2_jax import svg2_attention, svg2_kmeans
     q, k, v = structured_qkv(jax.random.PRNGKey(0), s, h, d)
     dense = functools.partial(jax.nn.dot_product_attention, implementation=dense_impl)
-    cfg = _svg2_config(qc, kc, args)
+    cfg = svg2_config(qc, kc, args)
     cache = svg2_kmeans(q, k, None, cfg)
     timing = dict(reps=args.reps, back_to_back=4)
     t_dense, _ = time_jax(dense, q, k, v, **timing)
@@ -122,7 +136,7 @@ def part_forwards(name, cfg, shape, qc, kc, shift, args, dense_impl):
     from svg2_jax.models.wan import wan_forward
     from svg2_jax.sampling.schedulers import dense_warmup_steps
 
-    gd_dense, gd_svg2, params, svg2 = _models(cfg, _svg2_config(qc, kc, args), dense_impl)
+    gd_dense, gd_svg2, params, svg2 = _models(cfg, svg2_config(qc, kc, args), dense_impl)
     latents, ctx, _ = _inputs(cfg, shape)
     x = latents.astype(jnp.bfloat16)
     t = jnp.full((shape[0],), 900.0, jnp.float32)
@@ -179,7 +193,7 @@ def part_loop(name, cfg, shape, qc, kc, shift, args, dense_impl):
     from svg2_jax.sampling import SamplerConfig, check_finite
     from svg2_jax.sampling.schedulers import FlowUniPC, dense_warmup_steps
 
-    gd_dense, gd_svg2, params, _ = _models(cfg, _svg2_config(qc, kc, args), dense_impl)
+    gd_dense, gd_svg2, params, _ = _models(cfg, svg2_config(qc, kc, args), dense_impl)
     latents, ctx, uncond = _inputs(cfg, shape)
     row = dict(part=name, mode="measured full loop", S=_seq(cfg, shape), steps=args.steps)
     results = {}
@@ -192,11 +206,11 @@ def part_loop(name, cfg, shape, qc, kc, shift, args, dense_impl):
         t0 = time.perf_counter()
         compiled = sampler.lower(latents, ctx, uncond).compile()
         row[f"{label}_compile_s"] = time.perf_counter() - t0
-        state = sampler.init_state(shape[0])
+        arguments = sampler.arguments(latents, ctx, uncond)
         # Compiled ahead of time, so one run is the measurement (a 50-step loop is
         # long enough that allocation on the first call is noise).
         timing, res = time_calls(
-            lambda: compiled(sampler.params, latents, ctx, uncond, state),
+            lambda: compiled(*arguments),
             reps=args.loop_reps, warmup=0)
         row[f"{label}_s"] = timing.median_ms / 1e3
         row[f"{label}_all_s"] = [ms / 1e3 for ms in timing.times_ms]
@@ -227,10 +241,7 @@ def main(argv=None):
     ap.add_argument("--parts", default="14b-720p,1.3b-480p")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--dense-fraction", type=float, default=SamplerConfig().dense_fraction)
-    ap.add_argument("--density", type=float, default=0.13,
-                    help="fixed SVG2 density budget (the control for random weights)")
-    ap.add_argument("--top-p", type=float, default=None,
-                    help="use SVG2's top-p rule with this p instead of the fixed budget")
+    add_selection_args(ap)
     ap.add_argument("--loop-reps", type=int, default=1, help="runs of each compiled loop")
     add_run_args(ap, JSON_NAME, reps=2, tiny="CPU smoke run on a tiny random model")
     args = ap.parse_args(argv)
@@ -245,7 +256,7 @@ def main(argv=None):
         cfg, shape, qc, kc, shift = parts[name]
         fn = part_forwards if name.startswith("14b") else part_loop
         rows.append(fn(name, cfg, shape, qc, kc, shift, args, dense_impl))
-    meta = run_meta(density_control=None if args.top_p else args.density, top_p=args.top_p)
+    meta = run_meta(**selection_meta(args))
     print(json.dumps(dict(meta=meta, rows=rows), indent=1, default=float))
     write_json(args.json, dict(meta=meta, rows=rows))
     return 0

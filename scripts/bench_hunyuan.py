@@ -1,37 +1,52 @@
-"""HunyuanVideo 720p, 129 frames, on one GPU: per-layer dense vs SVG2 joint attention, and one
-dense full-model forward.
+"""HunyuanVideo 720p, 129 frames, on one GPU: per-layer dense vs SVG2 joint attention, and
+per step (one full-model forward) dense vs SVG2.
 
 Shapes: latents [1, 16, 33, 90, 160] (1280 x 720, 129 frames through the 4x / 8x VAE) ->
 Sv = 33 x 45 x 80 = 118800 video tokens, + T = 256 text tokens (the pipeline's padded
 length; --text-valid of them real), 24 heads x 128: one attention layer's q, k, v are
 [1, 119056, 24, 128].
 
+SVG2 runs QC=400, KC=1000 (the reference's HunyuanVideo 720p setting) with the default
+backend ("auto": the Hopper kernel for the video-video part on an H200, the text part
+dense and merged through the log-sum-exp). Random weights and inputs do not give
+trained-model attention (top-p 0.9 keeps ~0.9 of the pairs), so, as `bench_e2e`, the
+selection is the fixed-budget control `--density` (default 0.13) unless `--top-p` asks
+for SVG2's own rule.
+
 Attention (random bf16 q, k, v of that shape, through `svg2_jax.layer_attention`, exactly
 as the model calls it: num_text=T, text_lengths=[text_valid]):
   dense: `DenseAttention("cudnn")` = `jax.nn.dot_product_attention(implementation="cudnn")`
     with the padded text keys masked;
-  svg2-cold: `SVG2Attention(SVG2Config(num_q_clusters=400, num_k_clusters=1000, top_p=0.9))`
-    without centroids (k-means from random tokens, 50 iterations: the first sparse step);
+  svg2-cold: `SVG2Attention` without centroids (k-means from random tokens, 50
+    iterations: the first sparse step);
   svg2-warm: the same from the previous call's centroids (2 iterations: every later step).
-Full model: `HunyuanVideoTransformer3DModel(PRESETS["hunyuan-video-t2v-720p"])` with random
-bf16 weights created on the device in one jit (never on the host), `DenseAttention("cudnn")`,
-the pure `hunyuan_forward` jitted.
+Full model (`--model-attention`): `HunyuanVideoTransformer3DModel(PRESETS[
+"hunyuan-video-t2v-720p"])` with random bf16 weights created on the device in one jit
+(never on the host), the pure `hunyuan_forward` jitted:
+  dense: `DenseAttention("cudnn")`;
+  svg2-cold: `SVG2Attention` (layer 0 dense, as the reference) from a fresh state: the
+    first sparse step, one call;
+  svg2-warm: the same from the cold call's state: every later step.
 
-Reported: median / min of --reps timed calls after --warmup untimed ones, each call
-compiled once, every output returned and synchronised (`scripts.timing.time_jax`),
-compile time, density (fraction of query-key pairs computed), TFLOP/s (attention: dense
-FLOPs x density; model: matmuls + attention), peak device memory. Every printed figure
-is in the JSON (`--json`, default docs/bench/hunyuan_720p_attention_and_forward.json).
+Reported: median / min of --reps (model: --model-reps) timed calls after --warmup
+(--model-warmup) untimed ones, each function compiled once, every output returned and
+synchronised (`scripts.timing`), compile time, density (fraction of query-key pairs
+computed; the model's: mean over its attention layers), TFLOP/s (attention: dense FLOPs x
+density; model: matmuls + attention x density), speed-up over dense, peak device memory.
+Every printed figure is in the JSON (`--json`, default
+docs/bench/hunyuan_720p_attention_and_forward.json).
 
 Usage:
   python -m scripts.bench_hunyuan                                   # GPU machine
   python -m scripts.bench_hunyuan --parts attention --reps 5
+  python -m scripts.bench_hunyuan --parts model --model-reps 1 --model-warmup 1
   python -m scripts.bench_hunyuan --tiny                           # CPU smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -39,14 +54,15 @@ import time
 import jax
 import jax.numpy as jnp
 
+from scripts.bench_e2e import add_selection_args, selection_meta, svg2_config
 from scripts.raw_data import add_run_args, run_meta, write_json
-from scripts.timing import time_jax
+from scripts.timing import summarize, time_calls, time_jax
 
-from svg2_jax import SVG2Config
 from svg2_jax.layer_attention import DenseAttention, SVG2Attention
 
-FULL = dict(latents=(1, 16, 33, 90, 160), text_len=256, qc=400, kc=1000, top_p=0.9)
-TINY = dict(latents=(1, 4, 3, 6, 10), text_len=12, qc=4, kc=8, top_p=0.9)
+FULL = dict(latents=(1, 16, 33, 90, 160), text_len=256, qc=400, kc=1000)
+TINY = dict(latents=(1, 4, 3, 6, 10), text_len=12, qc=4, kc=8)
+MODEL_ATTENTIONS = ("dense", "svg2")
 JSON_NAME = "hunyuan_720p_attention_and_forward.json"
 
 
@@ -67,10 +83,10 @@ def video_tokens(config, latents) -> int:
     return (f // pt) * (h // ph) * (w // pw)
 
 
-def model_flops(config, sv: int, t: int, batch: int) -> float:
-    """Forward FLOPs of the dual and single blocks (matmuls and attention)."""
+def model_flops(config, sv: int, t: int, batch: int, density: float = 1.0) -> float:
+    """Forward FLOPs of the dual and single blocks (matmuls, and attention x density)."""
     d, m, s = config.inner_dim, config.mlp_dim, sv + t
-    attention = 4 * s * s * d
+    attention = 4 * s * s * d * density
     dual = (2 * s * d * d * 4          # q, k, v, out projections (video and text weights)
             + 2 * s * d * m * 2        # FFNs
             + attention)
@@ -85,7 +101,14 @@ def _peak_gb():
     return stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None
 
 
-def bench_attention(config, shape: dict, text_valid: int, impl, reps, warmup) -> list[dict]:
+def describe(cfg) -> str:
+    rule = (f"density {cfg.target_density} (fixed budget)" if cfg.target_density is not None
+            else f"top_p {cfg.top_p}")
+    return f"SVG2 QC={cfg.num_q_clusters} KC={cfg.num_k_clusters} {rule}"
+
+
+def bench_attention(config, shape: dict, text_valid: int, impl, svg2_cfg, reps,
+                    warmup) -> list[dict]:
     """Dense, SVG2 cold and SVG2 warm on random bf16 q, k, v of one layer."""
     sv, t = video_tokens(config, shape["latents"]), shape["text_len"]
     h, d = config.num_attention_heads, config.attention_head_dim
@@ -93,9 +116,7 @@ def bench_attention(config, shape: dict, text_valid: int, impl, reps, warmup) ->
     q, k, v = (jax.random.normal(kx, (1, sv + t, h, d), jnp.bfloat16) for kx in keys)
     lengths = jnp.array([text_valid], jnp.int32)
     flops = 4.0 * (sv + t) ** 2 * d * h
-    svg2 = SVG2Attention(SVG2Config(num_q_clusters=shape["qc"], num_k_clusters=shape["kc"],
-                                    top_p=shape["top_p"]), dense_layers=(),
-                         dense_implementation=impl)
+    svg2 = SVG2Attention(svg2_cfg, dense_layers=(), dense_implementation=impl)
     layer = 1  # any layer: per-layer state, same shapes everywhere
 
     def call(attention):
@@ -115,8 +136,7 @@ def bench_attention(config, shape: dict, text_valid: int, impl, reps, warmup) ->
         density = float(jnp.mean(density))
         rows.append(dict(part="attention", case=name,
                          attention=(f"DenseAttention({impl!r})" if name == "dense" else
-                                    f"SVG2 QC={shape['qc']} KC={shape['kc']} "
-                                    f"top_p={shape['top_p']}"),
+                                    describe(svg2_cfg)),
                          tokens=sv + t, density=density, peak_gb=_peak_gb(),
                          **_timing_fields(timing, flops * density)))
         print(f"[attention] {name}: {_summary(rows[-1])}", flush=True)
@@ -133,21 +153,26 @@ def _timing_fields(timing, flops) -> dict:
                 flops=flops, tflops=flops / timing.median_ms / 1e9)
 
 
-def bench_model(config, shape: dict, text_valid: int, impl, reps, warmup) -> dict:
+def bench_model(config, shape: dict, text_valid: int, impl, svg2_cfg, attentions, reps,
+                warmup, rows: list) -> None:
+    """Full forwards (one denoising step each) with the `attentions` of MODEL_ATTENTIONS,
+    all on the same random weights and inputs; appends a row per case to `rows` as soon
+    as it is measured."""
     from flax import nnx
 
     from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel, hunyuan_forward
 
-    def build():
-        return HunyuanVideoTransformer3DModel(config, attention=DenseAttention(impl),
-                                              rngs=nnx.Rngs(0))
+    def build(attention):
+        return lambda: HunyuanVideoTransformer3DModel(config, attention=attention,
+                                                      rngs=nnx.Rngs(0))
 
-    graphdef, _ = nnx.split(nnx.eval_shape(build))
+    dense_build = build(DenseAttention(impl))
     t0 = time.perf_counter()
-    params = jax.jit(lambda: nnx.state(build()))()  # created on the device, bf16
+    params = jax.jit(lambda: nnx.state(dense_build()))()  # created on the device, bf16
     jax.block_until_ready(params)
     init_s = time.perf_counter() - t0
     b, t = shape["latents"][0], shape["text_len"]
+    sv = video_tokens(config, shape["latents"])
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     args = (jax.random.normal(keys[0], shape["latents"], jnp.bfloat16),
             jnp.full((b,), 500.0, jnp.float32),
@@ -155,15 +180,48 @@ def bench_model(config, shape: dict, text_valid: int, impl, reps, warmup) -> dic
             (jnp.arange(t)[None] < text_valid).astype(jnp.int32).repeat(b, 0),
             jax.random.normal(keys[2], (b, config.pooled_projection_dim), jnp.bfloat16),
             jnp.full((b,), 6000.0, jnp.float32) if config.guidance_embeds else None)
-    timing, _ = time_jax(functools.partial(hunyuan_forward, graphdef), params, *args,
-                         reps=reps, warmup=warmup)
-    sv = video_tokens(config, shape["latents"])
-    row = dict(part="model", case="forward", attention=f"DenseAttention({impl!r})",
-               tokens=sv + t, init_s=init_s, density=1.0, peak_gb=_peak_gb(),
-               finite=timing.outputs["nonfinite"] == 0,
-               **_timing_fields(timing, model_flops(config, sv, t, b)))
-    print(f"[model] forward: {_summary(row)}", flush=True)
-    return row
+    dense_ms = None
+
+    def add(case, attention, timing, density):
+        row = dict(part="model", case=case, attention=attention, tokens=sv + t,
+                   init_s=init_s, density=density, peak_gb=_peak_gb(),
+                   finite=timing.outputs["nonfinite"] == 0,
+                   **_timing_fields(timing, model_flops(config, sv, t, b, density)))
+        if dense_ms is not None and case != "dense":
+            row["speedup_vs_dense"] = dense_ms / row["median_ms"]
+        rows.append(row)
+        print(f"[model] {case}: {_summary(row)}", flush=True)
+
+    if "dense" in attentions:
+        graphdef, _ = nnx.split(nnx.eval_shape(dense_build))
+        timing, _ = time_jax(functools.partial(hunyuan_forward, graphdef), params, *args,
+                             reps=reps, warmup=warmup)
+        add("dense", f"DenseAttention({impl!r})", timing, 1.0)
+        dense_ms = timing.median_ms
+    if "svg2" in attentions:
+        svg2 = SVG2Attention(svg2_cfg, dense_implementation=impl)  # layer 0 dense
+        graphdef, _ = nnx.split(nnx.eval_shape(build(svg2)))
+        state0 = svg2.init_state(config.num_attention_layers, b, config.num_attention_heads,
+                                 config.attention_head_dim)
+        # one compiled step for both: the state's `initialized` flags pick cold or warm
+        t0 = time.perf_counter()
+        step = jax.jit(functools.partial(hunyuan_forward, graphdef)).lower(
+            params, *args, state0).compile()
+        compile_s = time.perf_counter() - t0
+        cold, out = time_calls(lambda: step(params, *args, state0), reps=1, warmup=0)
+        add("svg2-cold", describe(svg2_cfg), _compiled(cold, compile_s, out),
+            float(jnp.mean(out[2])))
+        state = out[1]
+        warm, out = time_calls(lambda: step(params, *args, state), reps=reps, warmup=warmup)
+        add("svg2-warm", describe(svg2_cfg), _compiled(warm, 0.0, out),
+            float(jnp.mean(out[2])))
+
+
+def _compiled(timing, compile_s, out):
+    """A `time_calls` Timing of an ahead-of-time compiled call as `time_jax` gives it:
+    compile_s apart and inside first_s, the outputs summarised."""
+    return dataclasses.replace(timing, first_s=compile_s + timing.first_s,
+                               compile_s=compile_s, outputs=summarize(out))
 
 
 def _summary(row) -> str:
@@ -202,10 +260,17 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="*", choices=("attention", "model"),
                    default=["attention", "model"])
+    p.add_argument("--model-attention", nargs="*", choices=MODEL_ATTENTIONS,
+                   default=list(MODEL_ATTENTIONS), help="the full forwards to time")
     p.add_argument("--text-valid", type=int, default=None,
                    help="real (unpadded) text tokens of the 256 (default: all)")
+    add_selection_args(p)
     add_run_args(p, JSON_NAME, reps=5, warmup=2,
                  tiny="tiny model and shapes: a CPU check that the script works")
+    p.add_argument("--model-reps", type=int, default=None,
+                   help="timed forwards per model case (default: --reps)")
+    p.add_argument("--model-warmup", type=int, default=None,
+                   help="untimed forwards before them (default: --warmup)")
     args = p.parse_args(argv)
 
     gpu = jax.default_backend() == "gpu"
@@ -217,23 +282,37 @@ def main(argv=None):
     text_valid = shape["text_len"] if args.text_valid is None else args.text_valid
     if not 1 <= text_valid <= shape["text_len"]:
         sys.exit(f"--text-valid must be in 1..{shape['text_len']}")
+    svg2_cfg = svg2_config(shape["qc"], shape["kc"], args)
+    model_reps = args.reps if args.model_reps is None else args.model_reps
+    model_warmup = args.warmup if args.model_warmup is None else args.model_warmup
     print(f"device {jax.devices()[0].device_kind}; video tokens "
           f"{video_tokens(config, shape['latents'])} + text {shape['text_len']} "
-          f"({text_valid} real)", flush=True)
+          f"({text_valid} real); {describe(svg2_cfg)}", flush=True)
+    meta = run_meta(reps=args.reps, warmup=args.warmup, model_reps=model_reps,
+                    model_warmup=model_warmup, **selection_meta(args))
     rows = []
-    if "attention" in args.parts:
-        rows += bench_attention(config, shape, text_valid, impl, args.reps, args.warmup)
-    if "model" in args.parts:
+
+    def save():  # after each part: a later failure or a kill keeps what was measured
+        write_json(args.json, dict(
+            meta=meta, text_valid=text_valid, shape=shape, config=config.to_diffusers(),
+            rows=rows, all_attention_layers_s=all_layers_s(rows, config.num_attention_layers)))
+
+    for part in ("attention", "model"):
+        if part not in args.parts:
+            continue
         try:
-            rows.append(bench_model(config, shape, text_valid, impl, args.reps, args.warmup))
-        except Exception as e:  # report (e.g. out of memory) after the attention rows
-            rows.append(dict(part="model", error=f"{type(e).__name__}: {e}"))
+            if part == "attention":
+                rows += bench_attention(config, shape, text_valid, impl, svg2_cfg, args.reps,
+                                        args.warmup)
+            else:
+                bench_model(config, shape, text_valid, impl, svg2_cfg, args.model_attention,
+                            model_reps, model_warmup, rows)
+        except Exception as e:  # report (e.g. out of memory), keep the rows measured
+            rows.append(dict(part=part, error=f"{type(e).__name__}: {e}"))
+            print(f"[{part}] failed: {rows[-1]['error']}", flush=True)
+        save()
     print()
     print(table(rows, config.num_attention_layers))
-    write_json(args.json, dict(
-        meta=run_meta(reps=args.reps, warmup=args.warmup), text_valid=text_valid, shape=shape,
-        config=config.to_diffusers(), rows=rows,
-        all_attention_layers_s=all_layers_s(rows, config.num_attention_layers)))
     return 0
 
 

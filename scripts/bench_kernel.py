@@ -17,6 +17,10 @@ Then it times (`scripts/timing.py`, every output returned and summarised):
   dense     cuDNN (jax.nn.dot_product_attention(implementation="cudnn")),
 and reports efficiency = density x dense / kernel (the issue's figure of merit; 1.0 =
 the kernel computes the selected pairs as fast as cuDNN computes all pairs), the
+density of computed pairs (what the kernel's tiles cost) and of used pairs (those of
+real query rows with their CTA's key list: the selected pairs for cluster tiles, a
+superset for spanning tiles, `--query-tiles`), efficiency per used pair = used density
+x dense / kernel, the
 wasted fraction of computed (query row, key row) pairs (Q tails of 64-row tiles, key
 rows of partial box_rows-row boxes outside their runs, empty box slots), and, as the
 correctness signal, the non-finite values among the output rows of real queries (read
@@ -25,6 +29,9 @@ back through `gather_rows`: the slots of unused CTAs are never written).
 Times are medians over 3 rounds of `--reps` back-to-back launches (dispatch
 overlapped), each round timed as a whole and divided. Every printed figure is in the
 `--json` file (rewritten after each shape).
+
+`--query-tiles clusters,spanning` times each tuning with both query tilings
+(`SparseTuningConfig.query_tiles`) on the same selection.
 
 `--ablations` also times variants of the kernel built here from its pieces
 (`ABLATIONS`, `ablation_pieces`; some give wrong results: timing experiments only).
@@ -36,6 +43,8 @@ Usage (GPU machine):
   python -m scripts.bench_kernel --json out.json --png out.png
   python -m scripts.bench_kernel --shapes 32760x12 --densities 0.1,0.3 --top-ps 0.9 \
       --tunings 128:16:2,128:32:3 --key-orders co_selection,label --json out.json
+  python -m scripts.bench_kernel --shapes 75600x40 --densities "" --top-ps 0.9 \
+      --query-tiles clusters,spanning --json out.json
   python -m scripts.bench_kernel --dry-run --json /tmp/check.json     # any device
 """
 
@@ -191,7 +200,7 @@ def _cta_orders(tuning, selection):
 def _describe(tuning):
     return (f"kv{tuning.block_kv} box{tuning.box_rows} st{tuning.max_concurrent_steps}"
             f"{'' if tuning.split_tails else ' nosplit'}"
-            f"{'' if tuning.heavy_first else ' inorder'}")
+            f"{'' if tuning.heavy_first else ' inorder'} {tuning.query_tiles} tiles")
 
 
 def measure(problem, sel, tuning, key_order, reps, kernel, base):
@@ -212,11 +221,17 @@ def measure(problem, sel, tuning, key_order, reps, kernel, base):
     kernel_ms = kernel_t.median_ms
     layout_ms = layout_t.median_ms + gather_t.median_ms
     density, dense_ms = base["density"], base["dense_ms"]
+    all_pairs = float(qn.shape[0]) * qn.shape[1] * kn.shape[1]
+    used_density = float(jnp.sum(real)) / all_pairs
     row = dict(base, block_kv=tuning.block_kv, box_rows=tuning.box_rows,
                stages=tuning.max_concurrent_steps, split_tails=tuning.split_tails,
-               heavy_first=tuning.heavy_first, key_order=key_order, kernel_ms=kernel_ms,
+               heavy_first=tuning.heavy_first, key_order=key_order,
+               query_tiles=tuning.query_tiles, kernel_ms=kernel_ms,
                layout_ms=layout_ms, efficiency=density * dense_ms / kernel_ms,
                efficiency_with_layout=density * dense_ms / (kernel_ms + layout_ms),
+               computed_density=float(jnp.sum(computed)) / all_pairs,
+               used_density=used_density,
+               efficiency_per_used_pair=used_density * dense_ms / kernel_ms,
                wasted_pair_fraction=1.0 - float(jnp.sum(real) / jnp.sum(computed)),
                nonfinite=kernel_t.outputs["nonfinite"],
                timings=dict(kernel=kernel_t.as_json(), layout=layout_t.as_json(),
@@ -248,8 +263,10 @@ def time_ablations(problem, lay, tuning, ablations, reps, row, log):
 
 
 def bench_shape(name, s, h, qc, kc, targets, tunings, reps, kmeans_iters, min_clusters=0,
-                ablations=(), key_orders=("co_selection",), dry_run=False):
-    """Rows of one shape: targets is a list of (selection mode, value)."""
+                ablations=(), key_orders=("co_selection",), dry_run=False,
+                query_tiles=("clusters",)):
+    """Rows of one shape: targets is a list of (selection mode, value); every tuning runs
+    with each of `query_tiles` (ablations with the first)."""
     log = lambda msg: print(f"[{name}] {msg}", flush=True)
     d = 128
     q, k, v = structured_qkv(jax.random.PRNGKey(0), s, h, d)
@@ -272,16 +289,19 @@ def bench_shape(name, s, h, qc, kc, targets, tunings, reps, kmeans_iters, min_cl
                     kernel="pallas_reference" if dry_run else "pallas", selection=mode,
                     target=target, density=density, kept_clusters=kept,
                     min_clusters=min_clusters, dense_ms=dense_ms)
-        for tuning, key_order in itertools.product(tunings, key_orders):
+        tiled = [dataclasses.replace(t, query_tiles=m) for t in tunings for m in query_tiles]
+        for tuning, key_order in itertools.product(tiled, key_orders):
             for tun in _cta_orders(tuning, mode):
                 row, lay = measure(problem, sel, tun, key_order, reps, kernel, base)
                 rows.append(row)
                 log(f"{_describe(tun)} keys by {key_order}, {mode} {target}: density "
                     f"{density:.3f}: kernel {row['kernel_ms']:.3f} ms, layout "
-                    f"{row['layout_ms']:.3f} ms, efficiency {row['efficiency']:.3f}, wasted "
+                    f"{row['layout_ms']:.3f} ms, efficiency {row['efficiency']:.3f}, computed "
+                    f"{row['computed_density']:.3f}, used {row['used_density']:.3f}, per used "
+                    f"pair {row['efficiency_per_used_pair']:.3f}, wasted "
                     f"pairs {row['wasted_pair_fraction']:.3f}, key clusters kept {kept:.0f} "
                     f"(floor {min_clusters}), non-finite outputs {row['nonfinite']}")
-                if tun is tuning:
+                if tun is tuning and tun.query_tiles == query_tiles[0]:
                     rows += time_ablations(problem, lay, tun, ablations, reps, row, log)
     return rows
 
@@ -291,18 +311,22 @@ def kernel_rows(rows):
 
 
 def table_markdown(rows) -> str:
-    lines = ["| shape | block_kv / box / stages / split | CTA order | key order | selection "
-             "| density | kernel ms | layout ms | dense ms | efficiency | with layout "
-             "| wasted pairs | non-finite |", "|" + "---|" * 13]
+    lines = ["| shape | block_kv / box / stages / split | CTA order | key order | query tiles "
+             "| selection | density | computed | used | kernel ms | layout ms | dense ms "
+             "| efficiency | per used pair | with layout | wasted pairs | non-finite |",
+             "|" + "---|" * 17]
+    fmt = lambda r, key: format(r[key], ".3f") if key in r else ""
     for r in kernel_rows(rows):
         lines.append(
             f"| {r['shape']} | {r['block_kv']} / {r['box_rows']} / {r['stages']} / "
             f"{'yes' if r.get('split_tails', True) else 'no'} "
             f"| {'heaviest first' if r.get('heavy_first', False) else 'cluster order'} "
-            f"| {r.get('key_order', 'label (padded)')} "
+            f"| {r.get('key_order', 'label (padded)')} | {r.get('query_tiles', 'clusters')} "
             f"| {r.get('selection', 'density')} {r.get('target', r.get('target_density'))} "
-            f"| {r['density']:.3f} | {r['kernel_ms']:.2f} | {r['layout_ms']:.2f} "
-            f"| {r['dense_ms']:.2f} | {r['efficiency']:.3f} | {r['efficiency_with_layout']:.3f} "
+            f"| {r['density']:.3f} | {fmt(r, 'computed_density')} | {fmt(r, 'used_density')} "
+            f"| {r['kernel_ms']:.2f} | {r['layout_ms']:.2f} "
+            f"| {r['dense_ms']:.2f} | {r['efficiency']:.3f} "
+            f"| {fmt(r, 'efficiency_per_used_pair')} | {r['efficiency_with_layout']:.3f} "
             f"| {r['wasted_pair_fraction']:.3f} | {r.get('nonfinite', '')} |")
     return "\n".join(lines)
 
@@ -314,13 +338,14 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     ident = lambda r: (r["shape"], r["block_kv"], r["box_rows"], r["stages"],
                        r.get("split_tails", True), r.get("key_order", "label (padded)"),
-                       r.get("heavy_first", False), r.get("selection", "density"))
+                       r.get("heavy_first", False), r.get("selection", "density"),
+                       r.get("query_tiles", "clusters"))
     rows = kernel_rows(rows)
     for key in sorted(set(map(ident, rows))):
         pts = sorted((r["density"], r["efficiency"]) for r in rows if ident(r) == key)
         ax.plot(*zip(*pts), marker="o", label=f"S,H={key[0]} kv{key[1]} box{key[2]} "
                 f"st{key[3]}{'' if key[4] else ' nosplit'}{'' if key[6] else ' inorder'} "
-                f"{key[5]} {key[7]}")
+                f"{key[5]} {key[7]}{' spanning' if key[8] == 'spanning' else ''}")
     ax.axhline(0.9, color="gray", ls="--", lw=1, label="target 0.9")
     ax.set_xlabel("density (fraction of query-key pairs computed)")
     ax.set_ylabel("efficiency = density x dense / sparse")
@@ -371,6 +396,10 @@ def main(argv=None):
     ap.add_argument("--key-orders", default="co_selection",
                     help="comma-separated key cluster layouts: co_selection (the library's), "
                          "label")
+    ap.add_argument("--query-tiles", default="clusters",
+                    help=f"comma-separated query tilings each tuning runs with, from "
+                         f"{list(wl.QUERY_TILES)} (spanning: CTAs over consecutive rows, "
+                         f"their key lists the union of their clusters' selections)")
     ap.add_argument("--ablations", default="",
                     help="also time kernel variants, comma-separated, each a \"+\"-joined set "
                          f"of {list(ABLATIONS)} (e.g. box_copies+always_mask)")
@@ -408,6 +437,9 @@ def main(argv=None):
     key_orders = args.key_orders.split(",")
     if set(key_orders) - set(KEY_ORDERS):
         ap.error(f"--key-orders {args.key_orders!r}: known orders are {list(KEY_ORDERS)}")
+    query_tiles = args.query_tiles.split(",")
+    if not query_tiles or set(query_tiles) - set(wl.QUERY_TILES):
+        ap.error(f"--query-tiles {args.query_tiles!r}: known tilings are {list(wl.QUERY_TILES)}")
     tunings = parse_tunings(args.tunings)
     targets = ([("density", x) for x in _floats(args.densities)]
                + [("top_p", x) for x in _floats(args.top_ps)])
@@ -419,7 +451,8 @@ def main(argv=None):
         for floor in args.min_clusters.split(","):
             rows += bench_shape(name, *SHAPES[name], targets, tunings, args.reps,
                                 args.kmeans_iters, int(floor), ablations,
-                                key_orders, dry_run=args.dry_run)
+                                key_orders, dry_run=args.dry_run,
+                                query_tiles=tuple(query_tiles))
         with open(args.json, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
     print(table_markdown(rows))

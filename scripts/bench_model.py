@@ -1,23 +1,36 @@
-"""One Wan2.1 transformer forward, JAX (ours) vs diffusers + torch SDPA, on one GPU.
+"""One Wan2.1 transformer forward, JAX (ours) vs diffusers + torch SDPA, eager and under
+torch.compile, on one GPU.
 
 Cases (batch 1, 512 text tokens, random bf16 weights, dense attention):
   1.3b-480p: Wan2.1-T2V-1.3B, latents 16 x 21 x 60 x 104 -> S = 21 x 30 x 52 = 32760 tokens
   14b-720p:  Wan2.1-T2V-14B,  latents 16 x 21 x 90 x 160 -> S = 21 x 45 x 80 = 75600 tokens
 
-JAX: weights initialised on the device inside jit (never materialised on the host),
-self- and cross-attention through cuDNN (`DenseAttention("cudnn")`). Torch: diffusers'
-`WanTransformer3DModel` built on the GPU in bf16 (default dtype bf16, so the norms and
-modulation tables are bf16 too, unlike a `from_pretrained` load; no effect on timing),
-diffusers' default attention dispatch (torch SDPA), `torch.no_grad()`.
-Each framework runs in its own subprocess so the 14B model (~28 GB in bf16) is never
-held twice. Reported: median / min of N timed forwards after warm-up (JAX:
-block_until_ready on every output; torch: cuda.synchronize; `scripts.timing`), compile
-time, peak device memory, and model TFLOP/s (matmul + attention FLOPs). Every printed
-figure is in the JSON (`--json`, default docs/bench/wan_forward_jax_vs_torch.json).
+Frameworks (`--frameworks`, each in its own subprocess so the 14B model, ~28 GB in bf16,
+is never held twice, and a compile cache never carries over):
+  jax            ours: weights initialised on the device inside jit (never materialised
+                 on the host), self- and cross-attention through cuDNN
+                 (`DenseAttention("cudnn")`).
+  torch          diffusers' `WanTransformer3DModel` built on the GPU in bf16 (default
+                 dtype bf16, so the norms and modulation tables are bf16 too, unlike a
+                 `from_pretrained` load; no effect on timing), diffusers' default
+                 attention dispatch (torch SDPA), `torch.no_grad()`, eager.
+  torch-compile  the same model under `torch.compile(model)` (default mode, the whole
+                 model as one region).
+  torch-compile-blocks  the same under diffusers' `compile_repeated_blocks()` (each
+                 transformer block compiled once and reused: regional compilation,
+                 default mode; far shorter compile for large models).
+Reported: median / min of --reps timed forwards after --warmup untimed ones (JAX:
+block_until_ready on every output; torch: cuda.synchronize; `scripts.timing`), the
+outputs' summary (non-finite count, checksum), compile time apart from run time (JAX:
+ahead-of-time compilation; torch.compile compiles inside the first call, so its
+compile_s is the first call's wall time less the median run time), peak device memory,
+and model TFLOP/s (matmul + attention FLOPs). `--worker-timeout` bounds each framework's
+subprocess (a row then says it timed out; the others are kept). Every printed figure is
+in the JSON (`--json`, default docs/bench/wan_forward_jax_vs_torch.json).
 
 Usage (GPU machine):
-  python -m scripts.bench_model
-  python -m scripts.bench_model --cases 14b-720p --framework jax --reps 5
+  python -m scripts.bench_model --cases 1.3b-480p --frameworks jax,torch,torch-compile
+  python -m scripts.bench_model --cases 14b-720p --frameworks jax,torch --reps 2 --warmup 1
   python -m scripts.bench_model --tiny        # CPU smoke run of the whole script
 """
 
@@ -27,6 +40,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +52,9 @@ from scripts.raw_data import add_run_args, run_meta, write_json
 TEXT_LEN = 512
 TEXT_DIM = 4096
 JSON_NAME = "wan_forward_jax_vs_torch.json"
+# framework -> how the diffusers model is compiled (None: eager); "jax" is ours
+TORCH_COMPILE = {"torch": None, "torch-compile": "model", "torch-compile-blocks": "blocks"}
+FRAMEWORKS = ("jax",) + tuple(TORCH_COMPILE)
 
 
 def cases(tiny: bool) -> dict:
@@ -114,16 +131,19 @@ def run_jax(name, config: dict, shape, reps, warmup) -> dict:
                 attention=f"DenseAttention({impl!r})")
 
 
-def run_torch(name, config: dict, shape, reps, warmup) -> dict:
+def run_torch(name, config: dict, shape, reps, warmup, framework="torch",
+              compile_backend="inductor") -> dict:
+    """diffusers' Wan forward, eager or compiled (torch.compile's `compile_backend`) as
+    TORCH_COMPILE[framework] says."""
     try:
         import torch
         from diffusers import WanTransformer3DModel
     except ImportError as e:
-        return dict(framework="torch", skipped=f"diffusers/torch not installed ({e})")
-    from scripts.timing import time_calls
+        return dict(framework=framework, skipped=f"diffusers/torch not installed ({e})")
+    from scripts.timing import summarize, time_calls
     cuda = torch.cuda.is_available()
     if not cuda and name != "tiny":
-        return dict(framework="torch", skipped="no CUDA device")
+        return dict(framework=framework, skipped="no CUDA device")
     device = "cuda" if cuda else "cpu"
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -141,16 +161,29 @@ def run_torch(name, config: dict, shape, reps, warmup) -> dict:
     t = torch.full((shape[0],), 500.0, device=device)
     ctx = torch.randn(shape[0], TEXT_LEN, config["text_dim"], device=device,
                       dtype=torch.bfloat16)
+    scope = TORCH_COMPILE[framework]
+    forward = model
+    if scope == "model":
+        forward = torch.compile(model, backend=compile_backend)
+    elif scope == "blocks":
+        model.compile_repeated_blocks(backend=compile_backend)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
-        timing, out = time_calls(lambda: model(x, t, ctx, return_dict=False)[0], sync=sync,
-                                 reps=reps, warmup=warmup)
-    return dict(framework="torch", device=torch.cuda.get_device_name() if cuda else "cpu",
-                init_s=init_s, compile_s=0.0, first_call_s=timing.first_s,
-                ms=list(timing.times_ms),
+        timing, out = time_calls(lambda: forward(x, t, ctx, return_dict=False)[0], sync=sync,
+                                 reps=reps, warmup=max(warmup, 1 if scope else 0))
+    outputs = summarize(out)
+    # torch.compile compiles inside the first call: that call less one run
+    compile_s = timing.first_s - timing.median_ms / 1e3 if scope else 0.0
+    return dict(framework=framework, device=torch.cuda.get_device_name() if cuda else "cpu",
+                init_s=init_s, compile_s=compile_s,
+                first_call_s=timing.first_s, ms=list(timing.times_ms), outputs=outputs,
                 peak_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
-                finite=bool(torch.isfinite(out.float()).all()), attention="torch SDPA",
+                finite=outputs["nonfinite"] == 0, attention="torch SDPA",
+                compiled={None: "eager", "model": f"torch.compile(model, backend="
+                                                  f"{compile_backend!r})",
+                          "blocks": f"compile_repeated_blocks(backend={compile_backend!r})"
+                          }[scope],
                 torch=torch.__version__)
 
 
@@ -160,19 +193,23 @@ def worker(args) -> None:
     for name, (config, shape) in cases(args.tiny).items():
         if args.cases and name not in args.cases:
             continue
-        run = run_jax if args.framework == "jax" else run_torch
-        print(f"[{args.framework}] {name}: S={tokens(config, shape)} ...", flush=True)
+        fw = args.worker
+        print(f"[{fw}] {name}: S={tokens(config, shape)} ...", flush=True)
         try:
-            row = run(name, config, shape, args.reps, args.warmup)
+            if fw == "jax":
+                row = run_jax(name, config, shape, args.reps, args.warmup)
+            else:
+                row = run_torch(name, config, shape, args.reps, args.warmup, fw,
+                                args.compile_backend)
         except Exception as e:  # report and keep going with the other case
-            row = dict(framework=args.framework, error=f"{type(e).__name__}: {e}")
+            row = dict(framework=fw, error=f"{type(e).__name__}: {e}")
         row.update(case=name, tokens=tokens(config, shape), latents=list(shape),
                    flops=model_flops(config, shape, TEXT_LEN))
         if "ms" in row:
             row.update(median_ms=statistics.median(row["ms"]), min_ms=min(row["ms"]))
             row["tflops"] = row["flops"] / row["median_ms"] / 1e9
         rows.append(row)
-        print(f"[{args.framework}] {name}: {_summary(row)}", flush=True)
+        print(f"[{fw}] {name}: {_summary(row)}", flush=True)
     with open(args.worker_out, "w") as f:
         json.dump(rows, f)
 
@@ -198,55 +235,99 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-def jax_over_torch(rows) -> dict:
-    """Per case measured by both: JAX median / torch median."""
+def jax_over(rows) -> dict:
+    """{torch framework: {case: JAX median / its median}} for each case measured by both."""
     med = {(r["case"], r["framework"]): r["median_ms"] for r in rows if "median_ms" in r}
-    return {case: med[case, "jax"] / med[case, "torch"] for case, fw in med
-            if fw == "jax" and (case, "torch") in med}
+    out = {}
+    for (case, fw), ms in med.items():
+        if fw != "jax" and (case, "jax") in med:
+            out.setdefault(fw, {})[case] = med[case, "jax"] / ms
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--framework", choices=("jax", "torch", "both"), default="both")
+    p.add_argument("--frameworks", default="jax,torch,torch-compile",
+                   help=f"comma-separated, from {list(FRAMEWORKS)} (default: %(default)s)")
     p.add_argument("--cases", nargs="*", default=None, help="1.3b-480p 14b-720p (default: all)")
+    p.add_argument("--worker-timeout", type=float, default=None,
+                   help="seconds each framework's subprocess may run (default: no limit)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile's backend for the torch-compile frameworks "
+                        "(default: %(default)s; \"eager\" traces without code generation, "
+                        "a quick check of the path)")
     add_run_args(p, JSON_NAME, reps=5, warmup=2,
                  tiny="tiny model and latents: a CPU check that the script works")
+    p.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker_out:
         return worker(args)
+    frameworks = [f for f in args.frameworks.split(",") if f]
+    unknown = sorted(set(frameworks) - set(FRAMEWORKS))
+    if unknown or not frameworks:
+        p.error(f"--frameworks {args.frameworks!r}: known frameworks are {list(FRAMEWORKS)}")
+    known_cases = list(cases(args.tiny))
+    if args.cases and set(args.cases) - set(known_cases):
+        p.error(f"--cases {args.cases}: known cases are {known_cases}")
 
     # No jax in this parent process: initialising its GPU backend would preallocate most
     # of the device memory and starve the workers.
-    frameworks = ["jax", "torch"] if args.framework == "both" else [args.framework]
+    meta = run_meta(device=False, reps=args.reps, warmup=args.warmup,
+                    worker_timeout_s=args.worker_timeout, compile_backend=args.compile_backend)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     rows = []
-    for fw in frameworks:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "rows.json")
-            cmd = [sys.executable, "-m", "scripts.bench_model", "--framework", fw,
-                   "--reps", str(args.reps), "--warmup", str(args.warmup), "--worker-out", out]
-            cmd += ["--tiny"] if args.tiny else []
-            cmd += ["--cases", *args.cases] if args.cases else []
-            env = dict(os.environ)
-            if fw == "torch":  # the torch worker imports jax (configs) but must not grab memory
-                env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-            rc = subprocess.run(cmd, env=env).returncode
-            if rc != 0 or not os.path.exists(out):
-                rows.append(dict(case="*", tokens="", framework=fw,
-                                 error=f"worker exited with {rc}"))
-                continue
-            with open(out) as f:
-                rows.extend(json.load(f))
-    rows.sort(key=lambda r: (str(r["case"]), r["framework"]))
-    ratios = jax_over_torch(rows)
+    try:
+        for fw in frameworks:  # the JSON after each one: a later failure keeps the rest
+            rows = sorted(rows + run_worker(fw, args),
+                          key=lambda r: (str(r["case"]), FRAMEWORKS.index(r["framework"])))
+            ratios = jax_over(rows)
+            write_json(args.json, dict(meta=meta, rows=rows, jax_over=ratios))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print()
     print(table(rows))
-    for case, ratio in ratios.items():
-        print(f"{case}: JAX / torch = {ratio:.2f}")
-    write_json(args.json, dict(meta=run_meta(device=False, reps=args.reps, warmup=args.warmup),
-                               rows=rows, jax_over_torch=ratios))
+    for fw, per_case in ratios.items():
+        for case, ratio in per_case.items():
+            print(f"{case}: JAX / {fw} = {ratio:.2f}")
     return 0
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through run_worker's cleanup
+
+
+def run_worker(fw: str, args) -> list[dict]:
+    """One framework's rows from its own subprocess; one error row if it failed or ran
+    past --worker-timeout."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.json")
+        cmd = [sys.executable, "-m", "scripts.bench_model", "--worker", fw,
+               "--reps", str(args.reps), "--warmup", str(args.warmup), "--worker-out", out,
+               "--compile-backend", args.compile_backend]
+        cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--cases", *args.cases] if args.cases else []
+        env = dict(os.environ)
+        if fw != "jax":  # torch workers import jax (configs) but must not grab memory
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        # Its own process group, so that ending it also ends what it started (torch's
+        # compile workers); ended too when this process is stopped (SIGTERM, e.g. by
+        # `timeout`), which would not reach a group of its own.
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=args.worker_timeout)
+        except subprocess.TimeoutExpired:
+            return [dict(case="*", tokens="", framework=fw,
+                         error=f"worker timed out after {args.worker_timeout:g} s")]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if rc != 0 or not os.path.exists(out):
+            return [dict(case="*", tokens="", framework=fw, error=f"worker exited with {rc}")]
+        with open(out) as f:
+            return json.load(f)
 
 
 if __name__ == "__main__":

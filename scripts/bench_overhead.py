@@ -5,6 +5,11 @@ Times, for bf16 q, k, v [1, S, H, 128] on one GPU (random inputs):
   k-means on Q (QC clusters) and K (KC clusters): cold (50 iterations, no early stop)
   and warm (2 iterations), for each k-means implementation (XLA; fused Pallas kernels),
   also one assignment + update step alone,
+  and the same cold, warm and one-step rows for the peer, the SVG authors' Triton k-means
+  (the `flash-kmeans` package, `scripts/flash_kmeans_peer.py`: same tokens, same initial
+  centroids, timed with torch.cuda.synchronize; skipped, with the reason in the JSON
+  under "flash_kmeans_skipped", where torch, triton, the package or a CUDA device is
+  missing),
   the top-p selection, and the permutation (argsorts, gathers of q, k, v, inverse).
 Two rows put the pieces together, each compiled as ONE function that returns every
 output it builds (`scripts.timing.time_jax`: XLA cannot drop a gather whose result is
@@ -19,10 +24,17 @@ not used, because every result is returned, blocked on and summarised in the JSO
     `pallas` backend runs except the kernel itself.
 Each row is the median of --reps calls, each call synchronised (block_until_ready).
 Pieces timed alone include a dispatch gap each (~0.05-0.1 ms), so they add up to more.
-Every printed figure is in the JSON (`--json`, default docs/bench/overhead_vs_dense.json).
+Every printed figure is in the JSON, every row with its percentage of the dense row of
+its shape: by default one file per shape, docs/bench/overhead_vs_dense_<resolution>.json
+(`overhead_vs_dense_720p.json`, `overhead_vs_dense_480p.json`, ...), each written when its
+shape is done; `--json PATH` puts every shape in PATH instead.
+The pure-JAX backend's whole call (exact, O(S^2) work: ~1.5 s per call at 720p) is timed
+as a reference row unless `--no-jax-reference`; the random inputs' top-p density is
+computed from the timed top-p selection either way.
 
 Usage (GPU machine):
   python -m scripts.bench_overhead
+  python -m scripts.bench_overhead --shapes 75600x40 --impls pallas --no-jax-reference
   python -m scripts.bench_overhead --shapes 75600x40 --impls xla,pallas --json out.json
   python -m scripts.bench_overhead --tiny --json /tmp/overhead.json   # CPU smoke run
 """
@@ -35,10 +47,12 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from einops import rearrange
 
 from pallas_kernels.sparse_flash_mgpu import gather_rows
-from scripts.raw_data import add_run_args, run_meta, write_json
+from scripts import flash_kmeans_peer
+from scripts.raw_data import add_run_args, default_path, run_meta, write_json
 from scripts.timing import time_jax
 from svg2_jax import SVG2Cache, SVG2Config, svg2_attention
 from svg2_jax import kmeans as km
@@ -46,13 +60,15 @@ from svg2_jax.backends import is_hopper
 from svg2_jax.clustering import Clustering
 from svg2_jax.layout import pallas_layout
 from svg2_jax.permute import cluster_order, permute, unpermute
-from svg2_jax.selection import select_by_density, select_clusters
+from svg2_jax.selection import block_density, select_by_density, select_clusters
 
 # (S, H, QC, KC): Wan 14B 720p and Wan 1.3B 480p (the reference uses QC=200 at 480p).
 SHAPES = {"75600x40": (75600, 40, 300, 1000), "32760x12": (32760, 12, 200, 1000),
           "32760x12qc300": (32760, 12, 300, 1000)}
 TINY_SHAPES = {"tiny": (1024, 2, 8, 32)}  # CPU smoke run of every row but the kernel's
-JSON_NAME = "overhead_vs_dense.json"
+# the default JSON file of each shape: overhead_vs_dense_<resolution>.json
+RESOLUTIONS = {"75600x40": "720p", "32760x12": "480p", "32760x12qc300": "480p_qc300",
+               "tiny": "tiny"}
 TOP_P, MIN_KC_RATIO, WARM_ITERS, COLD_ITERS, TOL = 0.9, 0.1, 2, 50, 1e-4
 DENSITY = 0.13  # the fixed-density control of the kernel path (random inputs: top-p ~0.9)
 
@@ -100,7 +116,12 @@ def kernel_slots(q, k, v, cache, *, impl, tuning, min_clusters):
             jax.random.normal(kl, (slots,), jnp.float32))
 
 
-def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
+def json_name(shape: str) -> str:
+    """The default JSON file of one shape, named by its resolution."""
+    return f"overhead_vs_dense_{RESOLUTIONS[shape]}.json"
+
+
+def bench_shape(name, s, h, qc, kc, impls, reps, d=128, jax_reference=True):
     """Every row of one shape: {label: Timing JSON}, plus the other printed figures."""
     gpu = jax.default_backend() == "gpu"
     kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -150,6 +171,8 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
 
     if not results:
         return rows, figures
+    figures.update(flash_kmeans_rows(rows, name, qn, kn, q_init, k_init, results, reps,
+                                     cpu_fallback=not gpu))
     res_q, res_k = next(iter(results.values()))
     for impl in results:
         if impl != "xla" and "xla" in results:
@@ -158,9 +181,14 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
             print(f"[{name}] K label agreement xla vs {impl} after {COLD_ITERS} cold "
                   f"iterations: {agree:.4f}")
 
-    timed(f"selection (top-p {TOP_P})", functools.partial(
+    _, top_p_selection = timed(f"selection (top-p {TOP_P})", functools.partial(
         select_clusters, top_p=TOP_P, min_clusters=min_clusters),
         res_q.centroids, res_k.centroids, res_k.sizes)
+    # what SVG2's rule keeps on random inputs (nearly everything: nothing to prune)
+    figures["random_input_density_top_p"] = float(jnp.mean(block_density(
+        top_p_selection.selected, res_q.sizes, res_k.sizes)))
+    print(f"[{name}] random-input density at top_p {TOP_P}: "
+          f"{figures['random_input_density_top_p']:.3f}", flush=True)
 
     def perm(qn, kn, vn, ql, kl):
         qo, ko = cluster_order(ql), cluster_order(kl)
@@ -198,15 +226,60 @@ def bench_shape(name, s, h, qc, kc, impls, reps, d=128):
 
     # The whole call with the pure-JAX backend: exact but O(S^2) work. It shows the
     # reference path runs at this size within memory; it is not the fast path.
-    cfg = SVG2Config(num_q_clusters=qc, num_k_clusters=kc, backend="jax",
-                     kmeans_impl=impls[0])
-    _, (_, _, stats) = timed(
-        f"svg2_attention warm call, backend=jax [{impls[0]}] (O(S^2) reference)",
-        lambda q, k, v, c: svg2_attention(q, k, v, c, cfg), q, k, v, cache, reps=2, warmup=1)
-    figures["random_input_density_top_p"] = float(stats.density.mean())
-    print(f"[{name}] random-input density at top_p {TOP_P}: "
-          f"{figures['random_input_density_top_p']:.3f}")
+    if jax_reference:
+        cfg = SVG2Config(num_q_clusters=qc, num_k_clusters=kc, backend="jax",
+                         kmeans_impl=impls[0])
+        _, (_, _, stats) = timed(
+            f"svg2_attention warm call, backend=jax [{impls[0]}] (O(S^2) reference)",
+            lambda q, k, v, c: svg2_attention(q, k, v, c, cfg), q, k, v, cache, reps=2,
+            warmup=1)
+        figures["jax_reference_density_top_p"] = float(stats.density.mean())
     return rows, figures
+
+
+def flash_kmeans_rows(rows, name, qn, kn, q_init, k_init, ours, reps, *, cpu_fallback):
+    """The peer's cold, warm and one-step rows, labelled as ours with the tag
+    [flash-kmeans], added to `rows`; returns its figures (implementation, version,
+    iteration counts, agreement of its K labels with each of ours: after one assignment
+    from the same centroids, and after the cold runs from the same start), or the reason
+    it was skipped or the error it raised. ours: {impl: (Q result, K result)} of our cold
+    runs."""
+    peer, why = flash_kmeans_peer.load(cpu_fallback)
+    if peer is None:
+        print(f"[{name}] flash-kmeans peer skipped: {why}", flush=True)
+        return {"flash_kmeans_skipped": why}
+    tag = "flash-kmeans" if peer.name == "triton" else f"flash-kmeans {peer.name}"
+    # its steps start from our first cold result's centroids, rounded to bf16 as its
+    # assignment needs; ours assigns from the same rounded centroids below
+    res_q, res_k = next(iter(ours.values()))
+    q_step, k_step = (r.centroids.astype(jnp.bfloat16) for r in (res_q, res_k))
+    try:
+        t = flash_kmeans_peer.time_peer(peer, qn, kn, q_init, k_init, q_step, k_step,
+                                        cold_iters=COLD_ITERS, warm_iters=WARM_ITERS,
+                                        reps=reps, cold_reps=max(2, reps // 4))
+    except Exception as e:  # report, keep benchmarking ours
+        print(f"[{name}] {tag} failed: {type(e).__name__}: {e}", flush=True)
+        return {"flash_kmeans_error": f"{type(e).__name__}: {e}"}
+    rows[f"k-means cold, {COLD_ITERS} it, Q+K [{tag}]"] = t["cold"].as_json()
+    rows[f"k-means warm, {WARM_ITERS} it, Q+K [{tag}]"] = t["warm"].as_json()
+    rows[f"  one step (assign+update) K [{tag}]"] = t["step_k"].as_json()
+    rows[f"  one step (assign+update) Q [{tag}]"] = t["step_q"].as_json()
+    print(f"[{name}] {tag} {peer.version}: warm {t['warm'].median_ms:.2f} ms", flush=True)
+    figures = dict(flash_kmeans=dict(implementation=peer.name, version=peer.version,
+                                     iterations=t["iterations"]))
+    kc = k_step.shape[1]
+    for impl, (_, res_k) in ours.items():
+        labels = jax.jit(km.kmeans_step(impl), static_argnums=2)(
+            kn, k_step.astype(jnp.float32), kc)[0]
+        one = float(np.mean(np.asarray(labels) == t["step_labels_k"]))
+        # same start, same iterations: differences are bf16 near-ties that compound
+        cold = float(np.mean(np.asarray(res_k.labels) == t["cold_labels_k"]))
+        figures[f"k_label_agreement_{impl}_vs_flash_kmeans_one_step"] = one
+        figures[f"k_label_agreement_{impl}_vs_flash_kmeans_after_cold"] = cold
+        print(f"[{name}] K label agreement {impl} vs {tag}: {one:.4f} after one assignment "
+              f"from the same centroids, {cold:.4f} after {COLD_ITERS} cold iterations from "
+              f"the same start", flush=True)
+    return figures
 
 
 def table(name, shape, rows) -> str:
@@ -224,7 +297,10 @@ def main(argv=None):
     p.add_argument("--shapes", default="75600x40,32760x12",
                    help=f"comma-separated, from {sorted(SHAPES)}")
     p.add_argument("--impls", default="xla,pallas", help="k-means implementations")
-    add_run_args(p, JSON_NAME, reps=10,
+    p.add_argument("--no-jax-reference", dest="jax_reference", action="store_false",
+                   help="skip the pure-JAX backend's whole call (O(S^2): ~1.5 s per call "
+                        "at 720p), a reference, not the fast path")
+    add_run_args(p, None, reps=10,
                  tiny=f"CPU smoke run on {TINY_SHAPES} with XLA k-means")
     args = p.parse_args(argv)
     shapes = TINY_SHAPES if args.tiny else SHAPES
@@ -234,19 +310,24 @@ def main(argv=None):
         sys.exit("bench_overhead needs a GPU (cuDNN attention and the Pallas kernels); "
                  "--tiny runs a CPU smoke test")
     print("device:", jax.devices()[0].device_kind, "jax", jax.__version__)
+    meta = run_meta(reps=args.reps, impls=impls, jax_reference=args.jax_reference,
+                    timing="median of reps, each call synchronised")
     out = {}
     for name in names:
         s, h, qc, kc = shapes[name]
-        rows, figures = bench_shape(name, s, h, qc, kc, impls, args.reps)
+        rows, figures = bench_shape(name, s, h, qc, kc, impls, args.reps,
+                                    jax_reference=args.jax_reference)
         dense = next(r["median_ms"] for label, r in rows.items() if label.startswith("dense"))
         for r in rows.values():
             r["percent_of_dense"] = 100 * r["median_ms"] / dense
         out[name] = dict(S=s, H=h, QC=qc, KC=kc, D=128, dtype="bfloat16", rows=rows, **figures)
         print()
         print(table(name, shapes[name], rows))
-    write_json(args.json, dict(meta=run_meta(reps=args.reps, impls=impls,
-                                             timing="median of reps, each call synchronised"),
-                               shapes=out))
+        # after each shape: what was done is kept if a later shape is cut short
+        if args.json is None:
+            write_json(default_path(json_name(name)), dict(meta=meta, shapes={name: out[name]}))
+        else:
+            write_json(args.json, dict(meta=meta, shapes=out))
     return 0
 
 

@@ -21,6 +21,11 @@ which query-key pairs to compute:
    pair like the oracle of 2, at SVG2's density. Comparing it with 2 separates the
    grouping (clusters vs contiguous blocks) from the scoring (estimate vs true mass).
 
+`--query-tiles clusters,spanning` adds one row per tiling of the Hopper kernel
+(`SparseTuningConfig.query_tiles`) at SVG2's own selection: the pairs its tiles *use*
+(density, error, recall: spanning tiles attend to the union of their clusters'
+selections, a superset) and the pairs they compute (`computed`, tile waste included).
+
 Metrics per (method, setting), averaged over heads (and images):
   density      fraction of query-key pairs computed (counted from the token mask);
   rel. error   ||o - o_dense||_F / ||o_dense||_F per head, o = exact softmax attention
@@ -93,6 +98,7 @@ from scripts.quality.inputs import build_qkv
 from scripts.quality.plot import plot
 from scripts.quality.report import (DOC_PATH, PLOT_PATH, attention_line, machine, summary,
                                     table_markdown, utc_date, write_doc)
+from scripts.quality.selectors import KERNEL_TILE_SELECTORS, SELECTORS
 from scripts.raw_data import REPO, default_path, write_json
 
 QUICK = dict(images="astronaut", frames=5, height=256, width=448, heads=2)
@@ -139,12 +145,20 @@ def run_cli(argv=None):
     p.add_argument("--api-check", choices=("all", "one", "none"), default="one",
                    help="re-run svg2_attention itself for all settings or one (top_p 0.9; "
                         "default) and check it gives the same densities and errors")
+    p.add_argument("--query-tiles", default="",
+                   help=f"comma-separated, from {list(KERNEL_TILE_SELECTORS)}: also rows of "
+                        f"SVG2's selection as the kernel's tiles use it (used and computed "
+                        f"pairs)")
     p.add_argument("--json", help="write all numbers here (default: docs/bench/"
                    "quality_quick.json, or quality_full.json with --full)")
     p.add_argument("--write-doc", action="store_true", help=f"(re)write {DOC_PATH}")
     p.add_argument("--plot", help="write the plot here (with --write-doc: docs/quality.png)")
     p.add_argument("--no-plot", action="store_true", help="no plot, even with --write-doc")
     args = p.parse_args(argv)
+    tiles = [t for t in args.query_tiles.split(",") if t]
+    if set(tiles) - set(KERNEL_TILE_SELECTORS):
+        p.error(f"--query-tiles {args.query_tiles!r}: known tilings are "
+                f"{list(KERNEL_TILE_SELECTORS)}")
     preset = FULL if args.full else QUICK
     if args.json is None:
         args.json = default_path(f"quality_{'full' if args.full else 'quick'}.json")
@@ -170,7 +184,8 @@ def run_cli(argv=None):
                       num_k_clusters=args.kc, q_tokens_per_cluster=args.q_tokens_per_cluster,
                       k_tokens_per_cluster=args.k_tokens_per_cluster,
                       kmeans_iters=args.kmeans_iters, block=args.block, seed=args.seed,
-                      tile=args.tile, api_check=args.api_check)
+                      tile=args.tile, api_check=args.api_check,
+                      selectors=SELECTORS + tuple(KERNEL_TILE_SELECTORS[t] for t in tiles))
     wall = time.perf_counter() - t_start
     print("dense attention:", attention_line(res))
     print()

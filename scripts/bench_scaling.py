@@ -207,9 +207,12 @@ def memory_fields(compiled) -> dict:
     return fields
 
 
-def _call_args(case: Case, extra):
-    """The compiled loop's arguments after latents and before the state."""
-    return extra if case.family == "wan" else (extra[0], None)
+def _loop_args(case: Case, sampler, latents, extra) -> tuple:
+    """The compiled loop's arguments before the state: (params, latents, context,
+    uncond_context) as the family's sampler builds them."""
+    if case.family == "wan":
+        return sampler.arguments(latents, *extra, abstract=True)[:-1]
+    return sampler.params, latents, extra[0], None
 
 
 def _peak_bytes():
@@ -253,12 +256,12 @@ def time_step(case: Case, model, kind: str, plan, args) -> dict:
     t0 = time.perf_counter()
     compiled = sampler.lower(latents, *extra).compile()
     compile_s = time.perf_counter() - t0
-    call = _call_args(case, extra)
+    call = _loop_args(case, sampler, latents, extra)
     cold = sampler.init_state(case.latents[0])
-    first = compiled(sampler.params, latents, *call, cold)  # cold step: centroids, order
+    first = compiled(*call, cold)  # cold step: centroids, order
     warm = first.attn_state[0]
-    timing, result = time_calls(lambda: compiled(sampler.params, latents, *call, warm),
-                                reps=args.reps, warmup=args.warmup)
+    timing, result = time_calls(lambda: compiled(*call, warm), reps=args.reps,
+                                warmup=args.warmup)
     density = np.asarray(result.density)  # [1, passes, L, B, H]
     row = dict(step_ms=timing.median_ms, compile_s=compile_s, timing=timing.as_json(),
                outputs=summarize(result.latents), density_mean=float(density.mean()),

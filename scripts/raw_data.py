@@ -19,24 +19,30 @@ BENCH_DIR = os.path.join(REPO, "docs", "bench")
 
 def default_path(name: str) -> str:
     """docs/bench/<name> of the checkout (name says what the file holds, e.g.
-    "overhead_vs_dense.json"); <name> in the working directory when the scripts run from
+    "overhead_vs_dense_720p.json"); <name> in the working directory when the scripts run from
     an installed package rather than a checkout (no docs/ beside them)."""
     if not os.path.isdir(os.path.join(REPO, "docs")):
         return os.path.abspath(name)
     return os.path.join(BENCH_DIR, name)
 
 
-def add_run_args(parser, json_name: str, *, reps: int, warmup: int | None = None,
+def add_run_args(parser, json_name: str | None, *, reps: int, warmup: int | None = None,
                  tiny: str = "a CPU smoke run on tiny shapes") -> None:
     """The flags every benchmark takes: --reps (and --warmup), --tiny, --json (default
-    `default_path(json_name)`)."""
+    `default_path(json_name)`; json_name None: no default path, the benchmark names its
+    files itself when --json is not given)."""
     parser.add_argument("--reps", type=int, default=reps, help="timed calls per figure")
     if warmup is not None:
         parser.add_argument("--warmup", type=int, default=warmup,
                             help="untimed calls before them")
     parser.add_argument("--tiny", action="store_true", help=tiny)
-    parser.add_argument("--json", default=default_path(json_name),
-                        help="raw figures (default: %(default)s)")
+    if json_name is None:
+        parser.add_argument("--json", default=None,
+                            help="raw figures, every shape in one file (default: one file "
+                                 "per shape under " + default_path("") + ")")
+    else:
+        parser.add_argument("--json", default=default_path(json_name),
+                            help="raw figures (default: %(default)s)")
 
 
 def run_meta(device: bool = True, **extra) -> dict:

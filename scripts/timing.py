@@ -89,10 +89,11 @@ def time_jax(fn: Callable, *args, reps: int = 10, warmup: int = 2, back_to_back:
 
 
 def summarize(tree) -> dict:
-    """Every array leaf of `tree`, reduced on the host: leaves, elements, non-finite
-    elements (floating leaves), and a float64 checksum (sum of |x|), so a result that is
-    NaN, empty or all zeros shows in the JSON beside its time."""
-    leaves = [np.asarray(x) for x in jax.tree.leaves(tree) if hasattr(x, "shape")]
+    """Every array leaf of `tree` (JAX or numpy arrays, torch tensors), reduced on the
+    host: leaves, elements, non-finite elements (floating leaves), and a float64 checksum
+    (sum of |x|), so a result that is NaN, empty or all zeros shows in the JSON beside its
+    time."""
+    leaves = [_on_host(x) for x in jax.tree.leaves(tree) if hasattr(x, "shape")]
     nonfinite = 0
     checksum = 0.0
     for x in leaves:
@@ -107,3 +108,12 @@ def summarize(tree) -> dict:
             checksum += float(np.abs(x.astype(np.float64)).sum())
     return {"leaves": len(leaves), "elements": int(sum(x.size for x in leaves)),
             "nonfinite": nonfinite, "checksum": checksum}
+
+
+def _on_host(x) -> np.ndarray:
+    """x as a numpy array; a torch tensor (any device, bf16 included, which numpy lacks)
+    through float32 when floating, its own integer or bool type otherwise."""
+    if hasattr(x, "detach"):  # a torch.Tensor, recognised without importing torch
+        x = x.detach()
+        return (x.float() if x.is_floating_point() else x).cpu().numpy()
+    return np.asarray(x)

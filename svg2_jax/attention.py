@@ -2,7 +2,8 @@
 
 One call, on per-head problems (`svg2_core`): cluster queries and keys
 (`clustering.cluster_qk`), select blocks (`selection.select_blocks`), attend to the
-selected blocks with the config's backend (`backends.SPARSE_BACKENDS`).
+selected blocks with the config's backend (`backends.SPARSE_BACKENDS`). Non-finite
+inputs follow `svg2_jax.nonfinite`'s policy, around the clustering and at the output.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from svg2_jax.backends import SPARSE_BACKENDS, resolve_backend
 from svg2_jax.clustering import Clustering, SVG2Cache, cluster_qk, to_cache
 from svg2_jax.config import SVG2Config
 from svg2_jax.head_group import HeadGroup
+from svg2_jax.nonfinite import InputFinite, input_finite, poison
 from svg2_jax.selection import Selection, block_density, select_blocks
 
 
@@ -32,6 +34,8 @@ class SVG2Stats:
     {q,k}_size_min / _max: [B, H] smallest / largest non-empty cluster.
     {q,k}_empty: [B, H] number of empty clusters.
     {q,k}_kmeans_iters: [] k-means iterations run (early stop may cut them short).
+    nonfinite_input: [B, H] bool, the head's q, k or v held a NaN/Inf (its output is then
+      NaN where dense attention's would be, `svg2_jax.nonfinite`).
     """
 
     density: jax.Array
@@ -44,6 +48,7 @@ class SVG2Stats:
     k_empty: jax.Array
     q_kmeans_iters: jax.Array
     k_kmeans_iters: jax.Array
+    nonfinite_input: jax.Array
 
 
 def check_inputs(q, k, v, cache, config: SVG2Config, caller: str = "svg2_attention"):
@@ -136,18 +141,21 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
     out = rearrange(core.out, "(b h) s d -> b s h d", b=b)
     clustering, selected = core.clustering, core.selection.selected
     density = block_density(selected, clustering.q.sizes, clustering.k.sizes)
-    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b)
+    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b,
+                                                    ~core.finite.head)
 
 
 class CoreResult(NamedTuple):
     """`svg2_core` on N = batch x heads problems: out [N, Sq, D]; lse [N, Sq] float32
-    (natural log, -inf for a query with no selected key); the clustering and the
-    selection it used."""
+    (natural log, -inf for a query with no selected key; both NaN where the input was not
+    finite, `nonfinite.poison`); the clustering and the selection it used; which inputs
+    were finite."""
 
     out: jax.Array
     lse: jax.Array
     clustering: Clustering
     selection: Selection
+    finite: InputFinite
 
 
 def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scale: float,
@@ -156,15 +164,16 @@ def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scal
     (b h) order, for the cache); cache, config, key, head_group as `svg2_attention`;
     scale: the softmax scale -> CoreResult."""
     backend = SPARSE_BACKENDS[resolve_backend(config, qn.dtype, qn.shape[-1])]
+    finite = input_finite(qn, kn, vn)
     clustering = cluster_qk(qn, kn, cache, config, key, head_group=head_group)
     selection = select_blocks(clustering, config, scale)
     out, lse = backend(qn, kn, vn, clustering, selection, scale, config)
-    return CoreResult(out, lse, clustering, selection)
+    return CoreResult(*poison(out, lse, finite), clustering, selection, finite)
 
 
-def svg2_stats(density, clustering: Clustering, selected, batch: int) -> SVG2Stats:
+def svg2_stats(density, clustering: Clustering, selected, batch: int, nonfinite) -> SVG2Stats:
     """SVG2Stats from per-problem results: density [B * H]; the call's clustering;
-    selected [B * H, QC, KC]."""
+    selected [B * H, QC, KC]; nonfinite [B * H] bool, the problem's input held a NaN/Inf."""
     qk, kk = clustering.q, clustering.k
     per_head = functools.partial(rearrange, pattern="(b h) -> b h", b=batch)
     q_min, q_max, q_empty = _size_summary(qk.sizes)
@@ -176,5 +185,6 @@ def svg2_stats(density, clustering: Clustering, selected, batch: int) -> SVG2Sta
         kept_k_clusters=per_head(jnp.sum(kept * q_nonempty, -1) / jnp.sum(q_nonempty, -1)),
         q_size_min=per_head(q_min), q_size_max=per_head(q_max), q_empty=per_head(q_empty),
         k_size_min=per_head(k_min), k_size_max=per_head(k_max), k_empty=per_head(k_empty),
-        q_kmeans_iters=qk.iterations, k_kmeans_iters=kk.iterations)
+        q_kmeans_iters=qk.iterations, k_kmeans_iters=kk.iterations,
+        nonfinite_input=per_head(nonfinite))
 

@@ -14,6 +14,7 @@ from einops import rearrange
 from svg2_jax import kmeans as km
 from svg2_jax.head_group import HeadGroup
 from svg2_jax.kmeans import KMeansResult
+from svg2_jax.nonfinite import keep_finite_centroids
 
 if TYPE_CHECKING:
     from svg2_jax.config import SVG2Config
@@ -59,7 +60,11 @@ def cluster_qk(qn: jax.Array, kn: jax.Array, cache: SVG2Cache | None, config: SV
     centroids ([B, H, C, D]), `config.kmeans_iters_warm` iterations. kmeans_impl: None
     resolves config.kmeans_impl (`resolve_kmeans_impl`). head_group: when the call holds
     only some heads of the layer (head parallel), which ones: each problem then starts and
-    stops as in the call over all heads (`svg2_jax.head_group`)."""
+    stops as in the call over all heads (`svg2_jax.head_group`).
+
+    NaN/Inf elements count as 0 in the centroids (`kmeans`), and a centroid that still
+    comes out non-finite keeps its initial value (`svg2_jax.nonfinite`), so the cache
+    never holds a NaN."""
     rows = {}
     if head_group is not None:
         batch = qn.shape[0] // head_group.ids.shape[0]
@@ -78,7 +83,12 @@ def cluster_qk(qn: jax.Array, kn: jax.Array, cache: SVG2Cache | None, config: SV
     run = functools.partial(km.kmeans, num_iters=iters, tol=config.kmeans_tol, impl=impl,
                             chunk=config.kmeans_chunk,
                             shift_max=None if head_group is None else head_group.global_max)
-    return Clustering(run(qn, q_init), run(kn, k_init))
+
+    def finite_run(x, init):
+        result = run(x, init)
+        return result._replace(centroids=keep_finite_centroids(result.centroids, init))
+
+    return Clustering(finite_run(qn, q_init), finite_run(kn, k_init))
 
 
 def to_cache(clustering: Clustering, batch: int) -> SVG2Cache:

@@ -23,6 +23,7 @@ from svg2_jax.attention import check_inputs, svg2_core, svg2_stats
 from svg2_jax.clustering import SVG2Cache, to_cache
 from svg2_jax.config import SVG2Config
 from svg2_jax.head_group import HeadGroup
+from svg2_jax.nonfinite import input_finite
 from svg2_jax.selection import block_density
 from svg2_jax.sparse_attention import masked_attention, merge_attention
 
@@ -83,7 +84,10 @@ def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths:
     video_pairs = block_density(selected, clustering.q.sizes, clustering.k.sizes) * sv * sv
     computed = video_pairs + sv * n_text + n_text * (sv + n_text)
     density = computed / (sv + n_text) ** 2
-    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b)
+    # the text tokens are attended densely, so their NaN/Inf reaches the output by itself
+    text_finite = input_finite(qn[:, sv:], kn[:, sv:], vn[:, sv:]).head
+    return out, to_cache(clustering, b), svg2_stats(density, clustering, selected, b,
+                                                    ~(video.finite.head & text_finite))
 
 
 def dense_joint_attention(q, k, v, text_lengths, *, num_text: int, implementation=None):

@@ -8,6 +8,10 @@ over all problems and clusters) is below `tol`; it then returns the centroids th
 last assignment was made against. Otherwise, after `num_iters` iterations, it
 returns the freshly updated centroids (what the next call should warm-start from)
 with the labels and sizes of the last assignment.
+
+NaN/Inf elements of x count as 0 in the centroid means and in the cold-start rows, so
+the centroids stay finite (a token with them still gets a label: every distance is NaN
+and the argmin returns the first cluster, in both assignments).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import kmeans_assign
+from svg2_jax.nonfinite import finite_or_zero
 
 
 # Iteration counts up to this run unrolled instead of in a while loop.
@@ -53,7 +58,7 @@ def random_init(key: jax.Array, x: jax.Array, num_clusters: int, *,
     uniform = (jax.random.uniform(key, (n, s)) if rows is None
                else jax.random.uniform(key, (num_rows, s))[rows])
     _, idx = jax.lax.top_k(uniform, num_clusters)
-    return jnp.take_along_axis(x, idx[..., None], axis=1).astype(jnp.float32)
+    return finite_or_zero(jnp.take_along_axis(x, idx[..., None], axis=1).astype(jnp.float32))
 
 
 def assign_xla(x: jax.Array, centroids: jax.Array, chunk: int = 8192) -> jax.Array:
@@ -85,10 +90,11 @@ def assign_xla(x: jax.Array, centroids: jax.Array, chunk: int = 8192) -> jax.Arr
 
 def update_xla(x: jax.Array, labels: jax.Array, num_clusters: int):
     """Per-cluster sums and member counts. x: [N, S, D], labels: [N, S] ->
-    (sums [N, K, D] float32, counts [N, K] int32)."""
+    (sums [N, K, D] float32, with NaN/Inf elements as 0 (in the cast pass the sum makes
+    anyway); counts [N, K] int32)."""
     n, s, d = x.shape
     ids = (labels + num_clusters * jnp.arange(n, dtype=jnp.int32)[:, None]).reshape(-1)
-    sums = jax.ops.segment_sum(x.reshape(n * s, d).astype(jnp.float32), ids,
+    sums = jax.ops.segment_sum(finite_or_zero(x.reshape(n * s, d).astype(jnp.float32)), ids,
                                num_segments=n * num_clusters)
     counts = jax.ops.segment_sum(jnp.ones_like(ids), ids, num_segments=n * num_clusters)
     return sums.reshape(n, num_clusters, d), counts.reshape(n, num_clusters)

@@ -2,7 +2,8 @@
 
 A model's self-attention calls `attention(q, k, v, state, layer_index)` with q, k, v
 `[B, S, H, D]` (after q/k norm and rotary embedding) and gets back
-`(out [B, S, H, D], new_state, density [B, H])`. Joint video+text attention (HunyuanVideo)
+`(out [B, S, H, D], new_state, density [B, H])`, density NaN for a head whose output is not
+finite (so a sampler can name the layer where NaN/Inf first appear). Joint video+text attention (HunyuanVideo)
 passes `num_text=T, text_lengths=[B]`: the last T tokens are text, the first
 text_lengths[b] of them real; padded text keys are masked for every query and only
 video tokens are clustered (`svg2_jax.joint_attention`). A call that holds only some of
@@ -32,6 +33,7 @@ from svg2_jax.clustering import SVG2Cache
 from svg2_jax.config import SVG2Config
 from svg2_jax.head_group import HeadGroup
 from svg2_jax.joint_attention import dense_joint_attention, svg2_joint_attention
+from svg2_jax.nonfinite import nan_where_not_finite
 from svg2_jax.tiled_attention import TILED, tiled_attention
 
 
@@ -45,8 +47,9 @@ def _dense(q, k, v, implementation, num_text=0, text_lengths=None):
                                  implementation=implementation)
 
 
-def _ones_density(q):
-    return jnp.ones((q.shape[0], q.shape[2]), jnp.float32)
+def _dense_density(out):
+    """1 per head of a dense output out [B, S, H, D], NaN where it is not finite."""
+    return nan_where_not_finite(jnp.ones((out.shape[0], out.shape[2]), jnp.float32), out)
 
 
 @runtime_checkable
@@ -65,8 +68,9 @@ class LayerAttention(Protocol):
                  num_text: int = 0, text_lengths: jax.Array | None = None,
                  head_group: HeadGroup | None = None) -> tuple[jax.Array, Any, jax.Array]:
         """q, k, v [B, S, H, D]; this layer's state -> (out [B, S, H, D], new state,
-        density [B, H]). Joint video + text sequences pass num_text and text_lengths; a
-        call holding some of the layer's heads passes head_group."""
+        density [B, H], NaN for a head whose output is not finite). Joint video + text
+        sequences pass num_text and text_lengths; a call holding some of the layer's heads
+        passes head_group."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +90,7 @@ class DenseAttention:
     def __call__(self, q, k, v, state, layer_index, *, num_text=0, text_lengths=None,
                  head_group=None):
         out = _dense(q, k, v, self.implementation, num_text, text_lengths)
-        return out, state, _ones_density(q)
+        return out, state, _dense_density(out)
 
 
 @jax.tree_util.register_dataclass
@@ -163,13 +167,15 @@ class SVG2Attention:
 
             new_state = jax.lax.cond(state.cluster, recluster, lambda _: state, None)
             out = _dense(q, k, v, self.dense_implementation, num_text, text_lengths)
-            return out, new_state, _ones_density(q)
+            return out, new_state, _dense_density(out)
 
         def sparse(_):
             out, cache, stats = jax.lax.cond(state.initialized,
                                              lambda: attend(state.cache, None),
                                              lambda: attend(None, key))
-            return out, dataclasses.replace(clustered, cache=cache), stats.density
+            # non-finite input makes the output NaN there (`svg2_jax.nonfinite`)
+            density = jnp.where(stats.nonfinite_input, jnp.float32(jnp.nan), stats.density)
+            return out, dataclasses.replace(clustered, cache=cache), density
 
         return jax.lax.cond(state.sparse, sparse, dense, None)
 

@@ -181,6 +181,47 @@ def test_a_new_selector_is_one_row(tiny):
             "rel_error_per_head"]
 
 
+def test_kernel_tile_rows_count_used_and_computed_pairs(tiny):
+    q, k, v, _, res = tiny
+    got = benchmark.run_quality(q, k, v, top_ps=(0.9,), min_kc_ratio=0.1, extra_settings=(),
+                                num_q_clusters=6, num_k_clusters=16, kmeans_iters=10,
+                                block=32, tile=64, api_check="none", token_stride=1,
+                                selectors=selectors.SELECTORS[:1]
+                                + tuple(selectors.KERNEL_TILE_SELECTORS.values()),
+                                verbose=False)
+    rows = {r["method"]: r for r in got["rows"]}
+    svg2, clusters, spanning = (rows[m] for m in ("SVG2", "kernel tiles: clusters",
+                                                  "kernel tiles: spanning"))
+    # Cluster tiles use exactly SVG2's pairs; spanning tiles a superset (more recall).
+    for key in ("density_per_head", "rel_error_per_head", "recall_per_head"):
+        assert clusters[key] == svg2[key]
+    assert np.all(np.array(spanning["density_per_head"]) >= svg2["density_per_head"])
+    assert np.all(np.array(spanning["recall_per_head"]) >= np.array(svg2["recall_per_head"])
+                  - 1e-6)
+    for r in (clusters, spanning):
+        assert np.all(np.array(r["computed_density_per_head"]) >= r["density_per_head"])
+    assert "computed_density" not in svg2
+    # The spanning rows' pairs, brute force: SVG2's clusters and selection, tokens in
+    # cluster order cut into 128-row CTAs, each CTA's rows over the union of its clusters.
+    from scripts.quality.clustering import svg2_clusters
+    from svg2_jax import SVG2Config
+    import jax
+    cfg = SVG2Config(num_q_clusters=6, num_k_clusters=16, kmeans_iters_cold=10, backend="jax",
+                     kmeans_impl="xla")
+    qk, kk = svg2_clusters(q, k, cfg, jax.random.PRNGKey(0))
+    sel, _ = selectors.svg2_select(qk, kk, 0.9, cfg.min_k_clusters)
+    ql, kl, sel = np.asarray(qk.labels), np.asarray(kk.labels), np.asarray(sel)
+    s = ql.shape[1]
+    for n in range(ql.shape[0]):
+        pos_label = np.sort(ql[n], kind="stable")
+        pairs = 0
+        for lo in range(0, s, 128):
+            part = pos_label[lo:lo + 128]
+            union = sel[n, sorted(set(part.tolist()))].any(axis=0)
+            pairs += len(part) * int(union[kl[n]].sum())
+        assert spanning["density_per_head"][n] == pytest.approx(pairs / s ** 2, rel=1e-9)
+
+
 def test_cli_writes_every_figure(tmp_path):
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "q.json", tmp_path / "q.png"
@@ -188,8 +229,12 @@ def test_cli_writes_every_figure(tmp_path):
                                  "--width", "96", "--heads", "2", "--patch", "8", "--qc", "6",
                                  "--kc", "16", "--kmeans-iters", "10", "--block", "32",
                                  "--tile", "64", "--top-p", "0.5,0.9", "--api-check", "none",
+                                 "--query-tiles", "spanning",
                                  "--json", str(out), "--plot", str(png)])
     data = __import__("json").loads(out.read_text())
     assert data["inputs"]["S"] == 288 and (data["QC"], data["KC"]) == (6, 16)
-    assert data["rows"] == res["rows"] and len(res["rows"]) == 4 * 3
+    assert data["rows"] == res["rows"] and len(res["rows"]) == 5 * 3
+    assert sum(r["method"] == "kernel tiles: spanning" for r in res["rows"]) == 3
+    with pytest.raises(SystemExit):
+        bench_quality.run_cli(["--query-tiles", "rows"])
     assert png.exists() and png.stat().st_size > 0

@@ -2,6 +2,8 @@
 and their table, row reads, the official-layout view. (Plans, streaming, orbax and `load`
 run end to end in test_convert.py / test_convert_hunyuan.py.)"""
 
+import sys
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -70,6 +72,14 @@ def test_the_source_table_recognises_paths(tmp_path):
         open_source(tmp_path / "notes.txt")
     with pytest.raises(ValueError, match="does not exist"):
         open_source(tmp_path / "absent.pt")
+
+
+def test_a_torch_file_without_torch_is_a_clear_error(tmp_path, monkeypatch):
+    path = _torch(tmp_path / "x.pt")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"x\.pt' is a torch state dict file: reading it "
+                                         r"needs PyTorch \(pip install 'svg2-jax\[torch\]'"):
+        open_source(path)
 
 
 def test_compose_rows_matches_slicing_twice():

@@ -11,14 +11,21 @@ from svg2_jax.sampling import (FlowMatchEuler, FlowUniPC, SamplerConfig, check_f
 L, B, S, C, H, D = 3, 1, 128, 8, 2, 16
 
 
-def toy_model(attention, seed=0):
-    """A 3-layer attention-only 'DiT' on latents [B, S, C]: enough to exercise per-layer state."""
+def toy_weights(seed=0):
+    """(wq, wk, wv, wo, wt) of the toy model."""
     ks = jax.random.split(jax.random.PRNGKey(seed), 5)
     w = [jax.random.normal(kk, (L, C, H * D)) * 0.5 for kk in ks[:3]]
-    wo = jax.random.normal(ks[3], (L, H * D, C)) * 0.05
-    wt = jax.random.normal(ks[4], (C,)) * 0.01
+    return (*w, jax.random.normal(ks[3], (L, H * D, C)) * 0.05,
+            jax.random.normal(ks[4], (C,)) * 0.01)
+
+
+def toy_model(attention, seed=0):
+    """A 3-layer attention-only 'DiT' on latents [B, S, C]: enough to exercise per-layer state.
+    Its weights are `params` (`toy_weights`), or those of `seed` when params is None."""
+    default = toy_weights(seed)
 
     def model_fn(params, x, t, context, state):
+        *w, wo, wt = default if params is None else params
         h = x + context + wt * t[:, None, None] / 1000.0
 
         def layer(h, xs):

@@ -15,7 +15,8 @@ from pallas_kernels.sparse_flash_mgpu import (PRODUCTION_PIECES, build_kernel, g
 from pallas_kernels.sparse_worklist import (ALIGN, SparseTuningConfig, build_work_list,
                                             co_selection_order, expand_tiles, k_layout_len,
                                             key_layout_index, mask_words, padded_index,
-                                            padded_starts, q_padded_len, tile_rows, walk_tile)
+                                            padded_starts, q_layout_index, q_layout_len,
+                                            q_padded_len, tile_rows, used_keys, walk_tile)
 from svg2_jax import SVG2Config, svg2_attention
 from svg2_jax.permute import cluster_order, permute
 from npref import masked_attention_lse
@@ -55,12 +56,15 @@ def np_coverage(work, cfg, qs, ks):
     """[N, Sq, Sk] count of how often the work list computes each (permuted query row,
     permuted key row) pair, over the real rows of each CTA and the unmasked key rows of
     each of its tiles. Padded query rows are mapped back to permuted rows here; the key
-    layout is the permuted keys themselves."""
+    layout is the permuted keys themselves (for spanning tiles, so is the query layout)."""
     n, sq, sk = qs.shape[0], int(qs[0].sum()), int(ks[0].sum())
     qpad = np.asarray(padded_starts(jnp.array(qs)))
     qst = np.concatenate([np.zeros((n, 1), int), np.cumsum(qs, 1)], 1)
 
     def unpad(row, pad, st, sizes, p):
+        if cfg.query_tiles == "spanning":
+            assert row < sq, f"query row {row} past the sequence is a real row"
+            return row
         c = np.flatnonzero((pad[p] <= row) & (row < pad[p] + sizes[p]))
         assert len(c) == 1, f"padded row {row} is not a real row"
         return st[p][c[0]] + row - pad[p][c[0]]
@@ -79,7 +83,7 @@ def np_coverage(work, cfg, qs, ks):
                     b, r = divmod(col, cfg.box_rows)
                     assert starts[g, t, b] + r < sk, "a masked-in key row past the keys"
                     keys.append(starts[g, t, b] + r)
-        assert len(keys) == len(set(keys)), "a key row twice in one query cluster's tiles"
+        assert len(keys) == len(set(keys)), "a key row twice in one CTA's tiles"
         for r in range(rows):
             cov[p, unpad(q8 * ALIGN + r, qpad, qst, qs, p), keys] += 1
     return cov
@@ -94,6 +98,40 @@ def np_want(qs, ks, sel):
         for a, b in zip(*np.nonzero(sel[p])):
             want[p, qst[p, a]:qst[p, a + 1], kst[p, b]:kst[p, b + 1]] = 1
     return want
+
+
+def np_spanning_groups(qs, sel, rpc):
+    """Spanning tiles, per problem p and CTA j: (rows [lo, hi) of the permuted queries,
+    the non-empty query clusters with rows there, the union of their selections)."""
+    out = []
+    for p in range(qs.shape[0]):
+        label = np.repeat(np.arange(qs.shape[1]), qs[p])          # cluster of each row
+        groups = []
+        for lo in range(0, len(label), rpc):
+            hi = min(lo + rpc, len(label))
+            clusters = sorted(set(label[lo:hi].tolist()))
+            groups.append((lo, hi, clusters, sel[p, clusters].any(axis=0)))
+        out.append(groups)
+    return out
+
+
+def np_spanning_want(qs, ks, sel, rpc=128):
+    """[N, Sq, Sk] 1 where spanning tiles use the pair: every row of a CTA with every
+    key of the union of the CTA's clusters' selections."""
+    n, sq, sk = qs.shape[0], int(qs[0].sum()), int(ks[0].sum())
+    kst = np.concatenate([np.zeros((n, 1), int), np.cumsum(ks, 1)], 1)
+    want = np.zeros((n, sq, sk), np.int32)
+    for p, groups in enumerate(np_spanning_groups(qs, sel, rpc)):
+        for lo, hi, _, union in groups:
+            for b in np.flatnonzero(union):
+                want[p, lo:hi, kst[p, b]:kst[p, b + 1]] = 1
+    return want
+
+
+def np_used(qs, ks, sel, cfg):
+    if cfg.query_tiles == "spanning":
+        return np_spanning_want(qs, ks, sel, cfg.rows_per_cta)
+    return np_want(qs, ks, sel)
 
 
 CONFIGS = [SparseTuningConfig(), SparseTuningConfig(block_kv=64, box_rows=8),
@@ -286,11 +324,135 @@ def test_heavy_first_orders_each_problems_ctas_by_work():
 
 def test_tuning_config_errors():
     for bad in (dict(block_q=128), dict(box_rows=4), dict(block_kv=96), dict(block_kv=512),
-                dict(max_concurrent_steps=1)):
+                dict(max_concurrent_steps=1), dict(query_tiles="span")):
         with pytest.raises(ValueError, match="SparseTuningConfig"):
             SparseTuningConfig(**bad)
     with pytest.raises(ValueError, match="kernel must be a SparseTuningConfig"):
         SVG2Config(kernel=dict(box_rows=32))
+
+
+# ------------------------------------------------------------------ spanning tiles (CPU)
+
+SPANNING = [SparseTuningConfig(query_tiles="spanning"),
+            SparseTuningConfig(query_tiles="spanning", block_kv=64, box_rows=8,
+                               heavy_first=False),
+            SparseTuningConfig(query_tiles="spanning", block_kv=128, box_rows=16,
+                               split_tails=False)]
+
+
+def np_runs(ks, union):
+    """Runs of adjacent selected non-empty key clusters: [(first key row, rows)]."""
+    st = np.concatenate([[0], np.cumsum(ks)])
+    runs = []
+    for b in np.flatnonzero(union & (ks > 0)):
+        if runs and runs[-1][0] + runs[-1][1] == st[b] and union[b - 1] and ks[b - 1] > 0:
+            runs[-1] = (runs[-1][0], runs[-1][1] + ks[b])
+        else:
+            runs.append((st[b], ks[b]))
+    return runs
+
+
+@pytest.mark.parametrize("seed,sq,huge", [(0, 300, False), (1, 517, True), (2, 128, False),
+                                          (3, 61, False)])
+def test_spanning_work_list_equals_numpy(seed, sq, huge):
+    cfg = SparseTuningConfig(query_tiles="spanning", box_rows=16, heavy_first=False)
+    qs, ks, sel = problem(seed, n=3, sq=sq, sk=400, qc=9, kc=23, density=0.3, huge=huge)
+    for p in range(3):              # empty query clusters' selections must not count
+        sel[p, qs[p] == 0] = True
+    assert (qs == 0).any()
+    work = jax.jit(build_work_list, static_argnums=(3, 4, 5))(
+        jnp.array(qs), jnp.array(ks), jnp.array(sel), sq, 400, cfg)
+    cta, total = np.asarray(work.cta), np.asarray(work.total_boxes)
+    start, size = np.asarray(work.entry_start), np.asarray(work.entry_size)
+    rpc = cfg.rows_per_cta
+    per_n = -(-sq // rpc)
+    assert cta.shape == (3 * per_n, 4) and start.shape == (3 * per_n, 23)
+    for p, groups in enumerate(np_spanning_groups(qs, sel, rpc)):
+        for j, (lo, hi, clusters, union) in enumerate(groups):
+            c = p * per_n + j
+            assert list(cta[c]) == [p, c, lo // ALIGN, hi - lo]
+            runs = np_runs(ks[p], union)
+            np.testing.assert_array_equal(start[c, :len(runs)], [r[0] for r in runs])
+            np.testing.assert_array_equal(size[c, :len(runs)], [r[1] for r in runs])
+            assert not size[c, len(runs):].any()
+            assert total[c] == sum(-(-(a % ALIGN + b) // cfg.box_rows) for a, b in runs)
+        np.testing.assert_array_equal(np.asarray(work.q_slot)[p], p * per_n * rpc
+                                      + np.arange(sq))
+    # A 300-row problem with 9 clusters has CTAs over several clusters.
+    assert max(len(g[2]) for gs in np_spanning_groups(qs, sel, rpc) for g in gs) > 1
+
+
+@pytest.mark.parametrize("cfg", SPANNING, ids=cfg_id)
+@pytest.mark.parametrize("seed,density,huge", [(0, 0.5, False), (1, 0.15, False),
+                                               (2, 1.0, True), (3, 0.0, False)])
+def test_spanning_work_list_covers_each_used_pair_exactly_once(cfg, seed, density, huge):
+    qs, ks, sel = problem(seed, density=density, huge=huge)
+    sq, sk = int(qs[0].sum()), int(ks[0].sum())
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), sq, sk, cfg)
+    want = np_spanning_want(qs, ks, sel, cfg.rows_per_cta)
+    np.testing.assert_array_equal(np_coverage(work, cfg, qs, ks), want)
+    assert np.all(want >= np_want(qs, ks, sel))                    # a superset
+    # Pairs used, per row and per problem, against the brute-force count.
+    np.testing.assert_array_equal(np.asarray(used_keys(work, cfg)), want.sum(-1))
+    computed, real = tile_rows(work, cfg)
+    np.testing.assert_array_equal(np.asarray(real), want.sum(axis=(1, 2)))
+    assert np.all(np.asarray(computed) >= np.asarray(real))
+
+
+def test_used_keys_of_cluster_tiles_are_the_selection():
+    cfg = SparseTuningConfig()
+    qs, ks, sel = problem(4, sq=517, sk=300, qc=9, huge=True)
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), 517, 300, cfg)
+    np.testing.assert_array_equal(np.asarray(used_keys(work, cfg)),
+                                  np_want(qs, ks, sel).sum(-1))
+
+
+@pytest.mark.parametrize("cfg", SPANNING[:2], ids=cfg_id)
+def test_reference_twin_spanning_equals_numpy(cfg):
+    qs, ks, sel = problem(5, density=0.3)
+    sel[0, :2] = False
+    sel[1] = False                      # a problem with nothing selected: zeros, -inf
+    (q, k, v), (qp, kp, vp), ident = padded_inputs(6, qs, ks, cfg=cfg)
+    assert qp.shape[1] == 384                                      # 300 rows -> 3 CTAs
+    sq, sk = q.shape[1], k.shape[1]
+    work = build_work_list(jnp.array(qs), jnp.array(ks), jnp.array(sel), sq, sk, cfg)
+    out, lse = gather_rows(*sparse_flash_attention_reference(qp, kp, vp, work, scale=0.3,
+                                                             config=cfg), work, ident)
+    mask = np_spanning_want(qs, ks, sel, cfg.rows_per_cta) > 0
+    want_o, want_lse = masked_attention_lse(q, k, v, mask, 0.3)
+    err = np.linalg.norm(np.asarray(out) - want_o) / np.linalg.norm(want_o)
+    assert err <= 1e-4, err
+    np.testing.assert_allclose(np.asarray(lse), want_lse, atol=2e-5, rtol=1e-5)
+    assert np.all(np.asarray(out)[1] == 0) and np.all(np.isneginf(np.asarray(lse)[1]))
+
+
+def test_svg2_spanning_tiles_error_at_most_the_clusters_tiles():
+    # Structured q, k (shared centres): spanning tiles attend to a superset of each
+    # row's selection, which on such inputs can only bring the output closer to dense.
+    from scripts.bench_kernel import structured_qkv
+    from svg2_jax.clustering import cluster_qk
+    from svg2_jax.layout import used_blocks
+    from svg2_jax.selection import select_blocks
+    q, k, v = (x.astype(jnp.float32) for x in structured_qkv(jax.random.PRNGKey(1), 700, 2,
+                                                              64, centres=60))
+    dense = np.asarray(jax.nn.dot_product_attention(q, k, v))
+    errs = {}
+    for mode in ("clusters", "spanning"):
+        cfg = SVG2Config(num_q_clusters=12, num_k_clusters=30, top_p=0.5, min_kc_ratio=0.0,
+                         kmeans_iters_cold=5, backend="pallas_reference",
+                         kernel=SparseTuningConfig(block_kv=64, box_rows=8, query_tiles=mode))
+        out = np.asarray(svg2_attention(q, k, v, None, cfg)[0])
+        errs[mode] = np.linalg.norm(out - dense) / np.linalg.norm(dense)
+        # the "jax" backend on the same pairs, as used_blocks states them
+        qn, kn, vn = (jnp.moveaxis(x, 2, 1).reshape(-1, 700, 64) for x in (q, k, v))
+        clustering = cluster_qk(qn, kn, None, cfg, None)
+        groups, union = used_blocks(clustering, select_blocks(clustering, cfg), cfg.kernel)
+        mask = np.stack([np.asarray(union)[p][np.asarray(groups)[p]][
+            :, np.asarray(clustering.k.labels)[p]] for p in range(qn.shape[0])])
+        want, _ = masked_attention_lse(qn, kn, vn, mask, 64 ** -0.5)
+        got = np.moveaxis(out, 2, 1).reshape(-1, 700, 64)
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    assert errs["spanning"] <= errs["clusters"] and errs["clusters"] > 1e-3, errs
 
 
 # ------------------------------------------------------------------ the twin (CPU)
@@ -303,7 +465,7 @@ def padded_inputs(seed, qs, ks, d=128, dtype=jnp.float32, cfg=SparseTuningConfig
     k = jnp.array(rng.standard_normal((n, sk, d)), dtype)
     v = jnp.array(rng.standard_normal((n, sk, d)), dtype)
     ident = lambda s: jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (n, s))
-    qi = padded_index(ident(sq), jnp.array(qs), q_padded_len(sq, qs.shape[1], cfg))
+    qi = q_layout_index(ident(sq), jnp.array(qs), q_layout_len(sq, qs.shape[1], cfg), cfg)
     ki = key_layout_index(ident(sk), k_layout_len(sk, cfg))
     return (q, k, v), (permute(q, qi), permute(k, ki), permute(v, ki)), ident(sq)
 
@@ -478,7 +640,7 @@ def _kernel_case(seed, n, sq, sk, qc, kc, density, dtype, cfg, huge=False, d=128
     finite = np.isfinite(ref_lse)
     np.testing.assert_array_equal(np.isfinite(lse), finite)
     np.testing.assert_allclose(lse[finite], ref_lse[finite], atol=2e-2, rtol=2e-3)
-    empty = np_want(qs, ks, sel).sum(-1) == 0
+    empty = np_used(qs, ks, sel, cfg).sum(-1) == 0
     assert np.all(out[empty] == 0)
 
 
@@ -486,6 +648,28 @@ def _kernel_case(seed, n, sq, sk, qc, kc, density, dtype, cfg, huge=False, d=128
 @pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
 def test_kernel_matches_twin_ragged(cfg):
     _kernel_case(0, 2, 1000, 900, 13, 40, 0.3, jnp.bfloat16, cfg)
+
+
+@gpu
+@pytest.mark.parametrize("cfg", SPANNING, ids=cfg_id)
+def test_kernel_spanning_tiles_match_twin(cfg):
+    # Spanning tiles need no kernel change (the kernel only indexes the entry tables by
+    # cta[c, 1]); this checks it, ragged and with a short last CTA (1000 = 7 * 128 + 104,
+    # 301 = 2 * 128 + 45: split mode).
+    _kernel_case(0, 2, 1000, 900, 13, 40, 0.3, jnp.bfloat16, cfg)
+    _kernel_case(3, 4, 301, 77, 9, 12, 0.5, jnp.bfloat16, cfg)
+
+
+@gpu
+def test_svg2_attention_pallas_spanning_matches_twin():
+    outs = {}
+    for backend in ("pallas", "pallas_reference"):
+        outs[backend] = backend_outputs(
+            9, (2, 1500, 3, 128), jnp.bfloat16, (backend,), num_q_clusters=12,
+            num_k_clusters=40, top_p=0.8, kmeans_iters_cold=5,
+            kernel=SparseTuningConfig(query_tiles="spanning"))[0][backend]
+    a, b = outs["pallas"], outs["pallas_reference"]
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
 
 
 @gpu
@@ -530,14 +714,25 @@ def test_bench_kernel_dry_run_writes_every_figure(tmp_path, capsys):
     from scripts import bench_kernel
     out = tmp_path / "kernel.json"
     assert bench_kernel.main(["--dry-run", "--densities", "0.2", "--top-ps", "0.9", "--reps",
-                              "1", "--kmeans-iters", "3", "--json", str(out)]) == 0
+                              "1", "--kmeans-iters", "3", "--query-tiles", "clusters,spanning",
+                              "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["meta"]["dry_run"]
     rows = [r for r in data["rows"] if "kernel_ms" in r]
     s, h, _, _ = bench_kernel.SHAPES["tiny"]
-    assert sorted((r["selection"], r["heavy_first"]) for r in rows) == [
-        ("density", True), ("top_p", False), ("top_p", True)]
+    assert sorted((r["selection"], r["heavy_first"], r["query_tiles"]) for r in rows) == [
+        (sel, hf, tiles) for sel, hf in (("density", True), ("top_p", False), ("top_p", True))
+        for tiles in ("clusters", "spanning")]
+    for r in rows:
+        # cluster tiles use the selected pairs; spanning tiles a superset; both compute more
+        used = r["used_density"]
+        assert used == pytest.approx(r["density"]) if r["query_tiles"] == "clusters" else (
+            used >= r["density"])
+        assert r["computed_density"] >= used
+        assert r["efficiency_per_used_pair"] == pytest.approx(
+            used * r["dense_ms"] / r["kernel_ms"])
+        assert format(r["used_density"], ".3f") in printed
     dense, = [r for r in data["rows"] if r.get("dense")]
     assert f"dense {dense['dense_ms']:.3f} ms" in printed
     for r in rows:
@@ -551,6 +746,7 @@ def test_bench_kernel_dry_run_writes_every_figure(tmp_path, capsys):
     json_arg = ["--json", str(out)]
     for argv, msg in ((["--ablations", "no_walk"] + json_arg, "not with --dry-run"),
                       (["--key-orders", "random"] + json_arg, "known orders"),
+                      (["--query-tiles", "rows"] + json_arg, "known tilings"),
                       (["--ablations", "no_walk+fast"] + json_arg, "unknown ablation"),
                       ([], "--json is required")):
         with pytest.raises(SystemExit):

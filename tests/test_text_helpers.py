@@ -142,6 +142,9 @@ TORCH_ENCODERS = {
         vocab_size=304, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=20, eos_token_id=2, bos_token_id=0,
         pad_token_id=1)),
+    "clip_vision": ("CLIPVisionModel", "CLIPVisionConfig", dict(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4,
+        image_size=28, patch_size=7, hidden_act="gelu", projection_dim=16)),
 }
 
 

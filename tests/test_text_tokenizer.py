@@ -111,8 +111,20 @@ def test_config_padding_side_and_errors(dirs, tmp_path):
         load_tokenizer(bad_pad)
 
 
-def test_prompt_clean_is_diffusers():
-    from diffusers.pipelines.wan.pipeline_wan import prompt_clean as reference
+@pytest.mark.parametrize("with_ftfy", [True, False])
+def test_prompt_clean_is_diffusers(with_ftfy, monkeypatch):
+    """As diffusers' Wan prompt_clean with ftfy installed (one of our dependencies) and
+    without it: curly quotes and mojibake are what ftfy changes."""
+    from diffusers.pipelines.wan import pipeline_wan
 
-    for text in PROMPTS + ["  tabs\tand\nnewlines  ", "&amp;lt;b&amp;gt; x", ""]:
-        assert prompt_clean(text) == reference(text)
+    from svg2_jax.text import wan
+
+    if with_ftfy:
+        pytest.importorskip("ftfy")
+    else:
+        monkeypatch.setattr(wan, "_ftfy", lambda: None)
+        monkeypatch.setattr(pipeline_wan, "is_ftfy_available", lambda: False)
+    fixed = {"it\u2019s a \u201ccat\u201d", "the caf\u00c3\u00a9 at night"}
+    for text in PROMPTS + ["  tabs\tand\nnewlines  ", "&amp;lt;b&amp;gt; x", "", *fixed]:
+        assert prompt_clean(text) == pipeline_wan.prompt_clean(text)
+    assert all((prompt_clean(t) != t) == with_ftfy for t in fixed)

@@ -101,7 +101,8 @@ def run_quality(q, k, v, *, top_ps=DEFAULT_TOP_PS, min_kc_ratio=0.10,
                                         if method.startswith("block") else None),
                          target_density_per_head=sp["target_density"].tolist(),
                          empty_queries=int(empty[i].sum()),
-                         blocks_selected=int(sel.sum())))
+                         blocks_selected=int(sel.sum()),
+                         **_computed(sp["selection"].computed, s)))
 
     checks = api_checks(q, k, v, key, base, rows, o_dense, ref_sq,
                         _api_settings(api_check, settings, min_kc_ratio), timings, log)
@@ -139,6 +140,14 @@ def select_all(problem: Problem, settings, selectors=SELECTORS) -> list[dict]:
                        target_density=target, selection=made[i])
                   for i in range(len(selectors))]
     return specs
+
+
+def _computed(computed, s) -> dict:
+    """The density of pairs the kernel's tiles compute, for rows that know it."""
+    if computed is None:
+        return {}
+    return dict(computed_density=float(np.mean(computed / (s * s))),
+                computed_density_per_head=(computed / (s * s)).tolist())
 
 
 def _size_range(sizes) -> list[int]:

@@ -18,12 +18,15 @@ WAN_720P = dict(S=75600, QC=300, KC=1000)
 
 
 def table_markdown(res) -> str:
-    lines = ["| method | setting | density | rel. error | recall | recall p10 | top-1 kept |",
-             "|---|---|---|---|---|---|---|"]
+    tiles = any("computed_density" in r for r in res["rows"])
+    lines = ["| method | setting | density | rel. error | recall | recall p10 | top-1 kept |"
+             + (" computed |" if tiles else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if tiles else "")]
     for r in res["rows"]:
+        computed = f" {r['computed_density']:.4f} |" if "computed_density" in r else " |"
         lines.append(f"| {r['method']} | {r['setting']} | {r['density']:.4f} | "
                      f"{r['rel_error']:.4f} | {r['recall']:.4f} | {r['recall_p10']:.3f} | "
-                     f"{r['top1_kept']:.3f} |")
+                     f"{r['top1_kept']:.3f} |" + (computed if tiles else ""))
     return "\n".join(lines)
 
 

@@ -17,8 +17,11 @@ from typing import NamedTuple, Protocol
 import jax
 import numpy as np
 
+from pallas_kernels import sparse_worklist as wl
 from svg2_jax import SVG2Config
+from svg2_jax.clustering import Clustering
 from svg2_jax.kmeans import KMeansResult
+from svg2_jax.layout import pallas_work, used_blocks
 from svg2_jax.selection import block_density, select_clusters
 
 
@@ -70,12 +73,14 @@ class Setting:
 class Selection(NamedTuple):
     """q_labels, k_labels [N, S] int: each token's group; selected [N, GQ, GK] bool;
     density [N]: the fraction of pairs selected, from a selector that sets the density
-    (None otherwise: the masked pass counts every selection's pairs)."""
+    (None otherwise: the masked pass counts every selection's pairs); computed [N]: the
+    pairs the Hopper kernel's tiles cost (`kernel_tiles`; None for other methods)."""
 
     q_labels: np.ndarray
     k_labels: np.ndarray
     selected: np.ndarray
     density: np.ndarray | None = None
+    computed: np.ndarray | None = None
 
 
 class SelectFn(Protocol):
@@ -182,6 +187,40 @@ def block_oracle(problem: Problem, setting: Setting, density) -> Selection:
     sel = oracle_select(problem.tile_mass, problem.tile_sizes, problem.tile_sizes, density)
     return Selection(labels, labels, sel)
 
+
+@functools.partial(jax.jit, static_argnames=("top_p", "min_clusters", "tuning"))
+def kernel_tiles_select(qk, kk, top_p, min_clusters, tuning: wl.SparseTuningConfig):
+    """SVG2's selection as the kernel's tiles use it (`layout.used_blocks`): (query token
+    groups [N, S], group_selected [N, G, KC], computed pairs [N] of the work list)."""
+    clustering = Clustering(qk, kk)
+    selection = select_clusters(qk.centroids, kk.centroids, kk.sizes, top_p, min_clusters)
+    groups, group_selected = used_blocks(clustering, selection, tuning)
+    computed, _ = wl.tile_rows(pallas_work(clustering, selection, tuning).work, tuning)
+    return groups, group_selected, computed
+
+
+def kernel_tiles(query_tiles: str, tuning: wl.SparseTuningConfig = wl.SparseTuningConfig()
+                 ) -> SelectFn:
+    """A selector: SVG2's top-p selection with the pairs the kernel's tiles use under
+    `query_tiles` (clusters tiles: the selection itself; spanning tiles: each CTA's rows
+    over the union of its clusters' selections) and the pairs those tiles compute.
+    It runs at SVG2's own selection, whatever the density asked."""
+    tuning = dataclasses.replace(tuning, query_tiles=query_tiles)
+
+    def select(problem: Problem, setting: Setting, density=None) -> Selection:
+        cfg = dataclasses.replace(problem.config, top_p=setting.top_p,
+                                  min_kc_ratio=setting.min_kc_ratio)
+        groups, group_selected, computed = kernel_tiles_select(
+            problem.q_clusters, problem.k_clusters, cfg.top_p, cfg.min_k_clusters, tuning)
+        return Selection(np.asarray(groups), np.asarray(problem.k_clusters.labels),
+                         np.asarray(group_selected), computed=np.asarray(computed, np.float64))
+
+    return select
+
+
+# Opt-in rows (bench_quality --query-tiles): SVG2's selection as the kernel uses it.
+KERNEL_TILE_SELECTORS = {mode: Selector(f"kernel tiles: {mode}", kernel_tiles(mode))
+                         for mode in wl.QUERY_TILES}
 
 SELECTORS: tuple[Selector, ...] = (
     Selector("SVG2", svg2, sets_density=True),

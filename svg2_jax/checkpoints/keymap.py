@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from flax import nnx
 
-from svg2_jax.checkpoints.tensor_source import KeyedSource, Rows, TensorSource
+from svg2_jax.checkpoints.tensor_source import KeyedSource, Rows, TensorSource, locate
 
 DIFFUSERS = "diffusers"
 # official checkpoints saved from a wrapping module carry this prefix on every key
@@ -216,6 +216,9 @@ class RenamedSource(KeyedSource):
     def origin(self, key: str) -> str:
         """The official key a diffusers key is read from."""
         return self._parts[key][0]
+
+    def locate(self, key: str) -> str:
+        return f"{locate(self.inner, self.origin(key))} (official key {self.origin(key)!r})"
 
     def read(self, key: str, rows: Rows | None = None) -> np.ndarray:
         source_key, own = self._parts[key]

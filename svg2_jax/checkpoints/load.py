@@ -4,7 +4,6 @@ the fly, one tensor at a time. Each family's `load` is this with its `ModelFamil
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ from svg2_jax.checkpoints.orbax_io import STATE_DIR, read_orbax_meta, restore_or
 from svg2_jax.checkpoints.plan import make_plan
 from svg2_jax.checkpoints.sources import open_source
 from svg2_jax.checkpoints.stream import to_device_tree
+from svg2_jax.input_files import read_json
 from svg2_jax.sharding.mesh import MeshPlan
 from svg2_jax.sharding.rules import param_shardings
 
@@ -113,8 +113,7 @@ def _checkpoint_json(family: ModelFamily, path: Path):
     config_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
     if not config_file.is_file():
         return None
-    with open(config_file) as f:
-        raw = json.load(f)
+    raw = read_json(config_file, "config file")
     have = family.config_of_json(raw)
     return None if have is None else (config_file, have)
 

@@ -7,14 +7,15 @@ checkpoint with its `*.safetensors.index.json`, or a directory holding either.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from svg2_jax.checkpoints.tensor_source import KeyedSource, Rows, concat_rows
+from svg2_jax.input_files import read_json
 
 DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 DIFFUSERS_FILE = "diffusion_pytorch_model.safetensors"
@@ -47,9 +48,9 @@ def resolve_files(path: str | os.PathLike) -> tuple[list[Path], Path | None]:
             return files, None
         path = index
     if path.name.endswith(".index.json"):
-        with open(path) as f:
-            weight_map = json.load(f).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
+        weight_map = read_json(path, "safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map \
+                or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError(f"index {str(path)!r} has no 'weight_map'")
         files = [path.parent / name for name in sorted(set(weight_map.values()))]
         absent = [str(p) for p in files if not p.is_file()]
@@ -60,6 +61,22 @@ def resolve_files(path: str | os.PathLike) -> tuple[list[Path], Path | None]:
         return [path], None
     raise ValueError(f"{str(path)!r} is neither a .safetensors file, an .index.json, nor a "
                      "directory holding them")
+
+
+@contextlib.contextmanager
+def open_file(file: Path):
+    """safe_open(file) for numpy, with any failure (empty, truncated or corrupt file, an
+    unreadable header, an I/O error) as one ValueError naming the file."""
+    try:
+        handle = safe_open(str(file), framework="numpy")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"cannot read {str(file)!r} as safetensors (empty, truncated or "
+                         f"not a safetensors file?): {e}") from None
+    with handle:
+        try:
+            yield handle
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"error reading {str(file)!r}: {e}") from None
 
 
 class SafetensorsSource(KeyedSource):
@@ -79,7 +96,7 @@ class SafetensorsSource(KeyedSource):
         self._shape: dict[str, tuple[int, ...]] = {}
         duplicates = []
         for file in self.files:
-            with safe_open(str(file), framework="numpy") as handle:
+            with open_file(file) as handle:
                 for key in handle.keys():
                     if key in self._file:
                         duplicates.append(key)
@@ -89,8 +106,7 @@ class SafetensorsSource(KeyedSource):
             raise ValueError(f"keys present in more than one shard of {str(path)!r}: "
                              f"{sorted(duplicates)}")
         if self.index is not None:
-            with open(self.index) as f:
-                listed = set(json.load(f)["weight_map"])
+            listed = set(read_json(self.index, "safetensors index")["weight_map"])
             if listed != set(self._file):
                 raise ValueError(
                     f"index {str(self.index)!r} disagrees with its shards: listed but absent "
@@ -100,11 +116,14 @@ class SafetensorsSource(KeyedSource):
     def read(self, key: str, rows: Rows | None = None) -> np.ndarray:
         """The tensor (or its dim-0 `rows`, concatenated) in its stored dtype (bf16 as
         ml_dtypes.bfloat16); a slice reads only those rows from the file."""
-        with safe_open(str(self._file[key]), framework="numpy") as handle:
+        with open_file(self._file[key]) as handle:
             if rows is None:
                 return handle.get_tensor(key)
             tensor = handle.get_slice(key)
             return concat_rows([tensor[a:b] for a, b in rows])
+
+    def locate(self, key: str) -> str:
+        return repr(str(self._file[key]))
 
     def close(self):
         super().close()

@@ -1,30 +1,63 @@
 """Streaming a `Plan` out of its source, one parameter at a time: into numpy buffers
-(`iter_leaves`) or straight onto a device (`to_device_tree`)."""
+(`iter_leaves`) or straight onto a device (`to_device_tree`). Every tensor is checked as
+it is read (`check_weight`): floating point only, and finite."""
 
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from svg2_jax.checkpoints.keymap import Target, to_ours
 from svg2_jax.checkpoints.plan import Plan
-from svg2_jax.checkpoints.tensor_source import TensorSource
+from svg2_jax.checkpoints.tensor_source import TensorSource, locate
+
+
+WEIGHT_DTYPES = tuple(np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16, np.float32,
+                                             np.float64))
+# exponent bits of the 16-bit floats: all set is Inf or NaN
+_EXPONENT = {np.dtype(ml_dtypes.bfloat16): np.uint16(0x7F80), np.dtype(np.float16): np.uint16(0x7C00)}
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """No NaN/Inf in a float array (16-bit floats by their exponent bits: ml_dtypes'
+    isfinite is several times slower)."""
+    mask = _EXPONENT.get(x.dtype)
+    if mask is None:
+        return bool(np.isfinite(x).all())
+    return x.size == 0 or np.bitwise_and(x.view(np.uint16), mask).max() != mask
+
+
+def check_weight(value: np.ndarray, key: str, source: TensorSource):
+    """Refuses, naming the key and file, a tensor that is not float16/bfloat16/float32/
+    float64 (integers are not weights; casting them would hide the mistake) or that holds
+    NaN/Inf."""
+    if value.dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"{locate(source, key)}: tensor {key!r} is {value.dtype}; weights must "
+                         f"be one of {[d.name for d in WEIGHT_DTYPES]} (refused, not cast)")
+    if not all_finite(value):
+        bad = int(np.size(value) - np.isfinite(value.astype(np.float32)).sum())
+        raise ValueError(f"{locate(source, key)}: tensor {key!r} holds {bad} NaN/Inf values "
+                         f"(of {value.size}); refusing non-finite weights")
 
 
 def iter_leaves(source: TensorSource, plan: Plan, progress: Callable[[str], None] | None = None
                 ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Yield (our path, filled numpy array in the parameter's dtype), one parameter at a
     time. A stacked parameter is filled layer by layer in one preallocated buffer; each
-    source tensor is read, cast into place and dropped. `progress(key)` after each read."""
+    source tensor is read, checked (`check_weight`), cast into place and dropped.
+    `progress(key)` after each read."""
     by_leaf: dict[tuple[str, ...], list[tuple[str, Target]]] = {}
     for key, target in plan.reads.items():
         by_leaf.setdefault(target.path, []).append((key, target))
     for path, (shape, dtype) in plan.leaves.items():
         buf = np.empty(shape, dtype)
         for key, target in by_leaf[path]:
-            value = to_ours(source.read(key), target)
+            value = source.read(key)
+            check_weight(value, key, source)
+            value = to_ours(value, target)
             if target.layer is None:
                 buf[...] = value
             else:

@@ -58,6 +58,10 @@ class KeyedSource:
     def shape(self, key: str) -> tuple[int, ...]:
         return self._shape[key]
 
+    def locate(self, key: str) -> str:
+        """Where `key`'s tensor is, for messages."""
+        return repr(str(self.path))
+
     def close(self):
         self._shape = {}
 
@@ -66,6 +70,13 @@ class KeyedSource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def locate(source: TensorSource, key: str) -> str:
+    """Where a key's tensor is, for messages: the source's `locate(key)` if it has one
+    (`KeyedSource`'s: the file; a shard, an official key in subclasses), else its path."""
+    where = getattr(source, "locate", None)
+    return where(key) if where is not None else repr(str(source.path))
 
 
 def concat_rows(parts: list[np.ndarray]) -> np.ndarray:

@@ -39,8 +39,12 @@ class TorchCheckpointSource(KeyedSource):
         self._state, self._since_open = state, 0
 
     def _load(self) -> dict:
-        import torch
-
+        try:
+            import torch
+        except ImportError:
+            raise ValueError(f"{str(self.path)!r} is a torch state dict file: reading it needs "
+                             "PyTorch (pip install 'svg2-jax[torch]'; the base install reads "
+                             "safetensors and our orbax checkpoints)") from None
         try:
             obj = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
         except Exception as e:  # noqa: BLE001  (torch raises RuntimeError / UnpicklingError)

@@ -13,6 +13,8 @@ import dataclasses
 
 from svg2_jax.config import SVG2Config
 from svg2_jax.pipelines.hunyuan import HunyuanSampler
+from svg2_jax.pipelines.wan import sampler_config
+from svg2_jax.pipelines.wan_models import WanModelSpec, model_spec
 from svg2_jax.sampling import SamplerConfig
 
 
@@ -30,7 +32,8 @@ class FamilyDefaults:
     sampler: steps, CFG scale and dense warm-up. guidance: the --guidance default (Wan: the
     CFG scale, sampler.guidance_scale; HunyuanVideo: the embedded guidance, its sampler has
     CFG off). schedulers: accepted --scheduler values, the first is the default.
-    shift / shift_hd and svg2 / svg2_hd: below 720p / at 720p and above (`is_hd`)."""
+    shift / shift_hd, svg2 / svg2_hd and sampler / sampler_hd (None: sampler): below 720p /
+    at 720p and above (`is_hd`)."""
 
     family: str
     model: str
@@ -42,9 +45,13 @@ class FamilyDefaults:
     svg2: SVG2Config
     svg2_hd: SVG2Config
     video: VideoDefaults
+    sampler_hd: SamplerConfig | None = None
 
     def svg2_for(self, height: int, width: int) -> SVG2Config:
         return self.svg2_hd if is_hd(height, width) else self.svg2
+
+    def sampler_for(self, height: int, width: int) -> SamplerConfig:
+        return self.sampler_hd if is_hd(height, width) and self.sampler_hd else self.sampler
 
     def shift_for(self, height: int, width: int) -> float:
         return self.shift_hd if is_hd(height, width) else self.shift
@@ -83,6 +90,26 @@ HUNYUAN = FamilyDefaults(
     video=WAN.video)
 
 FAMILIES = {d.family: d for d in (WAN, HUNYUAN)}
+
+# The reference's Wan I2V scripts (scripts/wan/wan_i2v_{480p,720p}_sap.sh): 40 steps, the
+# first 35% dense at 720p (QC 300), 20% below (QC 200); KC 1000, top-p 0.9 as for T2V.
+I2V_DENSE_FRACTION, I2V_DENSE_FRACTION_HD = 0.2, 0.35
+
+
+def wan_model(model: "str | WanModelSpec", image: bool) -> FamilyDefaults:
+    """The Wan family's defaults for one model (`svg2_jax.pipelines.wan_models`: its steps,
+    guidance per expert, expert boundary, flow shift and video size), generating from an
+    image or not (image-to-video takes the reference's I2V warm-up)."""
+    spec = model_spec(model)
+    sampler = sampler_config(spec, dense_fraction=(I2V_DENSE_FRACTION if image else
+                                                   WAN.sampler.dense_fraction))
+    sampler_hd = dataclasses.replace(sampler, dense_fraction=I2V_DENSE_FRACTION_HD) \
+        if image else None
+    return dataclasses.replace(
+        WAN, model=spec.name, sampler=sampler, sampler_hd=sampler_hd, guidance=spec.guidance,
+        shift=spec.shift, shift_hd=spec.shift_hd,
+        video=VideoDefaults(height=spec.height, width=spec.width, frames=spec.frames,
+                            fps=spec.fps))
 
 # Without --checkpoint the tiny random models (the pipelines' TINY_CONFIG, 480 video
 # tokens at this size) run a short loop with clusters that fit those tokens.

@@ -2,9 +2,11 @@
 
 As diffusers' HunyuanVideoPipeline: FlowMatchEuler with sigmas linspace(1, 0, n + 1)[:-1]
 shifted by 7, the distilled (embedded) guidance input guidance_scale x 1000 and no true
-classifier-free guidance. The text encoders (Llama + CLIP) stay in PyTorch: the loop takes
-precomputed text states. Latents decode with the JAX VAE (`decode_with_jax_vae`) or
-diffusers' (`decode_with_diffusers_vae`).
+classifier-free guidance. The text encoders (Llama + CLIP,
+`svg2_jax.text.encode_hunyuan_prompt`) and the VAE (`decode_with_jax_vae`) are JAX too: a
+prompt becomes a video without torch; the loop takes the text states, so they may also come precomputed.
+`decode_with_diffusers_vae` decodes through diffusers' PyTorch VAE instead (the parity
+tests' reference; needs the `torch` extra).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -22,6 +23,7 @@ from svg2_jax.models.hunyuan import (HunyuanVideoConfig, HunyuanVideoTransformer
                                      hunyuan_forward)
 from svg2_jax.pipelines import video
 from svg2_jax.sampling import SamplerConfig, make_sampler
+from svg2_jax.sharding.mesh import attention_state
 
 # A deliberately tiny random HunyuanVideo (1 dual + 1 single block, 2 x 16 heads), for
 # showing the path in seconds. Its output is noise.
@@ -35,13 +37,17 @@ def patch(config: HunyuanVideoConfig):
     return config.patch_size_t, config.patch_size, config.patch_size
 
 
-def latent_shape(config: HunyuanVideoConfig, height: int, width: int, frames: int):
-    return video.latent_shape(config.in_channels, patch(config), height, width, frames)
+def latent_shape(config: HunyuanVideoConfig, height: int, width: int, frames: int,
+                 vae: "video.VAECompression | None" = None):
+    """vae: the VAE's config (its compression; None: 4x / 8x, the released VAE's)."""
+    return video.latent_shape(config.in_channels, patch(config), height, width, frames, vae)
 
 
-def sequence_length(config: HunyuanVideoConfig, height: int, width: int, frames: int) -> int:
+def sequence_length(config: HunyuanVideoConfig, height: int, width: int, frames: int,
+                    vae: "video.VAECompression | None" = None) -> int:
     """Video tokens per sample (118800 for 1280x720, 129 frames); text tokens come on top."""
-    return video.sequence_length(config.in_channels, patch(config), height, width, frames)
+    return video.sequence_length(config.in_channels, patch(config), height, width, frames,
+                                 vae)
 
 
 @dataclasses.dataclass
@@ -84,12 +90,8 @@ class HunyuanSampler:
                                     self.mesh)
 
     def init_state(self, batch: int, abstract: bool = False):
-        """The attention state for `batch` videos (on a mesh: made on its devices; with
-        abstract=True only its shapes, for `lower`)."""
-        make = lambda: self.model.init_attention_state(batch)
-        if self.mesh is not None:
-            return self.mesh.init_state(self.model.attention, make, abstract)
-        return jax.eval_shape(make) if abstract else make()
+        """The attention state for `batch` videos (`attention_state`)."""
+        return attention_state(self.model, batch, self.mesh, abstract)
 
     def lower(self, latents, text):
         return self._sample.lower(self.params, latents, text, None,

@@ -54,7 +54,10 @@ def balanced_order(work: jax.Array, devices: int) -> jax.Array:
 
 def head_work(density: jax.Array, padded: int) -> jax.Array:
     """density [L, B, H] or [passes, L, B, H] (one step's) -> work [L, Hp]: the mean
-    density of each head over passes and batch, padding heads 0."""
+    density of each head over passes and batch, padding heads 0. A NaN density (a head
+    whose output was not finite) counts as dense (1), so an assignment stays a
+    permutation."""
+    density = jnp.where(jnp.isnan(density), 1.0, density)
     work = density.reshape((-1,) + density.shape[-3:]).mean(axis=(0, 2))
     return jnp.pad(work, ((0, 0), (0, padded - work.shape[-1])))
 
@@ -75,23 +78,25 @@ def imbalance(work: np.ndarray, order: np.ndarray, devices: int) -> float:
     return float(loads.max(-1).sum() / mean) if mean > 0 else 1.0
 
 
-def balance_report(density, devices: int) -> list[dict]:
+def balance_report(density, devices: int, expert=None) -> list[dict]:
     """Per denoising step, the imbalance of the contiguous head split and of the split the
     balanced loop used (computed from the previous step's density, as the sampler does;
     step 0 runs the contiguous split).
 
-    density: [steps, passes, L, B, H] (`SampleResult.density`). Returns one dict per step:
-    {"step", "contiguous", "balanced"}."""
+    density: [steps, passes, L, B, H] (`SampleResult.density`). expert: [steps] (its
+    `expert`), None for one model: each expert keeps its own assignment, from its own
+    previous step. Returns one dict per step: {"step", "contiguous", "balanced"}."""
     density = np.asarray(density, np.float32)
     heads = density.shape[-1]
     hp = padded_heads(heads, devices)
     layers = density.shape[2]
+    expert = np.zeros(len(density), int) if expert is None else np.asarray(expert)
     contiguous = np.asarray(identity_order(layers, heads, devices))
     balance = jax.jit(jax.vmap(lambda w: balanced_order(w, devices)))
-    report, order = [], contiguous
-    for step, dens in enumerate(density):
+    report, orders = [], {}
+    for step, (dens, e) in enumerate(zip(density, expert.tolist())):
         work = np.asarray(head_work(dens, hp))
         report.append(dict(step=step, contiguous=imbalance(work, contiguous, devices),
-                           balanced=imbalance(work, order, devices)))
-        order = np.asarray(balance(jnp.asarray(work)))
+                           balanced=imbalance(work, orders.get(e, contiguous), devices)))
+        orders[e] = np.asarray(balance(jnp.asarray(work)))
     return report

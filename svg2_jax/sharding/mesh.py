@@ -40,20 +40,56 @@ def make_mesh(sp: int, cfg: int = 1, devices=None) -> Mesh:
     return Mesh(np.asarray(devices[:cfg * sp], dtype=object).reshape(cfg, sp), AXES)
 
 
-def parse_mesh(spec: str, devices=None) -> "MeshPlan":
-    """"sp=4,cfg=2[,balance=0]" -> MeshPlan (the --mesh flag). sp defaults to every
-    device left after cfg; balance (density-balanced heads) defaults to on."""
-    fields = {}
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    """What a mesh spec ("sp=4,cfg=2[,balance=0]", the --mesh flag) asks for: sp (None:
+    every device left after cfg), cfg (1 or 2), balance (None: not given, i.e. on)."""
+
+    sp: int | None = None
+    cfg: int = 1
+    balance: bool | None = None
+
+
+def parse_mesh_spec(spec: str) -> MeshSpec:
+    """"sp=4,cfg=2[,balance=0]" -> MeshSpec; ValueError saying what is wrong (no device
+    is looked at: the spec's own sense only)."""
+    expected = "expected comma-separated sp=N (N >= 1), cfg=1|2, balance=0|1"
+    fields: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, value = part.partition("=")
-        if name not in ("sp", "cfg", "balance") or not value.strip().isdigit():
-            raise ValueError(f"bad mesh spec {spec!r}: expected comma-separated sp=N, cfg=1|2, "
-                             f"balance=0|1, got {part!r}")
+        name, _, value = (x.strip() for x in part.partition("="))
+        if name not in ("sp", "cfg", "balance") or not value.isdigit():
+            raise ValueError(f"bad mesh spec {spec!r}: {expected}, got {part!r}")
+        if name in fields:
+            raise ValueError(f"bad mesh spec {spec!r}: {name} given twice")
         fields[name] = int(value)
-    cfg = fields.get("cfg", 1)
+    if not fields:
+        raise ValueError(f"bad mesh spec {spec!r}: {expected}")
+    if fields.get("sp", 1) < 1 or fields.get("cfg", 1) not in (1, 2) or fields.get(
+            "balance", 0) not in (0, 1):
+        raise ValueError(f"bad mesh spec {spec!r}: {expected}")
+    balance = fields.get("balance")
+    return MeshSpec(sp=fields.get("sp"), cfg=fields.get("cfg", 1),
+                    balance=None if balance is None else bool(balance))
+
+
+def parse_mesh(spec: str, devices=None) -> "MeshPlan":
+    """"sp=4,cfg=2[,balance=0]" -> MeshPlan (the --mesh flag, `parse_mesh_spec`) over
+    `devices` (default `jax.devices()`). sp defaults to every device left after cfg;
+    balance (density-balanced heads) defaults to on."""
+    want = parse_mesh_spec(spec)
     count = len(jax.devices() if devices is None else devices)
-    sp = fields.get("sp", max(count // cfg, 1))
-    return MeshPlan(make_mesh(sp, cfg, devices), balance=bool(fields.get("balance", 1)))
+    sp = want.sp if want.sp is not None else max(count // want.cfg, 1)
+    return MeshPlan(make_mesh(sp, want.cfg, devices), balance=want.balance is not False)
+
+
+def attention_state(model, batch: int, plan: "MeshPlan | None" = None, abstract: bool = False):
+    """`model.init_attention_state(batch)`: on `plan`'s mesh made on its devices (each
+    device its own heads); abstract=True: only its `jax.ShapeDtypeStruct`s (with their
+    shardings on a mesh), for `.lower()` without memory."""
+    make = lambda: model.init_attention_state(batch)
+    if plan is not None:
+        return plan.init_state(model.attention, make, abstract)
+    return jax.eval_shape(make) if abstract else make()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ from flax import nnx
 
 from svg2_jax.models.clip_text import CLIPTextModel
 from svg2_jax.models.llama import LlamaModel
-from svg2_jax.text.tokenizer import Tokenizer
+from svg2_jax.text.tokenizer import Tokenizer, check_vocab
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,11 @@ def encode_llama_prompt(tokenizer: Tokenizer, llama: LlamaModel, prompts: str | 
     """diffusers' `_get_llama_prompt_embeds`: -> (states [B, max_length, hidden] in the
     encoder's dtype, mask [B, max_length] int32)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    tokens = tokenizer([template.template.format(p) for p in prompts],
-                       max_length=max_length + template.crop_start, padding="max_length",
-                       truncation=True, add_special_tokens=True)
+    tokens = check_vocab(tokenizer([template.template.format(p) for p in prompts],
+                                   max_length=max_length + template.crop_start,
+                                   padding="max_length", truncation=True,
+                                   add_special_tokens=True),
+                         llama.config.vocab_size, tokenizer)
     states = _llama_states(llama, jnp.asarray(tokens.input_ids),
                            jnp.asarray(tokens.attention_mask),
                            hidden_state=-(num_hidden_layers_to_skip + 1))
@@ -109,7 +111,8 @@ def encode_clip_prompt(tokenizer: Tokenizer, clip: CLIPTextModel, prompts: str |
     """diffusers' `_get_clip_prompt_embeds`: -> pooled [B, hidden] in the encoder's dtype
     (tokens past max_length are cut, with a logged warning naming them, as diffusers does)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    tokens = tokenizer(prompts, max_length=max_length, padding="max_length", truncation=True)
+    tokens = check_vocab(tokenizer(prompts, max_length=max_length, padding="max_length",
+                                   truncation=True), clip.config.vocab_size, tokenizer)
     full = tokenizer(prompts, padding="longest", truncation=False)
     if full.input_ids.shape[1] > max_length:
         removed = [tokenizer.backend.decode(row[max_length - 1:-1].tolist())

@@ -57,6 +57,18 @@ class Tokens:
     attention_mask: np.ndarray
 
 
+def check_vocab(tokens: Tokens, vocab_size: int, tokenizer: "Tokenizer") -> Tokens:
+    """`tokens`, after checking that every id has a row in the encoder's embedding table
+    [vocab_size, D] (an id past it would be clamped silently by the lookup): a ValueError
+    names the tokenizer when it does not belong to the encoder."""
+    top = int(tokens.input_ids.max(initial=0))
+    if top >= vocab_size:
+        raise ValueError(f"{tokenizer.name} gives token id {top}, past the text encoder's "
+                         f"vocabulary (vocab_size {vocab_size}): it is not this encoder's "
+                         "tokenizer")
+    return tokens
+
+
 class Tokenizer:
     """A `tokenizers.Tokenizer` with the pad token and sides of the transformers tokenizer of
     the same files. Call it like a transformers tokenizer; not safe to call from two threads

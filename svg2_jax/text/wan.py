@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from svg2_jax.models.umt5 import UMT5EncoderModel
-from svg2_jax.text.tokenizer import Tokenizer
+from svg2_jax.text.tokenizer import Tokenizer, check_vocab
 
 # WanPipeline.__call__'s default max_sequence_length
 WAN_MAX_LENGTH = 512
@@ -23,13 +23,23 @@ WAN_MAX_LENGTH = 512
 
 def prompt_clean(text: str) -> str:
     """diffusers' Wan `prompt_clean`: ftfy's `fix_text` when ftfy is installed (as diffusers
-    decides), HTML entities unescaped twice, whitespace runs -> one space, stripped."""
-    if importlib.util.find_spec("ftfy") is not None:
-        import ftfy
-
+    decides; ftfy is one of our dependencies, and the official Wan code always runs it),
+    HTML entities unescaped twice, whitespace runs -> one space, stripped. Without ftfy
+    this is diffusers' cleaning without it (curly quotes, mojibake stay as they are)."""
+    ftfy = _ftfy()
+    if ftfy is not None:
         text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
+
+
+def _ftfy():
+    """The ftfy module if installed, else None (diffusers' `is_ftfy_available`)."""
+    if importlib.util.find_spec("ftfy") is None:
+        return None
+    import ftfy
+
+    return ftfy
 
 
 @nnx.jit
@@ -47,9 +57,12 @@ def encode_wan_prompt(tokenizer: Tokenizer, encoder: UMT5EncoderModel,
 
     tokenizer: `load_tokenizer(<Wan2.1 diffusers repo>/tokenizer)`; encoder: a
     `UMT5EncoderModel` (`svg2_jax.models.umt5.load`). A negative prompt is encoded the
-    same way (diffusers' `encode_prompt` does, "" included).
+    same way (diffusers' `encode_prompt` does, "" included). A ValueError when the
+    tokenizer gives ids past the encoder's vocabulary.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    tokens = tokenizer([prompt_clean(p) for p in prompts], max_length=max_length,
-                       padding="max_length", truncation=True, add_special_tokens=True)
+    tokens = check_vocab(tokenizer([prompt_clean(p) for p in prompts], max_length=max_length,
+                                   padding="max_length", truncation=True,
+                                   add_special_tokens=True),
+                         encoder.config.vocab_size, tokenizer)
     return _encode(encoder, jnp.asarray(tokens.input_ids), jnp.asarray(tokens.attention_mask))

@@ -15,8 +15,30 @@ ARCHITECTURE = "CLIPTextModel"
 LEGACY_EOS_TOKEN_ID = 2
 
 
+class CLIPEncoderConfig(TransformersConfig):
+    """What the text and the vision tower's configs share: the encoder layers' fields
+    (hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, hidden_act,
+    layer_norm_eps), their checks and the head dim."""
+
+    def encoder_problems(self, positive_ints: tuple[str, ...]) -> list[str]:
+        """One message per bad field: `positive_ints` not positive ints, an unknown
+        activation, heads not dividing the width, a non-positive eps."""
+        problems = self.positive_int_problems(positive_ints)
+        problems += activation_problems(self.hidden_act, "hidden_act")
+        if not problems and self.hidden_size % self.num_attention_heads:
+            problems.append(f"hidden_size ({self.hidden_size}) must be a multiple of "
+                            f"num_attention_heads ({self.num_attention_heads})")
+        if not self.layer_norm_eps > 0:
+            problems.append(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        return problems
+
+    @property
+    def attention_head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
 @dataclasses.dataclass(frozen=True)
-class CLIPTextConfig(TransformersConfig):
+class CLIPTextConfig(CLIPEncoderConfig):
     """CLIP text transformer (transformers 5.24 `models/clip`, `CLIPTextModel`).
 
     Attributes:
@@ -47,23 +69,13 @@ class CLIPTextConfig(TransformersConfig):
     eos_token_id: int = 49407
 
     def __post_init__(self):
-        problems = self.positive_int_problems((
+        problems = self.encoder_problems((
             "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "max_position_embeddings"))
-        problems += activation_problems(self.hidden_act, "hidden_act")
-        if not problems and self.hidden_size % self.num_attention_heads:
-            problems.append(f"hidden_size ({self.hidden_size}) must be a multiple of "
-                            f"num_attention_heads ({self.num_attention_heads})")
         if not isinstance(self.eos_token_id, int) or isinstance(self.eos_token_id, bool):
             problems.append(f"eos_token_id must be an int, got {self.eos_token_id!r}")
-        if not self.layer_norm_eps > 0:
-            problems.append(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         if problems:
             raise ValueError("CLIPTextConfig: " + "; ".join(problems))
-
-    @property
-    def attention_head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
 
 # clip-vit-l-text: the text tower of OpenAI's CLIP ViT-L/14 as HunyuanVideo's text_encoder_2

@@ -46,12 +46,14 @@ class CLIPTextEmbeddings(nnx.Module):
 
 
 class CLIPAttention(nnx.Module):
-    """Causal multi-head self-attention (biased projections, logits scaled 1/sqrt(d))."""
+    """Multi-head self-attention (biased projections, logits scaled 1/sqrt(d)): causal in
+    the text tower, bidirectional in the vision tower (`svg2_jax.models.clip_vision`)."""
 
-    def __init__(self, config: CLIPTextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, config: CLIPTextConfig, *, causal: bool, dtype, param_dtype,
+                 rngs: nnx.Rngs):
         kw = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         d = config.hidden_size
-        self.heads = config.num_attention_heads
+        self.heads, self.causal = config.num_attention_heads, causal
         self.k_proj = linear(d, d, **kw)
         self.v_proj = linear(d, d, **kw)
         self.q_proj = linear(d, d, **kw)
@@ -61,7 +63,7 @@ class CLIPAttention(nnx.Module):
         b, s, d = x.shape
         q, k, v = (p(x).reshape(b, s, self.heads, -1)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal,
                                            scale=(d // self.heads) ** -0.5)
         return self.out_proj(out.reshape(b, s, d))
 
@@ -82,10 +84,11 @@ class CLIPMLP(nnx.Module):
 class CLIPEncoderLayer(nnx.Module):
     """Pre-LayerNorm attention and MLP, each with its residual."""
 
-    def __init__(self, config: CLIPTextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, config: CLIPTextConfig, *, causal: bool, dtype, param_dtype,
+                 rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
-        self.self_attn = CLIPAttention(config, **kw)
+        self.self_attn = CLIPAttention(config, causal=causal, **kw)
         self.layer_norm1 = FP32LayerNorm(config.hidden_size, config.layer_norm_eps, True)
         self.mlp = CLIPMLP(config, **kw)
         self.layer_norm2 = FP32LayerNorm(config.hidden_size, config.layer_norm_eps, True)
@@ -96,13 +99,25 @@ class CLIPEncoderLayer(nnx.Module):
 
 
 class CLIPEncoder(nnx.Module):
-    def __init__(self, config: CLIPTextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    """The stacked layers (the text and the vision tower's; `causal` tells them apart)."""
+
+    def __init__(self, config: CLIPTextConfig, *, causal: bool = True, dtype, param_dtype,
+                 rngs: nnx.Rngs):
         self.layers = stacked_blocks(config.num_hidden_layers, lambda r: CLIPEncoderLayer(
-            config, dtype=dtype, param_dtype=param_dtype, rngs=r), rngs)
+            config, causal=causal, dtype=dtype, param_dtype=param_dtype, rngs=r), rngs)
 
     def __call__(self, h: jax.Array, mask: jax.Array | None) -> jax.Array:
         h, _ = scan_blocks(self.layers, lambda layer, h, _: (layer(h, mask), None), h, None)
         return h
+
+    def hidden_states(self, h: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """Every layer's output, stacked: [num_layers, B, S, D] (transformers'
+        `hidden_states[1:]`)."""
+        def body(layer, h, _):
+            h = layer(h, mask)
+            return h, h
+
+        return scan_blocks(self.layers, body, h, None)[1]
 
 
 class CLIPTextModel(nnx.Module):

@@ -5,10 +5,11 @@ name, a config, or a config.json path -> the config)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Self
+
+from svg2_jax.input_files import read_json
 
 # Keys of a diffusers config.json that describe the file, not the architecture.
 DIFFUSERS_META_KEYS = ("_class_name", "_diffusers_version", "_name_or_path")
@@ -64,7 +65,10 @@ def get_config(preset, cls, presets: dict, family: str, json_kind: str = "diffus
     if isinstance(preset, (str, os.PathLike)) and str(preset).endswith(".json"):
         if not os.path.isfile(preset):
             raise ValueError(f"config file {os.fspath(preset)!r} does not exist")
-        with open(preset) as f:
-            return getattr(cls, f"from_{json_kind}")(json.load(f))
+        raw = read_json(preset, "config file")
+        try:
+            return getattr(cls, f"from_{json_kind}")(raw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config file {os.fspath(preset)!r}: {e}") from None
     raise ValueError(f"unknown {family} preset {preset!r}; known presets: {sorted(presets)} "
                      f"(or pass a {cls.__name__} or a path to a {json_kind} config.json)")

@@ -31,10 +31,13 @@ def check_latents(model: str, hidden_states, in_channels: int,
     return b, grid
 
 
-def check_timestep(model: str, timestep, batch: int):
-    """timestep: [B]."""
-    if tuple(getattr(timestep, "shape", ())) != (batch,):
-        raise ValueError(f"{model}: timestep must be [B]=[{batch}], got shape {shape(timestep)}")
+def check_timestep(model: str, timestep, batch: int, tokens: int | None = None):
+    """timestep: [B], or [B, S] per token when the model takes that (`tokens` = S)."""
+    have = tuple(getattr(timestep, "shape", ()))
+    if have == (batch,) or (tokens is not None and have == (batch, tokens)):
+        return
+    want = f"[B]=[{batch}]" + ("" if tokens is None else f" or [B, S]=[{batch}, {tokens}]")
+    raise ValueError(f"{model}: timestep must be {want}, got shape {shape(timestep)}")
 
 
 def check_sequence(model: str, name: str, x, batch: int, width_name: str, width: int):

@@ -1,4 +1,5 @@
-"""Wan2.1 video DiT (T2V 1.3B / 14B, I2V 14B) in Flax NNX with pluggable self-attention.
+"""Wan video DiT (Wan2.1 T2V 1.3B / 14B, I2V / FLF2V 14B; Wan2.2 A14B experts, TI2V-5B) in
+Flax NNX with pluggable self-attention.
 
 See `model.py` for the calling and jit pattern, `load.py` for checkpoints.
 """

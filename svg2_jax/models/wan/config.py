@@ -1,4 +1,4 @@
-"""`WanConfig`: the Wan2.1 transformer's architecture, and the released presets.
+"""`WanConfig`: the Wan2.1 / Wan2.2 transformer's architecture, and the released presets.
 
 Field names and defaults follow the keys of diffusers' `WanTransformer3DModel` config
 (diffusers 0.42.1, `models/transformers/transformer_wan.py`), so a diffusers
@@ -18,13 +18,15 @@ DIFFUSERS_CLASS = "WanTransformer3DModel"
 
 @dataclasses.dataclass(frozen=True)
 class WanConfig(ModelConfig):
-    """Wan2.1 DiT architecture (diffusers' `WanTransformer3DModel` config keys).
+    """Wan DiT architecture (diffusers' `WanTransformer3DModel` config keys; Wan2.1 and
+    Wan2.2 share the module: a Wan2.2 A14B model is two of them, TI2V-5B one).
 
     Attributes:
       patch_size: (p_t, p_h, p_w) of the 3-D patch embedding.
       num_attention_heads, attention_head_dim: inner dim = heads * head_dim.
       in_channels: latent channels in (16 for T2V; 36 = 16 noise + 4 mask + 16 image
-        latents for I2V). out_channels: predicted channels.
+        latents for I2V; 48 for Wan2.2 TI2V-5B, whose image conditioning replaces the
+        first latent frame). out_channels: predicted channels (the VAE's z_dim).
       text_dim: width of the text encoder states (UMT5-XXL: 4096).
       freq_dim: width of the sinusoidal timestep embedding.
       ffn_dim: hidden width of each block's GELU-tanh feed-forward.
@@ -99,6 +101,11 @@ class WanConfig(ModelConfig):
         return self.patch_size
 
     @property
+    def num_attention_layers(self) -> int:
+        """Self-attention layers (one per block), the name HunyuanVideoConfig has too."""
+        return self.num_layers
+
+    @property
     def is_i2v(self) -> bool:
         return self.image_dim is not None
 
@@ -114,14 +121,30 @@ class WanConfig(ModelConfig):
 # - wan2.1-i2v-14b: scripts/convert_wan_to_diffusers.py `Wan-I2V-14B-480p` and `-720p`
 #   (same architecture): 14B plus in_channels 36, image_dim 1280, added_kv_proj_dim 5120;
 #   single_file_utils identifies it as 5120 out channels with in_channels != 16.
+# - wan2.1-flf2v-14b: scripts/convert_wan_to_diffusers.py `Wan-FLF2V-14B-720P`: I2V 14B
+#   plus pos_embed_seq_len 2 x 257 (first- and last-frame CLIP tokens).
+# The Wan2.2 entries are one expert each (the A14B models have two of that architecture,
+# `transformer` and `transformer_2`), from the diffusers repository's
+# scripts/convert_wan_to_diffusers.py (main, 2026) and the official Wan2.2 configs
+# (wan/configs/wan_{t2v_A14B,i2v_A14B,ti2v_5B}.py: dim, ffn_dim, num_heads, num_layers):
+# - wan2.2-t2v-a14b: `Wan2.2-T2V-A14B`: the Wan2.1 T2V 14B architecture.
+# - wan2.2-i2v-a14b: `Wan2.2-I2V-14B-720p`: in_channels 36 (16 noise + 4 mask + 16 image
+#   latents) and no CLIP image input (image_dim None).
+# - wan2.2-ti2v-5b: `Wan2.2-TI2V-5B`: 24 heads x 128 (dim 3072), 30 layers, ffn 14336, 48
+#   in/out channels (the Wan2.2 VAE's z_dim).
+_14B = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40)
 PRESETS: dict[str, WanConfig] = {
     "wan2.1-t2v-1.3b": WanConfig(num_attention_heads=12, attention_head_dim=128,
                                  ffn_dim=8960, num_layers=30),
-    "wan2.1-t2v-14b": WanConfig(num_attention_heads=40, attention_head_dim=128,
-                                ffn_dim=13824, num_layers=40),
-    "wan2.1-i2v-14b": WanConfig(num_attention_heads=40, attention_head_dim=128,
-                                ffn_dim=13824, num_layers=40, in_channels=36,
-                                image_dim=1280, added_kv_proj_dim=5120),
+    "wan2.1-t2v-14b": WanConfig(**_14B),
+    "wan2.1-i2v-14b": WanConfig(**_14B, in_channels=36, image_dim=1280,
+                                added_kv_proj_dim=5120),
+    "wan2.1-flf2v-14b": WanConfig(**_14B, in_channels=36, image_dim=1280,
+                                  added_kv_proj_dim=5120, pos_embed_seq_len=2 * 257),
+    "wan2.2-t2v-a14b": WanConfig(**_14B),
+    "wan2.2-i2v-a14b": WanConfig(**_14B, in_channels=36),
+    "wan2.2-ti2v-5b": WanConfig(num_attention_heads=24, attention_head_dim=128, ffn_dim=14336,
+                                num_layers=30, in_channels=48, out_channels=48),
 }
 
 

@@ -62,15 +62,19 @@ class WanTimeTextImageEmbedding(nnx.Module):
 
     def __call__(self, timestep: jax.Array, encoder_hidden_states: jax.Array,
                  encoder_hidden_states_image: jax.Array | None):
-        """timestep: [B]; encoder_hidden_states: [B, L, text_dim];
+        """timestep: [B], or [B, S] one per video token (Wan2.2 TI2V, diffusers'
+        `expand_timesteps`); encoder_hidden_states: [B, L, text_dim];
         encoder_hidden_states_image: [B, N, image_dim] or None.
 
-        Returns temb [B, D], timestep_proj [B, 6D], text [B, L, D], image [B, N, D] | None,
-        all in the activation dtype (diffusers casts temb to the text states' dtype).
+        Returns temb [B, T, D], timestep_proj [B, T, 6D] (T = 1, or S per token), text
+        [B, L, D], image [B, N, D] | None, all in the activation dtype (diffusers casts temb
+        to the text states' dtype).
         """
-        t = get_timestep_embedding(timestep, self.freq_dim, flip_sin_to_cos=True,
+        b = timestep.shape[0]
+        t = get_timestep_embedding(timestep.reshape(-1), self.freq_dim, flip_sin_to_cos=True,
                                    downscale_freq_shift=0)
         temb = self.time_embedder(t).astype(self.dtype)
+        temb = temb.reshape(b, -1, temb.shape[-1])
         timestep_proj = self.time_proj(jax.nn.silu(temb))
         text = self.text_embedder(encoder_hidden_states.astype(self.dtype))
         image = None

@@ -25,16 +25,27 @@ FAMILY = ModelFamily(
 def load(path: str | os.PathLike, preset: str | WanConfig, dtype=jnp.bfloat16, mesh=None, *,
          attention=DenseAttention(), cross_attention_implementation: str | None = None,
          progress=None) -> WanTransformer3DModel:
-    """Load Wan2.1 weights into a `WanTransformer3DModel` (`svg2_jax.checkpoints.load_model`
+    """Load Wan (2.1 or one Wan2.2 expert) weights into a `WanTransformer3DModel` (`svg2_jax.checkpoints.load_model`
     with Wan's `FAMILY`: the path forms, checks, mesh, progress and errors are described
     there).
 
     path: an orbax directory from `svg2-convert` (`wan_config.json` + `state/`), or a
-      diffusers- or official Wan2.1-layout checkpoint (safetensors or a torch file).
+      diffusers- or official Wan-layout checkpoint (safetensors or a torch file).
+      A checkpoint that does not fit raises a ValueError which also says what it holds
+      (`identify.describe_checkpoint`).
     preset: a preset name (`PRESETS`), a `WanConfig`, or a diffusers config.json path.
     dtype: weight and activation dtype (norms, modulation tables and the timestep MLP stay
       float32).
     attention, cross_attention_implementation: as for `WanTransformer3DModel`.
     """
-    return load_model(FAMILY, path, preset, dtype, mesh, progress=progress, attention=attention,
-                      cross_attention_implementation=cross_attention_implementation)
+    try:
+        return load_model(FAMILY, path, preset, dtype, mesh, progress=progress,
+                          attention=attention,
+                          cross_attention_implementation=cross_attention_implementation)
+    except ValueError as e:
+        from svg2_jax.models.wan.identify import describe_checkpoint
+
+        found = describe_checkpoint(path) if os.path.exists(path) else None
+        if found is None:
+            raise
+        raise ValueError(f"{e}\n{found}") from None

@@ -1,4 +1,4 @@
-"""The Wan2.1 video DiT as Flax NNX modules (diffusers' `WanTransformer3DModel`).
+"""The Wan (2.1 / 2.2) video DiT as Flax NNX modules (diffusers' `WanTransformer3DModel`).
 
 Layout follows diffusers 0.42.1 `models/transformers/transformer_wan.py` module for module
 (`patch_embedding`, `condition_embedder`, `blocks`, `norm_out`, `proj_out`,
@@ -77,13 +77,14 @@ class WanTransformerBlock(nnx.Module):
     def __call__(self, x, context, context_image, timestep_proj, rotary, attention, state,
                  layer_index):
         """x: [B, S, D]; context: [B, L, D]; context_image: [B, N, D] | None;
-        timestep_proj: [B, 6, D]; rotary: (cos, sin) [S, head_dim/2].
+        timestep_proj: [B, T, 6, D] (T = 1, or S for per-token timesteps); rotary: (cos,
+        sin) [S, head_dim/2].
 
         Returns (x [B, S, D], new attention state, density [B, H]).
         """
-        mod = self.scale_shift_table[...] + timestep_proj.astype(jnp.float32)  # [B, 6, D]
+        mod = self.scale_shift_table[...][None] + timestep_proj.astype(jnp.float32)
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
-            mod[:, i:i + 1] for i in range(6))
+            mod[:, :, i] for i in range(6))  # each [B, T, D]
 
         # 1. self-attention
         h = (self.norm1(x) * (1 + scale_msa) + shift_msa).astype(self.dtype)
@@ -102,7 +103,8 @@ class WanTransformerBlock(nnx.Module):
 
 
 class WanTransformer3DModel(nnx.Module):
-    """Wan2.1 DiT (T2V, I2V, FLF2V) with stacked blocks and pluggable self-attention.
+    """Wan DiT (Wan2.1 T2V / I2V / FLF2V, a Wan2.2 expert, TI2V-5B) with stacked blocks and
+    pluggable self-attention.
 
     Args:
       config: architecture (`WanConfig`, e.g. `PRESETS["wan2.1-t2v-14b"]`).
@@ -153,7 +155,9 @@ class WanTransformer3DModel(nnx.Module):
 
         Args:
           hidden_states: [B, C, F, H, W] latents (F, H, W divisible by the patch size).
-          timestep: [B] diffusion timesteps (float or int).
+          timestep: [B] diffusion timesteps (float or int), or [B, S] one per video token
+            (S = F'H'W' post-patch tokens; Wan2.2 TI2V's image-to-video keeps the first
+            frame's tokens at 0: diffusers' `expand_timesteps`).
           encoder_hidden_states: [B, L, text_dim] text encoder states (diffusers pads to
             L = 512 tokens).
           attn_state: stacked attention state from `init_attention_state` /
@@ -179,13 +183,13 @@ class WanTransformer3DModel(nnx.Module):
         x = self.patch_embedding(patchify(hidden_states.astype(self.dtype), cfg.patch))
         temb, timestep_proj, context, context_image = self.condition_embedder(
             timestep, encoder_hidden_states, encoder_hidden_states_image)
-        timestep_proj = timestep_proj.reshape(b, 6, -1)
+        timestep_proj = timestep_proj.reshape(*timestep_proj.shape[:2], 6, -1)  # [B, T, 6, D]
 
         x, attn_state, density = self._run_blocks(x, context, context_image, timestep_proj,
                                                   rotary, attn_state)
 
-        mod = self.scale_shift_table[...] + temb.astype(jnp.float32)[:, None]  # [B, 2, D]
-        shift, scale = mod[:, 0:1], mod[:, 1:2]
+        mod = self.scale_shift_table[...][None] + temb.astype(jnp.float32)[:, :, None]
+        shift, scale = mod[:, :, 0], mod[:, :, 1]  # [B, T, D]
         x = (self.norm_out(x) * (1 + scale) + shift).astype(self.dtype)
         x = self.proj_out(x)
         return unpatchify_channels_last(x, grid, cfg.patch), attn_state, density
@@ -214,7 +218,7 @@ class WanTransformer3DModel(nnx.Module):
         if max(grid) > cfg.rope_max_seq_len:
             raise ValueError(f"Wan: post-patch grid {grid} exceeds rope_max_seq_len="
                              f"{cfg.rope_max_seq_len} on some axis")
-        check_timestep(model, timestep, b)
+        check_timestep(model, timestep, b, tokens=grid[0] * grid[1] * grid[2])
         check_sequence(model, "encoder_hidden_states", encoder_hidden_states, b, "text_dim",
                        cfg.text_dim)
         if cfg.is_i2v:

@@ -129,6 +129,11 @@ class WanVAEConfig(ModelConfig):
         return self.base_dim if self.decoder_base_dim is None else self.decoder_base_dim
 
     @property
+    def latent_channels(self) -> int:
+        """z_dim, under the name the HunyuanVideo VAE config has."""
+        return self.z_dim
+
+    @property
     def patch(self) -> int:
         """Spatial patchify factor (1 when patch_size is None)."""
         return self.patch_size or 1
