@@ -163,8 +163,9 @@ def hunyuan_forward():
 
 
 def sampler():
-    """The compiled loop on meshes equals the single-device loop; density-balanced heads
-    move heads (the final order is not the contiguous one) without changing results."""
+    """The compiled loop on meshes equals the single-device loop, with one model and with
+    two experts; density-balanced heads move heads (the final order is not the contiguous
+    one) without changing results."""
     from svg2_jax.pipelines.hunyuan import HunyuanSampler
     from svg2_jax.pipelines.wan import WanSampler
     from svg2_jax.sampling import FlowMatchEuler, SamplerConfig
@@ -193,6 +194,22 @@ def sampler():
         order = np.asarray(state.order)
         assert (order != np.asarray(identity_order(2, 6, 4))).any(), order
         assert sorted(order[1]) == list(range(8)), order  # a permutation of the 8 slots
+
+    # two experts (Wan2.2 A14B's switch at the boundary timestep): each keeps its own
+    # heads' placement, balanced by its own steps
+    graphdef, params = nnx.split(wan_model()())
+    experts = lambda: (nnx.merge(graphdef, params),
+                       nnx.merge(graphdef, jax.tree.map(lambda x: 1.1 * x, params)))
+    two = dataclasses.replace(config, guidance_scale_2=2.0, boundary_timestep=800.0)
+    ref = WanSampler(experts(), FlowMatchEuler(shift=3.0), two)(latents, context, uncond)
+    assert np.asarray(ref.expert).tolist() == [0, 0, 1, 1]
+    res = WanSampler(experts(), FlowMatchEuler(shift=3.0), two, mesh=MeshPlan(make_mesh(4, 2)))(
+        latents, context, uncond)
+    close(res.latents, ref.latents, "wan loop two experts sp=4 cfg=2 latents")
+    close(res.density, ref.density, "wan loop two experts sp=4 cfg=2 density", rel=1e-6)
+    orders = [np.asarray(expert[0].order) for expert in res.attn_state]  # cond state each
+    assert (orders[0] != orders[1]).any(), orders  # placed by their own densities
+    print("wan loop two experts sp=4 cfg=2: equal", flush=True)
 
     graphdef, params = nnx.split(hunyuan_model()())
     config = dataclasses.replace(config, guidance_scale=1.0)

@@ -125,6 +125,19 @@ def test_balance_report_replays_the_loop():
         imbalance(work[1], np.asarray(identity_order(4, 6, 4)), 4))
 
 
+def test_balance_report_keeps_one_assignment_per_expert():
+    rng = np.random.default_rng(1)
+    density = rng.uniform(0.05, 1.0, (4, 1, 2, 1, 6)).astype(np.float32)
+    density[1, 0, 1, 0, 2] = np.nan  # a non-finite head counts as dense
+    one, two = balance_report(density, 4), balance_report(density, 4, expert=[0, 0, 1, 1])
+    assert all(np.isfinite([r["balanced"] for r in one]))
+    assert two[:2] == one[:2]
+    assert two[2]["balanced"] == two[2]["contiguous"]  # expert 1's first step: contiguous
+    work = np.pad(np.nan_to_num(density, nan=1.0).mean(axis=(1, 3)), ((0, 0), (0, 0), (0, 2)))
+    order = jax.vmap(lambda w: balanced_order(w, 4))(jnp.asarray(work[2]))
+    assert two[3]["balanced"] == pytest.approx(imbalance(work[3], np.asarray(order), 4))
+
+
 # ---- head groups: a call over some heads computes what the call over all heads does -------
 
 def test_random_init_of_some_rows_equals_those_rows_of_all():
@@ -208,7 +221,7 @@ def test_hunyuan_forward_on_meshes_equals_one_device():
 
 def test_sampler_loop_on_meshes_equals_one_device_and_balancing_moves_heads():
     out = run_on_devices("sampler")
-    assert out.count("equal") == 4
+    assert out.count("equal") == 5
 
 
 def test_load_places_each_parameter_on_its_shards():
