@@ -209,24 +209,14 @@ def test_parse_mesh_errors():
 
 # ---- on 8 (forced host) devices ---------------------------------------------------------
 
-def test_wan_forward_on_meshes_equals_one_device():
-    out = run_on_devices("wan_forward")
-    assert out.count("equal") == 3
-
-
-def test_hunyuan_forward_on_meshes_equals_one_device():
-    out = run_on_devices("hunyuan_forward")
-    assert out.count("equal") == 3
-
-
-def test_sampler_loop_on_meshes_equals_one_device_and_balancing_moves_heads():
-    out = run_on_devices("sampler")
-    assert out.count("equal") == 5
-
-
-def test_load_places_each_parameter_on_its_shards():
-    out = run_on_devices("load")
-    assert out.count("sharded and equal") == 2
+@pytest.mark.parametrize("check,equal", [
+    ("wan_forward", 3),      # forwards on meshes (sharding_checks.MESHES) vs one device
+    ("hunyuan_forward", 3),
+    ("sampler", 5),          # compiled loops on meshes, balancing moving heads, two experts
+    ("load", 2),             # load(mesh=) from safetensors and orbax: sharded and equal
+])
+def test_on_eight_devices_equals_one_device(check, equal):
+    assert run_on_devices(check).count("equal") == equal
 
 
 def test_generate_cli_on_a_mesh():
