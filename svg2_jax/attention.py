@@ -23,6 +23,7 @@ from svg2_jax.backends import SPARSE_BACKENDS, attended_blocks, resolve_backend
 from svg2_jax.clustering import Clustering, SVG2Cache, cluster_qk, to_cache
 from svg2_jax.compensation import KeyClusterStats, compensate, key_cluster_stats
 from svg2_jax.config import SVG2Config
+from svg2_jax.head_group import HeadGroup
 from svg2_jax.nonfinite import InputFinite, input_finite, poison
 from svg2_jax.selection import Selection, block_density, select_blocks
 
@@ -110,19 +111,20 @@ def _size_summary(sizes):
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def svg2_kmeans(q: jax.Array, k: jax.Array, cache: SVG2Cache | None, config: SVG2Config,
-                key: jax.Array | None = None) -> SVG2Cache:
+                key: jax.Array | None = None, head_group: HeadGroup | None = None
+                ) -> SVG2Cache:
     """Only the clustering step of `svg2_attention` (same arguments, no v): returns the
     updated cache. For dense steps that warm up the centroids for later sparse ones."""
     check_inputs(q, k, k, cache, config, "svg2_kmeans")
     clustering = cluster_qk(*(rearrange(x, "b s h d -> (b h) s d") for x in (q, k)), cache,
-                            config, key)
+                            config, key, head_group=head_group)
     return to_cache(clustering, q.shape[0])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "scale"))
 def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | None,
                    config: SVG2Config, key: jax.Array | None = None, *,
-                   scale: float | None = None):
+                   scale: float | None = None, head_group: HeadGroup | None = None):
     """SVG2 sparse attention.
 
     Args:
@@ -136,6 +138,10 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
         Unused on a warm start.
       scale: softmax scale, default 1/sqrt(D); the selection's attention-mass estimate
         uses it too.
+      head_group: when these H heads are some of a layer's heads spread over devices
+        (head parallel, inside `shard_map`): their global indices and the mesh axis, so
+        every head starts and stops k-means as in one call over all heads
+        (`svg2_jax.head_group`). None: these are all the heads.
 
     Returns:
       (out [B, Sq, H, D] in q.dtype, new cache, SVG2Stats).
@@ -144,7 +150,7 @@ def svg2_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: SVG2Cache | 
     b, _, _, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
-    core = svg2_core(qn, kn, vn, cache, config, key, scale, heads=q.shape[2])
+    core = svg2_core(qn, kn, vn, cache, config, key, scale, head_group, heads=q.shape[2])
     out = rearrange(core.out, "(b h) s d -> b s h d", b=b)
     clustering, selection = core.clustering, core.selection
     density = block_density(selection.selected, clustering.q.sizes, clustering.k.sizes)
@@ -171,13 +177,20 @@ class CoreResult(NamedTuple):
 
 
 def svg2_core(qn, kn, vn, cache: SVG2Cache | None, config: SVG2Config, key, scale: float,
-              heads: int = 1) -> CoreResult:
+              head_group: HeadGroup | None = None, *, heads: int = 1) -> CoreResult:
     """The algorithm on per-head problems: qn [N, Sq, D]; kn, vn [N, Sk, D] (N = B * H in
-    (b h) order, for the cache); cache, config, key as `svg2_attention`; scale: the
-    softmax scale; heads: H (what `config.error_pool="layer"` pools) -> CoreResult."""
+    (b h) order, for the cache); cache, config, key, head_group as `svg2_attention`;
+    scale: the softmax scale; heads: H (what `config.error_pool="layer"` pools) ->
+    CoreResult."""
+    if config.error_pool == "layer" and config.selection == "error" and head_group is not None:
+        raise ValueError(
+            "SVG2Config(error_pool='layer') pools the error budget over all of a layer's "
+            "heads, but this call holds only some of them (head-parallel attention, "
+            "head_group): use error_pool='head', whose output per head does not depend "
+            "on the other heads")
     name = resolve_backend(config, qn.dtype, qn.shape[-1])
     finite = input_finite(qn, kn, vn)
-    clustering = cluster_qk(qn, kn, cache, config, key)
+    clustering = cluster_qk(qn, kn, cache, config, key, head_group=head_group)
     stats = key_cluster_stats(kn, vn, clustering.k) if config.needs_key_stats else None
     selection = select_blocks(clustering, config, scale, qn=qn, key_stats=stats,
                               heads=heads)

@@ -46,7 +46,9 @@ class SVG2Config:
         every block). Measured errors are a few times tau (docs/quality.md).
       error_pool: "error" rule: the blocks compete for the tolerance (or density budget)
         within each head ("head"), or across all heads of a batch element ("layer": one
-        total per call, spent where the estimated error is).
+        total per call, spent where the estimated error is; each head's output then
+        depends on the others, so a call that holds only some of a layer's heads,
+        head-parallel attention's `head_group`, refuses it).
       compensation: the key clusters a query's cluster did not select still enter its
         softmax through their mean value, weighted by their estimated mass
         (`compensation.compensate`); False gives the plain sparse attention.

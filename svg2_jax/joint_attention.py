@@ -24,6 +24,7 @@ from einops import rearrange, repeat
 from svg2_jax.attention import check_inputs, compensated_share, svg2_core, svg2_stats
 from svg2_jax.clustering import SVG2Cache, to_cache
 from svg2_jax.config import SVG2Config
+from svg2_jax.head_group import HeadGroup
 from svg2_jax.nonfinite import input_finite
 from svg2_jax.selection import block_density
 from svg2_jax.sparse_attention import masked_attention, merge_attention
@@ -50,12 +51,12 @@ def text_key_mask(text_lengths, num_text):
 def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths: jax.Array,
                          cache: SVG2Cache | None, config: SVG2Config,
                          key: jax.Array | None = None, *, num_text: int,
-                         scale: float | None = None):
+                         scale: float | None = None, head_group: HeadGroup | None = None):
     """SVG2 attention over [video | text] sequences.
 
     q, k, v: [B, Sv + T, H, D] with T = num_text (static); text_lengths: [B] int, real
-    text tokens per sample. cache, config, key, scale: as `svg2_attention` (the cache
-    holds the video tokens' centroids).
+    text tokens per sample. cache, config, key, scale, head_group: as `svg2_attention`
+    (the cache holds the video tokens' centroids).
 
     Returns (out [B, Sv + T, H, D], new cache, SVG2Stats). stats.density counts every
     computed (real query, real key) pair, text ones included, over all real pairs;
@@ -71,7 +72,8 @@ def svg2_joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, text_lengths:
     qn, kn, vn = heads(q), heads(k), heads(v)
     text_valid = repeat(text_key_mask(text_lengths, num_text), "b t -> (b h) t", h=h)
 
-    video = svg2_core(qn[:, :sv], kn[:, :sv], vn[:, :sv], cache, config, key, scale, heads=h)
+    video = svg2_core(qn[:, :sv], kn[:, :sv], vn[:, :sv], cache, config, key, scale,
+                      head_group, heads=h)
     o_vt, lse_vt = masked_attention(qn[:, :sv], kn[:, sv:], vn[:, sv:], text_valid[:, None, :],
                                     scale)
     o_video, lse_video = merge_attention(video.out, video.lse, o_vt, lse_vt)

@@ -41,17 +41,23 @@ class KMeansResult(NamedTuple):
     shift: jax.Array
 
 
-def random_init(key: jax.Array, x: jax.Array, num_clusters: int) -> jax.Array:
+def random_init(key: jax.Array, x: jax.Array, num_clusters: int, *,
+                rows: jax.Array | None = None, num_rows: int | None = None) -> jax.Array:
     """Initial centroids: `num_clusters` distinct random token rows of each problem.
 
     x: [N, S, D] -> [N, K, D] float32. Distinct rows (the reference samples with
     replacement) so no two clusters start identical and one of them empty.
+    rows: [N] int, these problems' indices among `num_rows` problems: the draw is that of
+    all num_rows, so a problem starts the same whichever others share the call (heads
+    spread over devices, `svg2_jax.head_group`). None: the N problems are all of them.
     """
     n, s, _ = x.shape
     if num_clusters > s:
         raise ValueError(f"cannot pick {num_clusters} distinct rows from {s} tokens")
     # top_k of i.i.d. uniforms = a uniformly random subset, batched over problems.
-    _, idx = jax.lax.top_k(jax.random.uniform(key, (n, s)), num_clusters)
+    uniform = (jax.random.uniform(key, (n, s)) if rows is None
+               else jax.random.uniform(key, (num_rows, s))[rows])
+    _, idx = jax.lax.top_k(uniform, num_clusters)
     return finite_or_zero(jnp.take_along_axis(x, idx[..., None], axis=1).astype(jnp.float32))
 
 
@@ -111,11 +117,13 @@ def kmeans_step(impl: str, chunk: int = 8192):
 
 
 def kmeans(x: jax.Array, init_centroids: jax.Array, num_iters: int, tol: float = 1e-4,
-           *, impl: str = "xla", chunk: int = 8192) -> KMeansResult:
+           *, impl: str = "xla", chunk: int = 8192, shift_max=None) -> KMeansResult:
     """Runs at most `num_iters` k-means iterations from `init_centroids`.
 
     x: [N, S, D] (any float dtype); init_centroids: [N, K, D]. See the module
-    docstring for the exact stopping rule and what is returned.
+    docstring for the exact stopping rule and what is returned. shift_max: applied to
+    the largest shift before the stopping test, to take the maximum over problems held
+    elsewhere too (`HeadGroup.global_max`); None: these N problems are all of them.
     """
     if x.ndim != 3 or init_centroids.ndim != 3:
         raise ValueError(f"kmeans expects x [N, S, D] and centroids [N, K, D], got "
@@ -138,6 +146,8 @@ def kmeans(x: jax.Array, init_centroids: jax.Array, num_iters: int, tol: float =
         new_c = jnp.where(counts[..., None] > 0,
                           sums / jnp.maximum(counts, 1)[..., None].astype(jnp.float32), c)
         shift = jnp.max(jnp.linalg.norm(new_c - c, axis=-1))
+        if shift_max is not None:
+            shift = shift_max(shift)
         converged = shift < tol
         return it + 1, jnp.where(converged, c, new_c), labels, counts, shift, converged
 

@@ -6,7 +6,10 @@ A model's self-attention calls `attention(q, k, v, state, layer_index)` with q, 
 finite (so a sampler can name the layer where NaN/Inf first appear). Joint video+text attention (HunyuanVideo)
 passes `num_text=T, text_lengths=[B]`: the last T tokens are text, the first
 text_lengths[b] of them real; padded text keys are masked for every query and only
-video tokens are clustered (`svg2_jax.joint_attention`). `state` is this layer's slice of a
+video tokens are clustered (`svg2_jax.joint_attention`). A call that holds only some of
+the layer's heads (head parallel, `svg2_jax.sharding.ulysses`) passes `head_group=` (their
+global indices and mesh axis, `svg2_jax.head_group`) so that every head computes what it
+would in the call over all heads. `state` is this layer's slice of a
 pytree whose leaves carry a leading layer axis, so a model that scans over stacked
 blocks scans over the states too, and a sampler carries them across steps.
 
@@ -28,11 +31,16 @@ import jax.numpy as jnp
 from svg2_jax.attention import svg2_attention, svg2_kmeans
 from svg2_jax.clustering import SVG2Cache
 from svg2_jax.config import SVG2Config
+from svg2_jax.head_group import HeadGroup
 from svg2_jax.joint_attention import dense_joint_attention, svg2_joint_attention
 from svg2_jax.nonfinite import nan_where_not_finite
+from svg2_jax.tiled_attention import TILED, tiled_attention
 
 
 def _dense(q, k, v, implementation, num_text=0, text_lengths=None):
+    if implementation == TILED:
+        lengths = None if text_lengths is None else q.shape[1] - num_text + text_lengths
+        return tiled_attention(q, k, v, lengths)
     if text_lengths is None:
         return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
     return dense_joint_attention(q, k, v, text_lengths, num_text=num_text,
@@ -57,16 +65,19 @@ class LayerAttention(Protocol):
         update whatever a later sparse call starts from); traced bools are fine."""
 
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, state: Any, layer_index, *,
-                 num_text: int = 0, text_lengths: jax.Array | None = None
-                 ) -> tuple[jax.Array, Any, jax.Array]:
+                 num_text: int = 0, text_lengths: jax.Array | None = None,
+                 head_group: HeadGroup | None = None) -> tuple[jax.Array, Any, jax.Array]:
         """q, k, v [B, S, H, D]; this layer's state -> (out [B, S, H, D], new state,
-        density [B, H], NaN for a head whose output is not finite). Joint video + text sequences pass num_text and text_lengths."""
+        density [B, H], NaN for a head whose output is not finite). Joint video + text
+        sequences pass num_text and text_lengths; a call holding some of the layer's heads
+        passes head_group."""
 
 
 @dataclasses.dataclass(frozen=True)
 class DenseAttention:
     """Plain softmax attention. implementation: passed to jax.nn.dot_product_attention
-    (None = XLA chooses; "cudnn" on NVIDIA GPUs)."""
+    (None = XLA chooses; "cudnn" on NVIDIA GPUs), or "tiled" (`svg2_jax.tiled_attention`:
+    query blocks, for long sequences on the CPU)."""
 
     implementation: str | None = None
 
@@ -76,7 +87,8 @@ class DenseAttention:
     def set_mode(self, state, sparse, cluster=False):
         return state
 
-    def __call__(self, q, k, v, state, layer_index, *, num_text=0, text_lengths=None):
+    def __call__(self, q, k, v, state, layer_index, *, num_text=0, text_lengths=None,
+                 head_group=None):
         out = _dense(q, k, v, self.implementation, num_text, text_lengths)
         return out, state, _dense_density(out)
 
@@ -131,7 +143,7 @@ class SVG2Attention:
                                    cluster=eligible & jnp.logical_and(cluster, jnp.logical_not(sparse)))
 
     def __call__(self, q, k, v, state: SVG2LayerState, layer_index, *, num_text=0,
-                 text_lengths=None):
+                 text_lengths=None, head_group=None):
         cfg = self.config
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), layer_index)
         clustered = dataclasses.replace(state, initialized=jnp.bool_(True))
@@ -141,15 +153,16 @@ class SVG2Attention:
         def attend(cache, key):
             if joint:
                 return svg2_joint_attention(q, k, v, text_lengths, cache, cfg, key,
-                                            num_text=num_text)
-            return svg2_attention(q, k, v, cache, cfg, key)
+                                            num_text=num_text, head_group=head_group)
+            return svg2_attention(q, k, v, cache, cfg, key, head_group=head_group)
 
         def dense(_):
             def recluster(_):  # video tokens only, as the sparse path clusters them
                 qv, kv = q[:, :sv], k[:, :sv]
                 cache = jax.lax.cond(state.initialized,
-                                     lambda: svg2_kmeans(qv, kv, state.cache, cfg),
-                                     lambda: svg2_kmeans(qv, kv, None, cfg, key))
+                                     lambda: svg2_kmeans(qv, kv, state.cache, cfg,
+                                                         head_group=head_group),
+                                     lambda: svg2_kmeans(qv, kv, None, cfg, key, head_group))
                 return dataclasses.replace(clustered, cache=cache)
 
             new_state = jax.lax.cond(state.cluster, recluster, lambda _: state, None)

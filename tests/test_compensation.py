@@ -13,6 +13,7 @@ from svg2_jax.attention import svg2_core
 from svg2_jax.backends import SPARSE_BACKENDS, jax_backend
 from svg2_jax.clustering import Clustering, cluster_qk
 from svg2_jax.compensation import KeyClusterStats, compensate, key_cluster_stats
+from svg2_jax.head_group import HeadGroup
 from svg2_jax.kmeans import KMeansResult
 from svg2_jax.layout import used_blocks
 from svg2_jax.selection import select_by_error, select_clusters
@@ -207,6 +208,10 @@ def test_error_selection_pooled_over_heads_matches_numpy(kwargs):
     _, _, a = svg2_attention(*qkv, None, SVG2Config(error_pool="layer", **base))
     _, _, b = svg2_attention(*qkv, None, SVG2Config(**base))
     assert not np.allclose(np.asarray(a.density), np.asarray(b.density))
+    # a call holding some of a layer's heads (head-parallel attention) cannot pool them
+    with pytest.raises(ValueError, match="error_pool='head'"):
+        svg2_attention(*qkv, None, SVG2Config(error_pool="layer", **base),
+                       head_group=HeadGroup(jnp.arange(N), total=2 * N))
 
 
 def test_every_backend_agrees_with_masked_dense_plus_compensation():

@@ -97,6 +97,18 @@ def test_unwritable_output_directory(tmp_path, no_model_work):
     (["--family", "hunyuan", "--negative-embeddings", "x.npy"], r"not supported for HunyuanVi"),
     (["--text-encoder", "enc"], r"--text-encoder is read only with --prompt, which is not "),
     (["--vae", "absent-vae"], r"--vae 'absent-vae' not found"),
+    # devices: the spec, what the run needs of it, then the device count
+    (["--mesh", "sp=2,tp=2"], r"--mesh: bad mesh spec 'sp=2,tp=2': expected comma-sep"),
+    (["--mesh", "cfg=3"], r"--mesh: bad mesh spec 'cfg=3'"),
+    (["--mesh", "sp=2,cfg=2"], r"--mesh sp=2,cfg=2: cfg=2 runs .* add --separate-cfg-cache"),
+    (["--mesh", "cfg=2", "--guidance", "1"], r"cfg=2 \(CFG parallel\) .* --guidance 1 runs"),
+    (["--family", "hunyuan", "--mesh", "cfg=2"], r"HunyuanVideo has none \(embedded guid"),
+    (["--attention", "dense", "--mesh", "sp=2,balance=0"], r"balance .* svg2 only"),
+    (["--mesh", "sp=2", "--error-pool", "layer"],
+     r"--mesh sp=2: --error-pool layer pools a layer's heads in one call, and sp splits"),
+    (["--distributed", "h:1,2"], r"2 problems:\n  bad --distributed 'h:1,2'.*\n  --distrib"
+                                 r"uted needs --mesh"),
+    (["--mesh", "sp=4"], r"--mesh sp=4: a mesh of cfg=1 x sp=4 needs 4 devices, 1 avail"),
 ])
 def test_every_value_is_checked_with_its_flag_before_any_work(tmp_path, no_model_work, args,
                                                               match):

@@ -18,10 +18,13 @@ from svg2_jax.checkpoints.plan import make_plan
 from svg2_jax.checkpoints.sources import open_source
 from svg2_jax.checkpoints.stream import to_device_tree
 from svg2_jax.input_files import read_json
+from svg2_jax.sharding.mesh import MeshPlan
+from svg2_jax.sharding.rules import param_shardings
 
 
 def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh=None, *,
-               progress: Callable[[str], None] | None = None, **model_kwargs) -> nnx.Module:
+               rules=None, progress: Callable[[str], None] | None = None,
+               **model_kwargs) -> nnx.Module:
     """`family.model_cls(config, dtype=dtype, param_dtype=dtype, **model_kwargs)` holding the
     weights at `path`.
 
@@ -40,9 +43,13 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
         directory's config.json, and every tensor shape are checked). None: the
         checkpoint's own config (`checkpoint_config`).
       dtype: weight and activation dtype (the model keeps some parameters float32).
-      mesh: optional `jax.sharding.Mesh`; every parameter is placed replicated over it
-        (NamedSharding with an empty PartitionSpec). Real sharding rules (FSDP / tensor
-        parallel) come later.
+      mesh: optional `jax.sharding.Mesh` (or a `svg2_jax.sharding.MeshPlan`, which
+        brings its rules): every parameter goes straight onto its shards, split by its
+        logical partition names and `rules` (`svg2_jax.sharding.rules`; default: along
+        the model width over every device), never whole onto one device. Orbax
+        checkpoints restore sharded; other checkpoints are read on the host one tensor
+        at a time, each device receiving its slice.
+      rules: logical name -> mesh axes (`svg2_jax.sharding.rules.Rules`), with mesh.
       progress: optional callable(diffusers_key) called after each tensor read.
       model_kwargs: passed to the model (attention, ...).
 
@@ -55,10 +62,12 @@ def load_model(family: ModelFamily, path: str | os.PathLike, preset, dtype, mesh
     if not path.exists():
         raise ValueError(f"{family.name} checkpoint path {str(path)!r} does not exist")
     config = family.get_config(preset) if preset is not None else checkpoint_config(family, path)
+    graphdef, abstract = abstract_state(family, config, dtype, **model_kwargs)
     sharding = None
     if mesh is not None:
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    graphdef, abstract = abstract_state(family, config, dtype, **model_kwargs)
+        if isinstance(mesh, MeshPlan):
+            mesh, rules = mesh.mesh, mesh.rules if rules is None else rules
+        sharding = param_shardings(abstract, mesh, rules)
 
     meta = read_orbax_meta(path, family.config_file, family.format)
     if meta is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from svg2_jax.checkpoints.stream import nest
+from svg2_jax.checkpoints.stream import nest, placement
 from svg2_jax.input_files import read_json
 
 STATE_DIR = "state"
@@ -57,14 +57,15 @@ def checkpoint_format(path: str | os.PathLike) -> str | None:
 
 def restore_orbax(path: str | os.PathLike, abstract_state, sharding=None) -> dict:
     """Restore `state/` into arrays shaped and typed like `abstract_state` (cast on read);
-    returns the pure nested dict. sharding: a jax Sharding for every array, or None (the
-    first device)."""
+    returns the pure nested dict. sharding: a jax Sharding for every array, a dict {our
+    path: Sharding} (each process then reads only the slices its devices hold), or None
+    (the first device)."""
     import orbax.checkpoint as ocp
 
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    tree = nest({tuple(str(p) for p in k): jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                                                sharding=sharding)
-                 for k, v in nnx.to_flat_state(abstract_state)})
+    flat = {tuple(str(p) for p in k): v for k, v in nnx.to_flat_state(abstract_state)}
+    tree = nest({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=placement(sharding, k))
+                 for k, v in flat.items()})
     handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=1)
     state = (Path(path) / STATE_DIR).absolute()
     try:

@@ -80,15 +80,31 @@ def nest(flat: dict[tuple[str, ...], object]) -> dict:
     return out
 
 
+def placement(where, path: tuple[str, ...]):
+    """Where parameter `path` goes: `where` itself (a device or a sharding for every
+    parameter), or where[path] (a dict of per-parameter shardings)."""
+    return where[path] if isinstance(where, dict) else where
+
+
+def place(array: np.ndarray, where) -> jax.Array:
+    """A host array onto a device, or onto the shards of a sharding: each device gets
+    only its slice (`jax.make_array_from_callback`; works across processes), never a
+    full copy first."""
+    if isinstance(where, jax.sharding.Sharding):
+        return jax.make_array_from_callback(array.shape, where, lambda index: array[index])
+    return jax.device_put(array, where)
+
+
 def to_device_flat(source: TensorSource, plan: Plan, device,
                    progress: Callable[[str], None] | None = None) -> dict:
-    """Stream `plan` from `source` onto `device` (a device or a sharding): each parameter
-    goes there as soon as it is complete, so the host never holds the whole model twice
-    (jax.device_put, not jnp.asarray, which stages an extra host copy).
+    """Stream `plan` from `source` onto `device` (a device, a sharding, or a dict
+    {our path: sharding}, `placement`): each parameter goes there as soon as it is
+    complete, so the host never holds the whole model twice (not jnp.asarray, which
+    stages an extra host copy), and a sharded one straight onto its shards (`place`).
     -> {our path: jax array}."""
     flat = {}
     for path, array in iter_leaves(source, plan, progress):
-        flat[path] = jax.device_put(array, device)
+        flat[path] = place(array, placement(device, path))
         del array
     return flat
 

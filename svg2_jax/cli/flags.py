@@ -1,7 +1,8 @@
 """svg2-generate's flags checked before any model work, every problem naming its flag:
 values in range (`check_values`), flags the run would otherwise ignore
 (`check_applicable`; the text conditioning's are `svg2_jax.cli.text.check_text_flags`,
-the Wan experts' and images' `svg2_jax.cli.wan_flags`),
+the Wan experts' and images' `svg2_jax.cli.wan_flags`), --mesh and --distributed
+(`check_devices`),
 input paths that must exist (`input_problem`) and output paths that must be writable
 (`check_paths`, returning where the run writes). `parse_dense_layers` reads
 --dense-layers."""
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from svg2_jax.cli.outputs import check_output_file
 from svg2_jax.config import REFERENCE_RULE, SVG2Config
+from svg2_jax.sharding.distributed import parse_distributed
+from svg2_jax.sharding.mesh import parse_mesh_spec
 
 # flags that only an SVG2 run reads (argparse dest names)
 SVG2_ONLY = ("qc", "kc", "selection", "error_tolerance", "error_pool", "compensation",
@@ -128,6 +131,44 @@ def _selection_problems(args) -> list[str]:
         if given(args, "target_density") and given(args, budget):
             problems.append(f"{flag(budget)} and --target-density exclude each other (a "
                             "fixed density budget replaces the rule's adaptive criterion)")
+    return problems
+
+
+def check_devices(args, family: str, cfg_pass: bool, shared_cfg_cache: bool) -> list[str]:
+    """--mesh and --distributed: their syntax and what the run needs of them (the device
+    count is checked once the processes have joined: `generate._mesh`). cfg_pass: the run
+    has an unconditional pass; shared_cfg_cache: its two passes share SVG2's centroids."""
+    problems = []
+    if given(args, "distributed"):
+        try:
+            parse_distributed(args.distributed)
+        except ValueError as e:
+            problems.append(str(e))
+        if not given(args, "mesh"):
+            problems.append("--distributed needs --mesh: the processes run one program on "
+                            "one mesh over all their devices (e.g. --mesh sp=8,cfg=2)")
+    if not given(args, "mesh"):
+        return problems
+    try:
+        spec = parse_mesh_spec(args.mesh)
+    except ValueError as e:
+        return problems + [f"--mesh: {e}"]
+    if spec.cfg == 2 and not cfg_pass:
+        problems.append(f"--mesh {args.mesh}: cfg=2 (CFG parallel) needs an unconditional "
+                        "pass, and " + ("HunyuanVideo has none (embedded guidance)"
+                                        if family == "hunyuan" else
+                                        "--guidance 1 runs none"))
+    elif spec.cfg == 2 and args.attention == "svg2" and shared_cfg_cache:
+        problems.append(f"--mesh {args.mesh}: cfg=2 runs the two CFG passes at once on "
+                        "separate devices, each with its own SVG2 centroids: add "
+                        "--separate-cfg-cache")
+    if spec.balance is not None and args.attention == "dense":
+        problems.append(f"--mesh {args.mesh}: balance (density-balanced heads) applies to "
+                        "--attention svg2 only")
+    if args.attention == "svg2" and getattr(args, "error_pool", None) == "layer" and spec.sp != 1:
+        problems.append(f"--mesh {args.mesh}: --error-pool layer pools a layer's heads in one "
+                        "call, and sp splits them over devices (head-parallel attention): "
+                        "use --error-pool head")
     return problems
 
 

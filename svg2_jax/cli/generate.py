@@ -25,6 +25,13 @@ encodes the frames; Wan2.1's models also take --image-encoder (their CLIP vision
 JAX too). Without --height/--width the video follows the image's aspect ratio at the
 model's area.
 
+Many devices (svg2_jax.sharding, docs/sharding.md): --mesh sp=N[,cfg=2][,balance=0]
+splits the tokens over N devices outside attention and the heads inside it (SVG2 heads
+reassigned to devices every step by their measured density), cfg=2 runs the two CFG
+passes on two device groups (with --separate-cfg-cache); weights are loaded straight onto
+their shards. Several hosts: the same command on each with --distributed
+HOST:PORT,NUM_PROCESSES,PROCESS_ID (or auto under SLURM / Open MPI); process 0 writes.
+
 HunyuanVideo (--family hunyuan, or a hunyuan preset): --prompt with its Llama
 (--text-encoder, --tokenizer: the repo's text_encoder/ and tokenizer/) and CLIP
 (--text-encoder-2, --tokenizer-2: text_encoder_2/ and tokenizer_2/), or --text-embeddings
@@ -56,6 +63,8 @@ Examples:
       --image first.png --prompt "the fox runs off" \\
       --text-encoder Wan2.2-I2V-A14B-Diffusers/text_encoder \\
       --vae Wan2.2-I2V-A14B-Diffusers/vae --out out/fox-i2v.mp4
+  svg2-generate --checkpoint ckpt/wan14b --model wan2.1-t2v-14b --text-embeddings emb.npy \\
+      --height 720 --width 1280 --mesh sp=4,cfg=2 --separate-cfg-cache --out out/8gpu.mp4
   svg2-generate --checkpoint Wan2.1-I2V-14B-720P-Diffusers/transformer \\
       --model wan2.1-i2v-14b --image first.png --height 720 --width 1280 \\
       --image-encoder Wan2.1-I2V-14B-720P-Diffusers/image_encoder \\
@@ -77,8 +86,8 @@ import numpy as np
 from svg2_jax.backends import is_hopper
 from svg2_jax.cli import defaults as dflt
 from svg2_jax.cli import text, wan_flags
-from svg2_jax.cli.flags import (OutputPaths, check_applicable, check_paths, check_values,
-                                parse_dense_layers)
+from svg2_jax.cli.flags import (OutputPaths, check_applicable, check_devices, check_paths,
+                                check_values, parse_dense_layers)
 from svg2_jax.cli.outputs import write_atomically
 from svg2_jax.cli.text import PROG, fail
 from svg2_jax.cli.vae import load_vae, vae_config, vae_problems, wan_vae_problems
@@ -114,6 +123,14 @@ def parse_args(argv=None):
     g.add_argument("--family", choices=tuple(dflt.FAMILIES),
                    help="model family (default: from --model, else wan)")
     g.add_argument("--dtype", default=DTYPES[0], choices=DTYPES)
+    g = p.add_argument_group("devices")
+    g.add_argument("--mesh", help="run on many devices: sp=N (sequence / head parallel; "
+                   "default every device left after cfg), cfg=2 (CFG parallel: needs "
+                   "--separate-cfg-cache with SVG2), balance=0 (no density-balanced heads), "
+                   "e.g. sp=4,cfg=2; default: one device")
+    g.add_argument("--distributed", help="several hosts: 'auto' (SLURM, Open MPI) or "
+                   "HOST:PORT,NUM_PROCESSES,PROCESS_ID, the same command on every host "
+                   "(needs --mesh)")
     g = p.add_argument_group("conditioning")
     g.add_argument("--prompt", help="text prompt, encoded by the JAX text encoders "
                    "(--text-encoder; HunyuanVideo also --text-encoder-2)")
@@ -332,6 +349,7 @@ def checked_settings(args) -> tuple[Settings, OutputPaths]:
     except ValueError as e:
         fail(str(e))
     problems = (check_applicable(args, run.family, run.sampler.cfg)
+                + check_devices(args, run.family, run.sampler.cfg, run.sampler.share_cfg_cache)
                 + text.check_text_flags(args, run.family)
                 + wan_flags.check_wan_flags(args, run.family, run.spec))
     if (run.svg2 is not None and run.sampler.kmeans_during_warmup
@@ -348,6 +366,26 @@ def _fail_all(problems: list[str]):
         fail(problems[0])
     if problems:
         fail(f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+def _mesh(args):
+    """Joins the processes (--distributed) and returns the --mesh plan (None: one
+    device); exits naming the flag. Before anything else touches a device."""
+    from svg2_jax.sharding import distributed
+    from svg2_jax.sharding.mesh import parse_mesh
+
+    if args.distributed is not None:
+        try:
+            distributed.initialize(args.distributed)
+        except Exception as e:  # noqa: BLE001  (jax raises several kinds here)
+            fail(f"--distributed {args.distributed}: could not join the processes "
+                 f"({type(e).__name__}: {e})")
+    if args.mesh is None:
+        return None
+    try:
+        return parse_mesh(args.mesh)
+    except ValueError as e:  # e.g. more devices than there are
+        fail(f"--mesh {args.mesh}: {e}")
 
 
 def _pipeline(run: Settings):
@@ -405,9 +443,10 @@ def _conditioning(args, run: Settings, config, dtype):
     return text.wan_conditioning(args, config.text_dim, run.tiny, rng, dtype)
 
 
-def _model(args, run: Settings, config, attention, dtype, nnx) -> tuple:
-    """The tiny random model, or the checkpoint's weights, as a tuple of the experts (one
-    but for Wan2.2 A14B); ValueError naming what is wrong with a checkpoint."""
+def _model(args, run: Settings, config, attention, dtype, nnx, mesh) -> tuple:
+    """The tiny random model, or the checkpoint's weights (on a mesh: each straight onto
+    its shards), as a tuple of the experts (one but for Wan2.2 A14B); ValueError naming
+    what is wrong with a checkpoint."""
     if run.family == "hunyuan":
         from svg2_jax.models.hunyuan import HunyuanVideoTransformer3DModel as model_cls
         from svg2_jax.models.hunyuan import load
@@ -419,22 +458,22 @@ def _model(args, run: Settings, config, attention, dtype, nnx) -> tuple:
                           rngs=nnx.Rngs(args.seed)),)
     if run.family == "wan":  # the experts of run.spec, checked by check_wan_flags
         return load_experts(run.spec, args.checkpoint, args.checkpoint_2, dtype=dtype,
-                            attention=attention)
-    model = load(args.checkpoint, config, dtype=dtype)
+                            attention=attention, mesh=mesh)
+    model = load(args.checkpoint, config, dtype=dtype, mesh=mesh)
     model.attention = attention
     return (model,)
 
 
-def _sampler(run: Settings, pipe, models: tuple):
+def _sampler(run: Settings, pipe, models: tuple, mesh):
     from svg2_jax.sampling import FlowMatchEuler, FlowUniPC
 
     if run.family == "hunyuan":
         (model,) = models
         return pipe.HunyuanSampler(model, FlowMatchEuler(shift=run.shift, pipeline_sigmas=True),
-                                   run.sampler, embedded_guidance=run.guidance)
+                                   run.sampler, embedded_guidance=run.guidance, mesh=mesh)
     scheduler = (FlowUniPC(flow_shift=run.shift) if run.scheduler == "unipc"
                  else FlowMatchEuler(shift=run.shift))
-    return pipe.WanSampler(models, scheduler, run.sampler)
+    return pipe.WanSampler(models, scheduler, run.sampler, mesh=mesh)
 
 
 def _finite_or_none(x):
@@ -466,8 +505,11 @@ def main(argv=None):
 
     from svg2_jax.pipelines import video
     from svg2_jax.sampling import describe_nonfinite, nonfinite_report
+    from svg2_jax.sharding import distributed
+    from svg2_jax.sharding.balance import balance_report
 
     dtype = getattr(jnp, args.dtype)
+    mesh = _mesh(args)
     try:
         attention = build_attention(run, args.seed, jax)
         pipe, config = _pipeline(run)
@@ -492,10 +534,10 @@ def main(argv=None):
     if condition is not None:
         inputs = (*inputs, condition)
     try:
-        models = _model(args, run, config, attention, dtype, nnx)
+        models = _model(args, run, config, attention, dtype, nnx, mesh)
     except ValueError as e:
         fail(str(e))
-    sampler = _sampler(run, pipe, models)
+    sampler = _sampler(run, pipe, models, mesh)
     load_s = time.perf_counter() - t0
 
     latents = video.initial_noise(args.seed, (1, c, f, h, w))
@@ -508,6 +550,15 @@ def main(argv=None):
     jax.block_until_ready(result.latents)
     jax.effects_barrier()
     sample_s = time.perf_counter() - t2
+    # arrays spread over several processes' devices, whole on every host
+    result = dataclasses.replace(result, attn_state=None, **distributed.fetch(dict(
+        latents=result.latents, density=result.density, expert=result.expert,
+        first_nonfinite_step=result.first_nonfinite_step,
+        first_nonfinite_attention=result.first_nonfinite_attention)))
+    if not distributed.is_main_process():  # process 0 reports and writes
+        if nonfinite_report(result) is not None:
+            fail(describe_nonfinite(nonfinite_report(result)) + " (process 0 writes the report)")
+        return None
 
     steps = run.sampler.num_steps
     density = np.asarray(result.density)  # [steps, passes, L, B, H]
@@ -556,6 +607,12 @@ def main(argv=None):
                           "shared_cfg_cache": run.sampler.share_cfg_cache,
                           "target_density": cfg.target_density}),
                       "sparse_backend": sparse_backend(cfg)},
+        "mesh": None if mesh is None else {
+            **mesh.describe(), **({} if cfg is None or mesh.sp == 1 else {
+                # busiest device over the mean, summed over layers: heads in order vs
+                # the density-balanced assignment the loop used
+                "head_imbalance_per_step": balance_report(density, mesh.sp,
+                                                          result.expert)})},
         "timings_s": {"load": round(load_s, 3), "compile": round(compile_s, 3),
                       "sample": round(sample_s, 3), "decode": None,  # set once decoded
                       "device": str(jax.devices()[0])},

@@ -23,6 +23,7 @@ from svg2_jax.models.hunyuan import (HunyuanVideoConfig, HunyuanVideoTransformer
                                      hunyuan_forward)
 from svg2_jax.pipelines import video
 from svg2_jax.sampling import SamplerConfig, make_sampler
+from svg2_jax.sharding.mesh import attention_state
 
 # A deliberately tiny random HunyuanVideo (1 dual + 1 single block, 2 x 16 heads), for
 # showing the path in seconds. Its output is noise.
@@ -56,18 +57,22 @@ class HunyuanSampler:
     sample(latents, text) -> SampleResult with text = (prompt_embeds [B, T, 4096],
     prompt_attention_mask [B, T], pooled_prompt_embeds [B, 768]). embedded_guidance:
     the distilled guidance scale (diffusers' guidance_scale, 6.0 by default); it goes in
-    as guidance_scale x 1000 when the model has a guidance embedding.
+    as guidance_scale x 1000 when the model has a guidance embedding. mesh: as
+    `WanSampler`'s (sequence and head parallel; no CFG axis, there is no second pass).
     """
 
     model: HunyuanVideoTransformer3DModel
     scheduler: object
     config: SamplerConfig
     embedded_guidance: float = 6.0
+    mesh: object = None
 
     def __post_init__(self):
         if self.config.cfg:
             raise ValueError("HunyuanVideo uses embedded (distilled) guidance: set the "
                              "sampler's guidance_scale to 1 and pass embedded_guidance")
+        if self.mesh is not None:
+            self.mesh.prepare(self.model)
         graphdef, self.params = nnx.split(self.model)
         dtype = self.model.dtype
         use_guidance = self.model.config.guidance_embeds
@@ -81,14 +86,16 @@ class HunyuanSampler:
                                    embeds.astype(dtype), mask, pooled.astype(dtype), guidance,
                                    state)
 
-        self._sample = make_sampler(model_fn, self.model.attention, self.scheduler, self.config)
+        self._sample = make_sampler(model_fn, self.model.attention, self.scheduler, self.config,
+                                    self.mesh)
 
-    def init_state(self, batch: int):
-        return self.model.init_attention_state(batch)
+    def init_state(self, batch: int, abstract: bool = False):
+        """The attention state for `batch` videos (`attention_state`)."""
+        return attention_state(self.model, batch, self.mesh, abstract)
 
     def lower(self, latents, text):
         return self._sample.lower(self.params, latents, text, None,
-                                  self.init_state(latents.shape[0]))
+                                  self.init_state(latents.shape[0], abstract=True))
 
     def __call__(self, latents, text):
         return self._sample(self.params, latents, text, None, self.init_state(latents.shape[0]))

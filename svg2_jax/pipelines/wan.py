@@ -27,6 +27,7 @@ from svg2_jax.pipelines import video
 from svg2_jax.pipelines.wan_i2v import WanImageCondition
 from svg2_jax.pipelines.wan_models import WanModelSpec, model_spec
 from svg2_jax.sampling import SampleResult, SamplerConfig, make_sampler
+from svg2_jax.sharding.mesh import attention_state
 
 # A deliberately tiny random Wan (2 layers, 2 x 32 heads) for showing the whole path
 # on a fresh machine in seconds. Its output is noise.
@@ -171,17 +172,23 @@ class WanSampler:
     __call__(latents, context, uncond_context, condition=None) -> SampleResult; the same
     shapes never recompile; params stay outside the compiled program (arguments, not
     constants). condition: the `wan_i2v.WanImageCondition` of image-to-video models.
+    mesh: a `svg2_jax.sharding.MeshPlan` to run on many devices (each model is prepared
+    for it in place: head-parallel attention, parameters on their shards), or None.
     """
 
     model: WanTransformer3DModel | Sequence[WanTransformer3DModel]
     scheduler: object
     config: SamplerConfig
+    mesh: object = None
 
     def __post_init__(self):
         models = tuple(self.model) if isinstance(self.model, (list, tuple)) else (self.model,)
         if len({m.config for m in models}) > 1 or len({m.attention for m in models}) > 1:
             raise ValueError("the experts must share one architecture and attention, got "
                              f"{[m.config for m in models]} / {[m.attention for m in models]}")
+        if self.mesh is not None:
+            for m in models:
+                self.mesh.prepare(m)
         self.models = models
         self.transformer_config = models[0].config
         split = [nnx.split(m) for m in models]
@@ -189,11 +196,12 @@ class WanSampler:
         params = tuple(p for _, p in split)
         self.params = params[0] if len(models) == 1 else params
         self._sample = make_sampler(fns[0] if len(models) == 1 else fns, models[0].attention,
-                                    self.scheduler, self.config)
+                                    self.scheduler, self.config, self.mesh)
 
-    def init_state(self, batch: int):
-        """Each expert's fresh attention state (a tuple with two experts)."""
-        states = tuple(m.init_attention_state(batch) for m in self.models)
+    def init_state(self, batch: int, abstract: bool = False):
+        """Each expert's fresh attention state (a tuple with two experts; on a mesh made
+        on its devices; abstract=True: only shapes, `attention_state`)."""
+        states = tuple(attention_state(m, batch, self.mesh, abstract) for m in self.models)
         return states[0] if len(states) == 1 else states
 
     def check_condition(self, latents, condition: WanImageCondition | None):
@@ -233,17 +241,20 @@ class WanSampler:
                              f"{(b, extra, f, h, w)}" + (" (a TI2V-5B model conditions on the "
                              "first frame: replace_first_frame=True)" if not extra else ""))
 
-    def arguments(self, latents, context, uncond_context, condition=None) -> tuple:
+    def arguments(self, latents, context, uncond_context, condition=None,
+                  abstract: bool = False) -> tuple:
         """The compiled loop's arguments (checked): (params, latents, (context,
-        condition), (uncond_context, condition), fresh states)."""
+        condition), (uncond_context, condition), fresh states; abstract=True: the states'
+        shapes only)."""
         self.check_condition(latents, condition)
         return (self.params, latents, (context, condition), (uncond_context, condition),
-                self.init_state(latents.shape[0]))
+                self.init_state(latents.shape[0], abstract))
 
     def lower(self, latents, context, uncond_context, condition=None):
         """For ahead-of-time compilation: `.lower(...).compile()`, then call the result with
         `arguments(...)`."""
-        return self._sample.lower(*self.arguments(latents, context, uncond_context, condition))
+        return self._sample.lower(*self.arguments(latents, context, uncond_context, condition,
+                                                  abstract=True))
 
     def __call__(self, latents, context, uncond_context, condition=None) -> SampleResult:
         result = self._sample(*self.arguments(latents, context, uncond_context, condition))

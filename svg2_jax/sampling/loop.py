@@ -156,7 +156,7 @@ def _first_nan_attention(record, step, dens):
 
 
 def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
-                 config: SamplerConfig):
+                 config: SamplerConfig, sharding=None):
     """Returns sample(params, latents, context, uncond_context, attn_state) -> SampleResult,
     jitted.
 
@@ -165,11 +165,22 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
     latents: initial noise, float32 (the loop keeps latents in float32, as diffusers' Wan
     pipeline does). attn_state: `attention.init_state(...)` or None for dense attention.
     uncond_context is ignored when CFG is off.
+    sharding: None, or a `svg2_jax.sharding.MeshPlan` whose mesh the loop runs on (params
+    already on their shards, the attention its head-parallel wrapper: `MeshPlan.prepare`):
+    sequence-parallel activations, the state's heads split over devices and, when the plan
+    balances, reassigned after every step by that step's density (the active expert's
+    state only); on a cfg=2 mesh the conditional and unconditional passes run at once as
+    one batch split over the two device groups (separate caches needed). Same results as
+    without, up to rounding.
     """
     experts = tuple(model_fn) if isinstance(model_fn, Sequence) else (model_fn,)
     if len(experts) != config.num_experts:
         raise ValueError(f"{len(experts)} model functions for {config.num_experts} expert(s): "
                          "two experts take config.boundary_timestep, one takes none")
+    paired = sharding is not None and sharding.cfg_parallel
+    if sharding is not None:
+        sharding.check_sampler(attention, config)
+        experts = tuple(sharding.model_fn(fn) for fn in experts)
     timesteps_np, sigmas_np = scheduler.schedule(config.num_steps)
     expert_np = config.experts(timesteps_np)
     n_dense = dense_warmup_steps(config.num_steps, config.dense_fraction)
@@ -178,6 +189,19 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
 
     def guided(e, params, latents, t, context, uncond_context, state_c, state_u):
         fn = experts[e]
+        if paired:  # [cond; uncond] as one batch, halves on the mesh's two cfg groups
+            b = latents.shape[0]
+            # leaves with the batch axis first are joined; batch-free ones (a leading 1
+            # that broadcasts, e.g. a first-frame mask) serve both halves as they are
+            join = lambda c, u: jnp.concatenate([c, u]) if c.ndim and c.shape[0] == b else c
+            both = jax.tree.map(join, (latents, t, context), (latents, t, uncond_context))
+            both = (jax.lax.with_sharding_constraint(
+                both[0], sharding.batch_sharding(2 * b)),) + both[1:]
+            pred, state_c, dens = fn(params, *both, state_c)
+            pred_c, pred_u = jnp.split(pred, 2)
+            pred = pred_u + scales[e] * (pred_c - pred_u)
+            return (pred.astype(jnp.float32), state_c, state_u,
+                    jnp.stack(jnp.split(dens, 2, axis=1)))
         pred_c, state_c, dens_c = fn(params, latents, t, context, state_c)
         if not config.cfg:
             return pred_c.astype(jnp.float32), state_c, state_u, dens_c[None]
@@ -189,12 +213,16 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
         return pred.astype(jnp.float32), state_c, state_u, jnp.stack([dens_c, dens_u])
 
     def denoise(i, params, latents, t, context, uncond_context, states_c, states_u):
-        """The active expert's guided prediction; only its states change."""
+        """The active expert's guided prediction; only its states change (on a mesh,
+        heads move to devices by this step's density)."""
         def branch(e):
             def run(operands):
                 latents, states_c, states_u = operands
                 pred, sc, su, dens = guided(e, params[e], latents, t, context, uncond_context,
                                             states_c[e], states_u[e])
+                if sharding is not None:
+                    sc, su = (None if s is None else attention.rebalance(s, dens)
+                              for s in (sc, su))
                 return pred, _replace(states_c, e, sc), _replace(states_u, e, su), dens
             return run
 
@@ -216,7 +244,14 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
         timesteps = jnp.asarray(timesteps_np)
         batch = latents.shape[0]
         shared = not config.cfg or config.share_cfg_cache
+        states_c0 = attn_state
         states_u0 = tuple(None if shared else s for s in attn_state)
+        if sharding is not None:
+            states_c0, states_u0 = (tuple(sharding.constrain_state(attention, s) for s in st)
+                                    for st in (states_c0, states_u0))
+            if paired:  # one state for the [cond; uncond] batch
+                states_c0 = tuple(sharding.pair_state(attention, s) for s in states_c0)
+                states_u0 = (None,) * len(experts)
 
         def body(i, carry):
             latents, solver, states_c, states_u, density, bad, bad_attn = carry
@@ -227,6 +262,8 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
             states_c, states_u = (tuple(_set_mode(attention, s, sparse_now, cluster_now)
                                         for s in states) for states in (states_c, states_u))
             t = jnp.broadcast_to(timesteps[i], (batch,))
+            if sharding is not None:  # small: every device holds the whole latents
+                latents = sharding.replicated(latents)
             pred, states_c, states_u, dens = denoise(i, params, latents, t, context,
                                                      uncond_context, states_c, states_u)
             latents, solver = scheduler.step(solver, sigmas, i, pred, latents)
@@ -234,7 +271,8 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
             bad = jnp.where((bad < 0) & ~ok, i, bad)
             bad_attn = _first_nan_attention(bad_attn, i, dens)
             if progress is not None:
-                jax.debug.callback(progress, i, ordered=True)
+                # ordered callbacks are single-device only
+                jax.debug.callback(progress, i, ordered=sharding is None)
             return (latents, solver, states_c, states_u, density.at[i].set(dens), bad,
                     bad_attn)
 
@@ -246,11 +284,14 @@ def make_sampler(model_fn: Callable | Sequence[Callable], attention, scheduler,
             raise ValueError(f"the experts' density records differ in shape {sorted(per_call)}: "
                              "experts must have the same layers and heads")
         density = jnp.zeros((config.num_steps, passes) + per_call.pop(), jnp.float32)
-        carry = (latents, scheduler.init(latents), attn_state, states_u0, density,
+        carry = (latents, scheduler.init(latents), states_c0, states_u0, density,
                  jnp.int32(-1), jnp.full((3,), -1, jnp.int32))
         latents, _, states_c, states_u, density, bad, bad_attn = jax.lax.fori_loop(
             0, config.num_steps, body, carry)
-        final = tuple(zip(states_c, states_u))
+        if paired:
+            final = tuple(sharding.unpair_state(attention, s) for s in states_c)
+        else:
+            final = tuple(zip(states_c, states_u))
         return SampleResult(latents, density, final[0] if len(experts) == 1 else final, bad,
                             bad_attn, jnp.asarray(expert_np))
 

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from svg2_jax.models.common.layers import linear
+from svg2_jax.sharding.rules import EMBED
 
 
 def get_timestep_embedding(timesteps: jax.Array, embedding_dim: int, flip_sin_to_cos: bool,
@@ -40,8 +41,8 @@ class TimestepEmbedding(nnx.Module):
 
     def __init__(self, in_channels: int, time_embed_dim: int, *, rngs: nnx.Rngs):
         f32 = dict(dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
-        self.linear_1 = linear(in_channels, time_embed_dim, **f32)
-        self.linear_2 = linear(time_embed_dim, time_embed_dim, **f32)
+        self.linear_1 = linear(in_channels, time_embed_dim, names=(None, EMBED), **f32)
+        self.linear_2 = linear(time_embed_dim, time_embed_dim, names=(EMBED, EMBED), **f32)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, in_channels] -> [B, time_embed_dim] float32."""
@@ -95,8 +96,8 @@ class PixArtAlphaTextProjection(nnx.Module):
                              f"{sorted(self.ACTIVATIONS)}, got {act_fn!r}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.act_fn = act_fn
-        self.linear_1 = linear(in_features, hidden_size, **kw)
-        self.linear_2 = linear(hidden_size, hidden_size, **kw)
+        self.linear_1 = linear(in_features, hidden_size, names=(None, EMBED), **kw)
+        self.linear_2 = linear(hidden_size, hidden_size, names=(EMBED, EMBED), **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., in_features] -> [..., hidden_size]."""

@@ -8,14 +8,28 @@ in the module's `dtype` with `param_dtype` weights.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from svg2_jax.sharding.rules import EMBED, MLP
 
-def linear(in_features: int, out_features: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-    """A torch-style `nn.Linear` (with bias). kernel: [in, out] (torch's weight transposed)."""
+
+def linear(in_features: int, out_features: int, *, dtype, param_dtype, rngs: nnx.Rngs,
+           names: tuple[str | None, str | None] | None = None):
+    """A torch-style `nn.Linear` (with bias). kernel: [in, out] (torch's weight transposed).
+    names: the logical partition names of (in, out) (`svg2_jax.sharding.rules`; the bias
+    takes the out name), metadata only: nothing is placed until a mesh and rules say so.
+    None: replicated."""
+    if names is None:
+        return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=param_dtype,
+                          rngs=rngs)
+    named = functools.partial(nnx.with_partitioning, eager_sharding=False)
     return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=param_dtype,
+                      kernel_init=named(nnx.nn.linear.default_kernel_init, tuple(names)),
+                      bias_init=named(nnx.nn.linear.default_bias_init, (names[1],)),
                       rngs=rngs)
 
 
@@ -84,9 +98,10 @@ class FeedForward(nnx.Module):
     def __init__(self, dim: int, inner_dim: int, dim_out: int, *, approximate: bool, dtype,
                  param_dtype, rngs: nnx.Rngs):
         self.approximate = approximate
-        self.proj_in = linear(dim, inner_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.proj_in = linear(dim, inner_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              names=(EMBED, MLP))
         self.proj_out = linear(inner_dim, dim_out, dtype=dtype, param_dtype=param_dtype,
-                               rngs=rngs)
+                               rngs=rngs, names=(MLP, EMBED))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., dim] -> [..., dim_out]."""

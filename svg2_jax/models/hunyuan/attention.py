@@ -20,6 +20,7 @@ from svg2_jax.models.common.layers import RMSNorm, linear
 from svg2_jax.models.common.layers import merge_heads as _merge_heads
 from svg2_jax.models.common.layers import split_heads as _heads
 from svg2_jax.models.hunyuan.layers import EPS
+from svg2_jax.sharding.rules import EMBED, HEADS
 
 
 def _project(x, to_q, to_k, to_v, norm_q, norm_k, heads: int):
@@ -43,7 +44,8 @@ class HunyuanVideoAttentionProjections(nnx.Module):
                  rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
-        self.to_q, self.to_k, self.to_v = (linear(dim, dim, **kw) for _ in range(3))
+        self.to_q, self.to_k, self.to_v = (linear(dim, dim, names=(EMBED, HEADS), **kw)
+                                           for _ in range(3))
         self.norm_q, self.norm_k = RMSNorm(head_dim, EPS), RMSNorm(head_dim, EPS)
 
 
@@ -56,11 +58,11 @@ class HunyuanVideoJointAttention(HunyuanVideoAttentionProjections):
                  rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         super().__init__(dim, heads, head_dim, **kw)
-        self.add_q_proj, self.add_k_proj, self.add_v_proj = (linear(dim, dim, **kw)
-                                                             for _ in range(3))
+        self.add_q_proj, self.add_k_proj, self.add_v_proj = (
+            linear(dim, dim, names=(EMBED, HEADS), **kw) for _ in range(3))
         self.norm_added_q, self.norm_added_k = RMSNorm(head_dim, EPS), RMSNorm(head_dim, EPS)
-        self.to_out = linear(dim, dim, **kw)
-        self.to_add_out = linear(dim, dim, **kw)
+        self.to_out = linear(dim, dim, names=(HEADS, EMBED), **kw)
+        self.to_add_out = linear(dim, dim, names=(HEADS, EMBED), **kw)
 
     def __call__(self, x: jax.Array, context: jax.Array, rotary, text_lengths: jax.Array,
                  attention, state, layer_index):
@@ -121,10 +123,9 @@ class HunyuanVideoRefinerAttention(nnx.Module):
     def __init__(self, dim: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
-        self.to_q = linear(dim, dim, **kw)
-        self.to_k = linear(dim, dim, **kw)
-        self.to_v = linear(dim, dim, **kw)
-        self.to_out = linear(dim, dim, **kw)
+        self.to_q, self.to_k, self.to_v = (linear(dim, dim, names=(EMBED, HEADS), **kw)
+                                           for _ in range(3))
+        self.to_out = linear(dim, dim, names=(HEADS, EMBED), **kw)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         """x: [B, T, D]; mask: [B, 1, T, T] bool from `refiner_attention_mask` -> [B, T, D]."""

@@ -17,6 +17,7 @@ from flax import nnx
 from svg2_jax.models.common.embeddings import (PixArtAlphaTextProjection, TimestepEmbedding,
                                               get_timestep_embedding, patchify, rotary_tables)
 from svg2_jax.models.common.layers import linear
+from svg2_jax.sharding.rules import EMBED
 
 # diffusers' `Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)`
 TIME_PROJ_DIM = 256
@@ -29,7 +30,7 @@ class HunyuanVideoPatchEmbed(nnx.Module):
                  param_dtype, rngs: nnx.Rngs):
         self.patch = patch
         self.proj = linear(in_channels * math.prod(patch), dim, dtype=dtype,
-                           param_dtype=param_dtype, rngs=rngs)
+                           param_dtype=param_dtype, rngs=rngs, names=(None, EMBED))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, C, F, H, W] -> [B, F'*H'*W', dim], tokens in (f, h, w) order."""

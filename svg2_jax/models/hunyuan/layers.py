@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from svg2_jax.models.common.layers import FP32LayerNorm, linear
+from svg2_jax.sharding.rules import EMBED, MLP
 
 # diffusers builds every HunyuanVideo LayerNorm and RMSNorm with eps 1e-6
 EPS = 1e-6
@@ -36,7 +37,8 @@ class AdaLayerNormZero(nnx.Module):
 
     def __init__(self, dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.linear = linear(dim, 6 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear = linear(dim, 6 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                             names=(EMBED, MLP))
         self.norm = FP32LayerNorm(dim, EPS, elementwise_affine=False)
 
     def __call__(self, x: jax.Array, temb: jax.Array):
@@ -54,7 +56,8 @@ class AdaLayerNormZeroSingle(nnx.Module):
 
     def __init__(self, dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.linear = linear(dim, 3 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear = linear(dim, 3 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                             names=(EMBED, MLP))
         self.norm = FP32LayerNorm(dim, EPS, elementwise_affine=False)
 
     def __call__(self, x: jax.Array, temb: jax.Array):
@@ -71,7 +74,8 @@ class AdaLayerNormContinuous(nnx.Module):
 
     def __init__(self, dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.linear = linear(dim, 2 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear = linear(dim, 2 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                             names=(EMBED, MLP))
         self.norm = FP32LayerNorm(dim, EPS, elementwise_affine=False)
 
     def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
@@ -85,7 +89,8 @@ class HunyuanVideoAdaNorm(nnx.Module):
     """The token refiner blocks' `norm_out`: linear(silu(temb)) -> (gate_msa, gate_mlp)."""
 
     def __init__(self, dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.linear = linear(dim, 2 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear = linear(dim, 2 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                             names=(EMBED, MLP))
 
     def __call__(self, temb: jax.Array) -> tuple[jax.Array, jax.Array]:
         """temb: [B, D] -> (gate_msa, gate_mlp) each [B, 1, D] float32."""
@@ -100,8 +105,8 @@ class SiLUFeedForward(nnx.Module):
 
     def __init__(self, dim: int, inner_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.proj_in = linear(dim, inner_dim, **kw)
-        self.proj_out = linear(inner_dim, dim, **kw)
+        self.proj_in = linear(dim, inner_dim, names=(EMBED, MLP), **kw)
+        self.proj_out = linear(inner_dim, dim, names=(MLP, EMBED), **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., dim] -> [..., dim]."""

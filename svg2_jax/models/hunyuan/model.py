@@ -55,6 +55,7 @@ from svg2_jax.models.hunyuan.embeddings import (HunyuanVideoConditionEmbedding,
 from svg2_jax.models.hunyuan.layers import (EPS, AdaLayerNormContinuous, AdaLayerNormZero,
                                             AdaLayerNormZeroSingle, gated_residual, modulate)
 from svg2_jax.models.hunyuan.refiner import HunyuanVideoTokenRefiner
+from svg2_jax.sharding.rules import EMBED, MLP
 
 
 class HunyuanVideoTransformerBlock(nnx.Module):
@@ -106,8 +107,8 @@ class HunyuanVideoSingleTransformerBlock(nnx.Module):
         self.attn = HunyuanVideoSingleAttention(dim, config.num_attention_heads,
                                                 config.attention_head_dim, **kw)
         self.norm = AdaLayerNormZeroSingle(dim, **kw)
-        self.proj_mlp = linear(dim, mlp, **kw)
-        self.proj_out = linear(dim + mlp, dim, **kw)
+        self.proj_mlp = linear(dim, mlp, names=(EMBED, MLP), **kw)
+        self.proj_out = linear(dim + mlp, dim, names=(MLP, EMBED), **kw)
 
     def __call__(self, x, temb, rotary, num_text, text_lengths, attention, state, layer_index):
         """x: [B, Sv + T, D] with T = num_text text tokens last; temb: [B, D].
@@ -158,7 +159,8 @@ class HunyuanVideoTransformer3DModel(nnx.Module):
                 config, dtype=dtype, param_dtype=param_dtype, rngs=r), rngs)
 
         self.norm_out = AdaLayerNormContinuous(dim, **kw)
-        self.proj_out = linear(dim, config.patch_volume * config.out_channels, **kw)
+        self.proj_out = linear(dim, config.patch_volume * config.out_channels,
+                               names=(EMBED, None), **kw)
 
     def init_attention_state(self, batch: int):
         """Fresh stacked state of the attention object over all num_layers +

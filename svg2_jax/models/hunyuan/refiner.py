@@ -20,6 +20,7 @@ from svg2_jax.models.common.layers import FP32LayerNorm, linear
 from svg2_jax.models.common.stack import scan_blocks, stacked_blocks
 from svg2_jax.models.hunyuan.layers import (EPS, HunyuanVideoAdaNorm, SiLUFeedForward,
                                             gated_residual)
+from svg2_jax.sharding.rules import EMBED
 
 # diffusers' HunyuanVideoTokenRefiner is built with its default mlp_ratio=4.0 (the model's
 # own mlp_ratio is not passed to it)
@@ -77,7 +78,7 @@ class HunyuanVideoTokenRefiner(nnx.Module):
         self.dtype = dtype
         # diffusers' CombinedTimestepTextProjEmbeddings(dim, pooled_projection_dim=in_channels)
         self.time_text_embed = HunyuanVideoConditionEmbedding(dim, in_channels, False, **kw)
-        self.proj_in = linear(in_channels, dim, **kw)
+        self.proj_in = linear(in_channels, dim, names=(None, EMBED), **kw)
         self.token_refiner = HunyuanVideoIndividualTokenRefiner(dim, heads, num_layers, **kw)
 
     def __call__(self, x: jax.Array, timestep: jax.Array, text_mask: jax.Array) -> jax.Array:

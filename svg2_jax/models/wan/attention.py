@@ -14,6 +14,7 @@ from svg2_jax.models.common.embeddings import apply_rotary_emb
 from svg2_jax.models.common.layers import RMSNorm, linear
 from svg2_jax.models.common.layers import merge_heads as _merge_heads
 from svg2_jax.models.common.layers import split_heads as _heads
+from svg2_jax.sharding.rules import EMBED, HEADS
 
 
 class WanAttentionProjections(nnx.Module):
@@ -24,7 +25,9 @@ class WanAttentionProjections(nnx.Module):
                  rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
-        self.to_q, self.to_k, self.to_v, self.to_out = (linear(dim, dim, **kw) for _ in range(4))
+        self.to_q, self.to_k, self.to_v = (linear(dim, dim, names=(EMBED, HEADS), **kw)
+                                           for _ in range(3))
+        self.to_out = linear(dim, dim, names=(HEADS, EMBED), **kw)
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
 
@@ -57,8 +60,8 @@ class WanCrossAttention(WanAttentionProjections):
         super().__init__(dim, heads, eps, **kw)
         self.implementation = implementation
         if added_kv_proj_dim is not None:
-            self.add_k_proj = linear(added_kv_proj_dim, dim, **kw)
-            self.add_v_proj = linear(added_kv_proj_dim, dim, **kw)
+            self.add_k_proj = linear(added_kv_proj_dim, dim, names=(EMBED, HEADS), **kw)
+            self.add_v_proj = linear(added_kv_proj_dim, dim, names=(EMBED, HEADS), **kw)
             self.norm_added_k = RMSNorm(dim, eps)
         else:
             self.add_k_proj = self.add_v_proj = self.norm_added_k = None

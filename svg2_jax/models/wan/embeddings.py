@@ -15,6 +15,7 @@ from svg2_jax.models.common.embeddings import (PixArtAlphaTextProjection, Timest
                                               get_timestep_embedding, rotary_tables)
 from svg2_jax.models.common.layers import FeedForward, FP32LayerNorm, linear
 from svg2_jax.models.wan.config import WanConfig
+from svg2_jax.sharding.rules import EMBED, MLP
 
 
 class WanImageEmbedding(nnx.Module):
@@ -53,7 +54,7 @@ class WanTimeTextImageEmbedding(nnx.Module):
         self.dtype = dtype
         self.freq_dim = config.freq_dim
         self.time_embedder = TimestepEmbedding(config.freq_dim, dim, rngs=rngs)
-        self.time_proj = linear(dim, 6 * dim, **kw)
+        self.time_proj = linear(dim, 6 * dim, names=(EMBED, MLP), **kw)
         self.text_embedder = PixArtAlphaTextProjection(config.text_dim, dim, act_fn="gelu_tanh",
                                                        **kw)
         self.image_embedder = (None if config.image_dim is None else WanImageEmbedding(

@@ -50,6 +50,7 @@ from svg2_jax.models.common.stack import scan_blocks, stacked_blocks
 from svg2_jax.models.wan.attention import WanCrossAttention, WanSelfAttention
 from svg2_jax.models.wan.config import WanConfig
 from svg2_jax.models.wan.embeddings import WanTimeTextImageEmbedding, rotary_embedding
+from svg2_jax.sharding.rules import EMBED
 
 
 class WanTransformerBlock(nnx.Module):
@@ -126,7 +127,8 @@ class WanTransformer3DModel(nnx.Module):
         self.dtype = dtype
 
         # Conv3d(kernel = stride = patch) == Linear over flattened patches
-        self.patch_embedding = linear(config.in_channels * config.patch_volume, dim, **kw)
+        self.patch_embedding = linear(config.in_channels * config.patch_volume, dim,
+                                      names=(None, EMBED), **kw)
         self.condition_embedder = WanTimeTextImageEmbedding(config, **kw)
 
         self.blocks = stacked_blocks(  # every parameter: [num_layers, ...]
@@ -135,7 +137,8 @@ class WanTransformer3DModel(nnx.Module):
                 dtype=dtype, param_dtype=param_dtype, rngs=r), rngs)
 
         self.norm_out = FP32LayerNorm(dim, config.eps, elementwise_affine=False)
-        self.proj_out = linear(dim, config.out_channels * config.patch_volume, **kw)
+        self.proj_out = linear(dim, config.out_channels * config.patch_volume,
+                               names=(EMBED, None), **kw)
         self.scale_shift_table = nnx.Param(
             jax.random.normal(rngs.params(), (1, 2, dim), jnp.float32) / dim ** 0.5)
 
