@@ -438,9 +438,11 @@ def test_svg2_spanning_tiles_error_at_most_the_clusters_tiles():
     dense = np.asarray(jax.nn.dot_product_attention(q, k, v))
     errs = {}
     for mode in ("clusters", "spanning"):
-        cfg = SVG2Config(num_q_clusters=12, num_k_clusters=30, top_p=0.5, min_kc_ratio=0.0,
-                         kmeans_iters_cold=5, backend="pallas_reference",
-                         kernel=SparseTuningConfig(block_kv=64, box_rows=8, query_tiles=mode))
+        cfg = SVG2Config.reference(num_q_clusters=12, num_k_clusters=30, top_p=0.5,
+                                   min_kc_ratio=0.0, kmeans_iters_cold=5,
+                                   backend="pallas_reference",
+                                   kernel=SparseTuningConfig(block_kv=64, box_rows=8,
+                                                             query_tiles=mode))
         out = np.asarray(svg2_attention(q, k, v, None, cfg)[0])
         errs[mode] = np.linalg.norm(out - dense) / np.linalg.norm(dense)
         # the "jax" backend on the same pairs, as used_blocks states them
@@ -667,7 +669,7 @@ def test_svg2_attention_pallas_spanning_matches_twin():
     for backend in ("pallas", "pallas_reference"):
         outs[backend] = backend_outputs(
             9, (2, 1500, 3, 128), jnp.bfloat16, (backend,), num_q_clusters=12,
-            num_k_clusters=40, top_p=0.8, kmeans_iters_cold=5,
+            num_k_clusters=40, selection="svg2", top_p=0.8, kmeans_iters_cold=5,
             kernel=SparseTuningConfig(query_tiles="spanning"))[0][backend]
     a, b = outs["pallas"], outs["pallas_reference"]
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
@@ -701,8 +703,8 @@ def test_kernel_matches_twin_edge_cases(case):
 @gpu
 def test_svg2_attention_pallas_backend_matches_jax_backend():
     outs, _ = backend_outputs(9, (2, 1500, 3, 128), jnp.bfloat16, ("pallas", "jax"),
-                              num_q_clusters=12, num_k_clusters=40, top_p=0.8,
-                              kmeans_iters_cold=5)
+                              num_q_clusters=12, num_k_clusters=40, selection="svg2",
+                              top_p=0.8, kmeans_iters_cold=5)
     a, b = outs["pallas"], outs["jax"]
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
 
