@@ -19,8 +19,12 @@ BACKENDS = ("auto",) + tuple(SPARSE_BACKENDS)
 KMEANS_IMPLS = ("auto",) + IMPLS
 SELECTIONS = tuple(SELECTION_RULES)
 ERROR_POOLS = ("head", "layer")
-# The paper's exact SVG2 (svg-project/Sparse-VideoGen): `SVG2Config.reference()`.
+# The paper's exact SVG2 (svg-project/Sparse-VideoGen): `SVG2Config.reference()`, and
+# SVG2Config's defaults.
 REFERENCE_RULE = dict(selection="svg2", compensation=False)
+# Issue #13's error-aware selection with compensation: `SVG2Config.error_aware()`.
+ERROR_AWARE_RULE = dict(selection="error", error_tolerance=0.02, compensation=True,
+                        compensate_own_key=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +34,16 @@ class SVG2Config:
     The clustering defaults are the reference's (svg-project/Sparse-VideoGen) Wan 720p
     settings: QC=300 query clusters, KC=1000 key clusters, 50 k-means iterations on a
     cold start and 2 when warm started from the previous call's centroids. The block
-    selection and compensation defaults are the measured best of issue #13
-    (docs/quality.md): error-aware selection at error_tolerance 0.02 with the left-out
-    key clusters compensated. `SVG2Config.reference()` is the paper's exact rule
-    (selection "svg2", top_p 0.9 with at least 10% of the key clusters, no compensation).
+    selection defaults are the paper's rule (`REFERENCE_RULE`, also spelled
+    `SVG2Config.reference()`): selection "svg2", top_p 0.9 with at least 10% of the key
+    clusters, no compensation. `SVG2Config.error_aware()` is issue #13's method
+    (error-aware selection at error_tolerance 0.02, left-out key clusters compensated):
+    the better rule at equal density on quality (docs/quality.md), but as implemented
+    (plain XLA passes over [heads, S, KC] fp32 arrays) its extra work costs more GPU time
+    than it saves in the sparse kernel: on an H200 at 720p it adds ~80 ms to a 208 ms dense
+    attention call (docs/performance.md, docs/bench/overhead_compensation_720p.json), so
+    the reference rule stays the default until a fused kernel brings that cost near its
+    FLOP estimate (~2% of dense).
 
     Attributes:
       num_q_clusters: QC, k-means clusters over the queries of each (batch, head).
@@ -87,10 +97,10 @@ class SVG2Config:
 
     num_q_clusters: int = 300
     num_k_clusters: int = 1000
-    selection: SelectionRule = "error"
+    selection: SelectionRule = "svg2"
     error_tolerance: float = 0.02
     error_pool: ErrorPool = "head"
-    compensation: bool = True
+    compensation: bool = False
     compensate_own_key: bool = True
     top_p: float = 0.9
     min_kc_ratio: float = 0.10
@@ -148,8 +158,28 @@ class SVG2Config:
         """The paper's exact SVG2 (svg-project/Sparse-VideoGen): selection "svg2" (centroid
         top-p per query cluster with the min_kc_ratio floor), no compensation; other
         fields as given (defaults: the reference's Wan 720p settings). Its outputs are
-        those of the library before issue #13, bit for bit."""
+        those of the library before issue #13, bit for bit. Equal to `SVG2Config()` today;
+        spelled out so that a caller asking for the paper's rule keeps it whatever the
+        defaults become."""
         return cls(**{**REFERENCE_RULE, **changes})
+
+    @classmethod
+    def error_aware(cls, **changes) -> SVG2Config:
+        """Issue #13's method: error-aware selection (`selection.select_by_error`, per head,
+        error_tolerance 0.02) with the left-out key clusters compensated, each query's own
+        key taken exactly; other fields as given.
+
+        At equal density it is the better rule on quality: it reaches the reference
+        rule's output error at <= 0.4x its density (docs/quality.md, target 1). Its
+        extra passes (key cluster statistics, the error estimate, the compensation and
+        its lse merge) run as plain XLA over [heads, S, KC] fp32 arrays; measured on one
+        H200 (docs/performance.md; docs/bench/overhead_compensation_720p.json, _480p.json)
+        they add 79.8 ms (38% of the 208.1 ms dense attention) at 720p and 15.3 ms (129%
+        of dense) at 480p, more than the sparse kernel saves at the lower density. It is
+        the choice where that work is cheap relative to attention (CPU, the "jax"
+        backend's exact path, quality studies), and on GPUs once a fused kernel brings its
+        cost near the FLOP estimate (~2% of dense at 720p, issue #18)."""
+        return cls(**{**ERROR_AWARE_RULE, **changes})
 
     @property
     def needs_key_stats(self) -> bool:

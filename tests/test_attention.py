@@ -73,11 +73,11 @@ def test_keep_everything_equals_dense_attention(backend):
     """Every block selected: nothing to compensate, with or without compensation."""
     rng = np.random.default_rng(4)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 200, 3, 16)).astype(np.float32)) for _ in range(3))
-    for rule in (dict(selection="svg2", top_p=1.0, min_kc_ratio=1.0),
+    for rule in (dict(selection="svg2", top_p=1.0, min_kc_ratio=1.0, compensation=True),
                  dict(selection="svg2", top_p=1.0, min_kc_ratio=0.0, compensation=False),
-                 dict(selection="svg2", top_p=0.5, min_kc_ratio=1.0),
-                 dict(selection="error", error_tolerance=0.0),
-                 dict(selection="error", target_density=1.0)):
+                 dict(selection="svg2", top_p=0.5, min_kc_ratio=1.0, compensation=True),
+                 dict(selection="error", error_tolerance=0.0, compensation=True),
+                 dict(selection="error", target_density=1.0, compensation=True)):
         cfg = SVG2Config(num_q_clusters=8, num_k_clusters=20, kmeans_iters_cold=5,
                          backend=backend, q_tile=64, **rule)
         out, _, stats = svg2_attention(q, k, v, None, cfg, jax.random.PRNGKey(1))

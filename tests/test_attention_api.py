@@ -47,9 +47,9 @@ def test_scale_keep_everything_equals_dense_attention_with_that_scale():
     np.testing.assert_allclose(np.asarray(stats.density), 1.0)
 
 
-# the reference rule; the default error-aware rule with compensation
+# the reference rule; the error-aware rule with compensation (SVG2Config.error_aware())
 RULES = {"svg2": dict(selection="svg2", compensation=False, top_p=0.7, min_kc_ratio=0.0),
-         "error": dict(selection="error", error_tolerance=0.05)}
+         "error": dict(selection="error", error_tolerance=0.05, compensation=True)}
 
 
 @pytest.mark.parametrize("rule", RULES)

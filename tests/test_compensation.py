@@ -205,12 +205,12 @@ def test_error_selection_pooled_over_heads_matches_numpy(kwargs):
     # through the config: svg2_attention pools the heads of each batch element
     qkv = [rearrange(x, "(b h) s d -> b s h d", b=1) for x in (q, k, v)]
     base = dict(num_q_clusters=QC, num_k_clusters=KC, kmeans_iters_cold=3, **kwargs)
-    _, _, a = svg2_attention(*qkv, None, SVG2Config(error_pool="layer", **base))
-    _, _, b = svg2_attention(*qkv, None, SVG2Config(**base))
+    _, _, a = svg2_attention(*qkv, None, SVG2Config.error_aware(error_pool="layer", **base))
+    _, _, b = svg2_attention(*qkv, None, SVG2Config.error_aware(**base))
     assert not np.allclose(np.asarray(a.density), np.asarray(b.density))
     # a call holding some of a layer's heads (head-parallel attention) cannot pool them
     with pytest.raises(ValueError, match="error_pool='head'"):
-        svg2_attention(*qkv, None, SVG2Config(error_pool="layer", **base),
+        svg2_attention(*qkv, None, SVG2Config.error_aware(error_pool="layer", **base),
                        head_group=HeadGroup(jnp.arange(N), total=2 * N))
 
 
@@ -219,13 +219,15 @@ def test_every_backend_agrees_with_masked_dense_plus_compensation():
     qkv = [rearrange(x, "(b h) s d -> b s h d", b=1) for x in (q, k, v)]
     base = dict(num_q_clusters=QC, num_k_clusters=KC, kmeans_iters_cold=4, q_tile=64,
                 kernel=SparseTuningConfig(block_kv=64, box_rows=8))
-    want, _, want_st = svg2_attention(*qkv, None, SVG2Config(backend="masked_dense", **base))
+    want, _, want_st = svg2_attention(*qkv, None,
+                                      SVG2Config.error_aware(backend="masked_dense", **base))
     assert (np.asarray(want_st.density) < 1).all()
     assert (np.asarray(want_st.compensated_mass) > 0).all()
     for backend in SPARSE_BACKENDS:
         if backend in ("pallas", "masked_dense"):
             continue
-        got, _, st = svg2_attention(*qkv, None, SVG2Config(backend=backend, **base))
+        got, _, st = svg2_attention(*qkv, None,
+                                    SVG2Config.error_aware(backend=backend, **base))
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5,
                                    err_msg=backend)
         np.testing.assert_allclose(np.asarray(st.density), np.asarray(want_st.density))
@@ -237,8 +239,9 @@ def test_spanning_query_tiles_compensate_only_what_their_tiles_left_out():
     (numpy over the pairs the tiles use), never for a pair computed exactly."""
     q, k, v, *_ = problem(10)
     tuning = SparseTuningConfig(query_tiles="spanning", block_kv=64, box_rows=8)
-    cfg = SVG2Config(num_q_clusters=QC, num_k_clusters=KC, kmeans_iters_cold=4, q_tile=64,
-                     target_density=0.3, backend="pallas_reference", kernel=tuning)
+    cfg = SVG2Config.error_aware(num_q_clusters=QC, num_k_clusters=KC, kmeans_iters_cold=4,
+                                 q_tile=64, target_density=0.3, backend="pallas_reference",
+                                 kernel=tuning)
     core = jax.jit(svg2_core, static_argnums=(4, 6))(q, k, v, None, cfg,
                                                      jax.random.PRNGKey(3), SCALE)
     groups, used = (np.asarray(x) for x in used_blocks(core.clustering, core.selection,
@@ -263,12 +266,14 @@ def _compensated_backends_agree(backends, rule, seed=11, shape=(1, 512, 2, 128))
     rng = np.random.default_rng(seed)
     q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.bfloat16) for _ in range(3))
     base = dict(num_q_clusters=8, num_k_clusters=32, kmeans_iters_cold=5, **rule)
-    want, _, want_st = svg2_attention(q, k, v, None, SVG2Config(backend="masked_dense", **base))
+    want, _, want_st = svg2_attention(q, k, v, None,
+                                      SVG2Config.error_aware(backend="masked_dense", **base))
     assert (np.asarray(want_st.density) < 0.9).all()
     assert (np.asarray(want_st.compensated_mass) > 0.05).all()
     ref = np.asarray(want, np.float32)
     for backend in backends:
-        got, _, st = svg2_attention(q, k, v, None, SVG2Config(backend=backend, **base))
+        got, _, st = svg2_attention(q, k, v, None,
+                                    SVG2Config.error_aware(backend=backend, **base))
         got = np.asarray(got, np.float32)
         assert np.isfinite(got).all(), backend
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-2, backend
@@ -277,7 +282,7 @@ def _compensated_backends_agree(backends, rule, seed=11, shape=(1, 512, 2, 128))
                                    np.asarray(want_st.compensated_mass), atol=2e-3)
 
 
-# the default rule at a density budget, and the reference's top-p with compensation
+# the error-aware rule at a density budget, and the reference's top-p with compensation
 COMPENSATED_RULES = [dict(target_density=0.2), dict(selection="svg2", top_p=0.7)]
 
 
@@ -301,8 +306,8 @@ def test_bf16_inputs_stay_finite():
     close to the float32 call on the same clusters."""
     q, k, v, *_ = problem(7)
     qkv = [rearrange(x, "(b h) s d -> b s h d", b=1) for x in (3 * q, 3 * k, v)]
-    cfg = SVG2Config(num_q_clusters=QC, num_k_clusters=KC, kmeans_iters_cold=4,
-                     error_tolerance=0.05)
+    cfg = SVG2Config.error_aware(num_q_clusters=QC, num_k_clusters=KC, kmeans_iters_cold=4,
+                                 error_tolerance=0.05)
     out32, cache, st32 = svg2_attention(*qkv, None, cfg)
     bf = [x.astype(jnp.bfloat16) for x in qkv]
     out16, _, st16 = svg2_attention(*bf, cache, cfg)   # warm, from the float32 centroids
@@ -320,6 +325,19 @@ def test_bf16_inputs_stay_finite():
                          jnp.zeros((N, S), jnp.int32), jnp.zeros((N, QC, KC), bool), st, SCALE,
                          jnp.zeros((N, S, D), jnp.bfloat16), jnp.full((N, S), -jnp.inf))
     assert np.isfinite(np.asarray(o, np.float32)).all() and np.isfinite(np.asarray(l)).all()
+
+
+def test_presets_and_the_default():
+    """The default is the paper's rule; error_aware() is issue #13's method; changes given
+    to a preset win over it."""
+    assert SVG2Config() == SVG2Config.reference()
+    assert (SVG2Config().selection, SVG2Config().compensation) == ("svg2", False)
+    cfg = SVG2Config.error_aware()
+    assert (cfg.selection, cfg.error_tolerance, cfg.compensation,
+            cfg.compensate_own_key) == ("error", 0.02, True, True)
+    assert cfg == SVG2Config(selection="error", error_tolerance=0.02, compensation=True)
+    assert not SVG2Config.error_aware(compensation=False, error_tolerance=0.1).compensation
+    assert SVG2Config.reference(compensation=True).compensation
 
 
 def test_reference_preset_is_todays_svg2_bit_for_bit():

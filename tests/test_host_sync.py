@@ -16,14 +16,14 @@ from svg2_jax.joint_attention import svg2_joint_attention
 from svg2_jax.layer_attention import DenseAttention, SVG2Attention
 from svg2_jax.sampling import FlowUniPC, SamplerConfig, make_sampler
 
-# the default rule (error-aware selection, compensation: key statistics, error estimate,
+# the error-aware rule (SVG2Config.error_aware(): key statistics, error estimate,
 # compensation pass) and the reference rule
-CFG = SVG2Config(num_q_clusters=6, num_k_clusters=12, error_tolerance=0.05,
-                 kmeans_iters_cold=5, backend="jax")
+CFG = SVG2Config.error_aware(num_q_clusters=6, num_k_clusters=12, error_tolerance=0.05,
+                             kmeans_iters_cold=5, backend="jax")
 REFERENCE = SVG2Config.reference(num_q_clusters=6, num_k_clusters=12, top_p=0.6,
                                  kmeans_iters_cold=5, backend="jax")
-LAYER_POOL = SVG2Config(num_q_clusters=6, num_k_clusters=12, target_density=0.3,
-                        error_pool="layer", backend="jax")
+LAYER_POOL = SVG2Config.error_aware(num_q_clusters=6, num_k_clusters=12, target_density=0.3,
+                                    error_pool="layer", backend="jax")
 
 
 def run_guarded(fn, *args):

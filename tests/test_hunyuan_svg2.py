@@ -70,10 +70,11 @@ def _rel(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-@pytest.mark.parametrize("rule", [dict(selection="svg2", top_p=1.0),
-                                  dict(selection="error", error_tolerance=0.0)])
+@pytest.mark.parametrize("rule", [dict(selection="svg2", top_p=1.0, compensation=True),
+                                  dict(selection="error", error_tolerance=0.0,
+                                       compensation=True)])
 def test_top_p_one_equals_dense_including_text_cold_and_warm(setup, rule):
-    """Every block selected (the reference rule at top_p 1, the default error-aware rule at
+    """Every block selected (the reference rule at top_p 1, the error-aware rule at
     tolerance 0), compensation on: nothing to compensate, exactly dense."""
     model, args, dense = setup
     attention = SVG2Attention(SVG2Config(**rule, **SMALL), dense_layers=())
@@ -93,11 +94,12 @@ def test_top_p_one_equals_dense_including_text_cold_and_warm(setup, rule):
 
 
 def test_sparse_joint_layers_cold_then_warm_from_their_own_state(setup):
-    """The default rule (error-aware selection, compensation) through both scans: each
+    """The error-aware rule with compensation through both scans: each
     layer's output, density and cache are `svg2_joint_attention` on its own tokens, cold
     from fold_in(PRNGKey(0), layer), then warm from the centroids that layer carried."""
     model, args, _ = setup
-    svg2 = SVG2Attention(SVG2Config(error_tolerance=0.05, **SMALL), dense_layers=())
+    svg2 = SVG2Attention(SVG2Config.error_aware(error_tolerance=0.05, **SMALL),
+                         dense_layers=())
     attention = Recording(svg2, seq=SV + TEXT_LEN)
     step, params = _with(model, attention)
     lengths = jnp.asarray(TEXT_LENGTHS[:B], jnp.int32)

@@ -56,8 +56,9 @@ def test_dense_joint_attention_masks_padded_text_keys():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rule", [dict(selection="svg2", top_p=1.0),
-                                  dict(selection="error", error_tolerance=0.0)])
+@pytest.mark.parametrize("rule", [dict(selection="svg2", top_p=1.0, compensation=True),
+                                  dict(selection="error", error_tolerance=0.0,
+                                       compensation=True)])
 def test_keep_everything_equals_dense_masked_attention(rule):
     q, k, v = qkv(1)
     cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, kmeans_iters_cold=3, q_tile=64, **rule)
@@ -107,8 +108,8 @@ def test_compensation_is_of_video_keys_only_and_text_stays_exact():
     compensated video part (own video key exact) merged with every real text key; text
     queries attend exactly to everything real."""
     q, k, v = qkv(5)
-    cfg = SVG2Config(num_q_clusters=5, num_k_clusters=9, kmeans_iters_cold=3,
-                     target_density=0.4)
+    cfg = SVG2Config.error_aware(num_q_clusters=5, num_k_clusters=9, kmeans_iters_cold=3,
+                                 target_density=0.4)
     out, _, stats = svg2_joint_attention(q, k, v, LENGTHS, None, cfg, jax.random.PRNGKey(6),
                                          num_text=T)
     qn, kn, rq, rk = documented_cold_clusters(q, k, jax.random.PRNGKey(6), cfg)

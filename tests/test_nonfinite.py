@@ -19,9 +19,9 @@ B, S, H, D = 2, 160, 3, 16
 # top_p=1 keeps every block: the finite rows must then equal dense attention exactly
 CFG = SVG2Config(num_q_clusters=4, num_k_clusters=8, selection="svg2", top_p=1.0,
                  kmeans_iters_cold=3, q_tile=64)
-# the default rule at a density budget: the compensation stands in for most blocks
-COMPENSATED = SVG2Config(num_q_clusters=4, num_k_clusters=8, target_density=0.3,
-                         kmeans_iters_cold=3, q_tile=64)
+# the error-aware rule at a density budget: the compensation stands in for most blocks
+COMPENSATED = SVG2Config.error_aware(num_q_clusters=4, num_k_clusters=8, target_density=0.3,
+                                     kmeans_iters_cold=3, q_tile=64)
 BACKENDS = ["jax", "masked_dense", "pallas_reference"]
 
 

@@ -40,12 +40,12 @@ def toy_model(attention, seed=0):
     return model_fn
 
 
-# the reference rule with compensation (random q, k are sparse under top-p), and the default
+# the reference rule with compensation (random q, k are sparse under top-p), and the
 # error-aware rule at a tolerance that leaves blocks of random q, k to the compensation
 CFG = SVG2Config(num_q_clusters=4, num_k_clusters=8, selection="svg2", top_p=0.6,
-                 kmeans_iters_cold=4)
-CFG_ERROR = SVG2Config(num_q_clusters=4, num_k_clusters=8, error_tolerance=0.3,
-                       kmeans_iters_cold=4)
+                 compensation=True, kmeans_iters_cold=4)
+CFG_ERROR = SVG2Config.error_aware(num_q_clusters=4, num_k_clusters=8, error_tolerance=0.3,
+                                   kmeans_iters_cold=4)
 
 
 def inputs(seed=0):

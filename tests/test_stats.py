@@ -61,7 +61,7 @@ def numpy_stats(ref):
     return out
 
 
-# the reference rule; the same with compensation; the default error-aware rule
+# the reference rule; the same with compensation; the error-aware rule (its preset)
 RULES = [dict(selection="svg2", compensation=False, top_p=0.6, min_kc_ratio=0.2),
          dict(selection="svg2", compensation=True, top_p=0.9, min_kc_ratio=0.0),
          dict(selection="error", compensation=True, error_tolerance=0.05, min_kc_ratio=0.0)]

@@ -81,7 +81,8 @@ class Recording:
 
 def test_sparse_layers_cluster_their_own_tokens_and_warm_start_from_their_state(setup):
     model, args, _ = setup
-    svg2 = SVG2Attention(SVG2Config(error_tolerance=0.05, **SMALL), dense_layers=(0,))
+    svg2 = SVG2Attention(SVG2Config.error_aware(error_tolerance=0.05, **SMALL),
+                         dense_layers=(0,))
     attention = Recording(svg2, seq=45)
     step, params = _with(model, attention)
     state0 = attention.init_state(CFG.num_layers, 2, CFG.num_attention_heads,
@@ -119,7 +120,8 @@ def test_sparse_layers_cluster_their_own_tokens_and_warm_start_from_their_state(
 
 def test_fresh_state_is_made_when_none_is_given(setup):
     model, args, _ = setup
-    attention = SVG2Attention(SVG2Config(error_tolerance=0.05, **SMALL), dense_layers=(0,))
+    attention = SVG2Attention(SVG2Config.error_aware(error_tolerance=0.05, **SMALL),
+                              dense_layers=(0,))
     step, params = _with(model, attention)
     out_none, state, _ = step(params, *args, None)
     out_init, _, _ = step(params, *args, attention.init_state(3, 2, 2, 12))
