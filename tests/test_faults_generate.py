@@ -77,19 +77,26 @@ def test_unwritable_output_directory(tmp_path, no_model_work):
      r"--qc applies to --attention svg2 only\n  --dense-layers applies"),
     (["--top-p", "0.5", "--target-density", "0.3"], r"--top-p and --target-density exclude"),
     (["--error-tolerance", "-1"], r"--error-tolerance must be a finite number >= 0, got -1"),
-    (["--error-tolerance", "0.1", "--target-density", "0.2"],
-     r"--error-tolerance and --target-density exclude each other"),
-    (["--top-p", "0.8"], r"^svg2-generate: --top-p applies to --selection svg2 only; this run "
-                         r"has --selection error$"),
+    (["--selection", "error", "--error-tolerance", "0.1", "--target-density", "0.2"],
+     r"^svg2-generate: --error-tolerance and --target-density exclude each other"),
+    (["--selection", "error", "--top-p", "0.8"],
+     r"^svg2-generate: --top-p applies to --selection svg2 only; this run has --selection "
+     r"error$"),
+    (["--error-tolerance", "0.1"], r"^svg2-generate: --error-tolerance applies to --selection "
+                                   r"error only; this run has --selection svg2$"),
     (["--selection", "svg2", "--error-tolerance", "0.1", "--error-pool", "layer"],
      r"--error-tolerance applies to --selection error only; this run has --selection svg2\n"
      r"  --error-pool applies"),
     (["--reference-svg2", "--selection", "error"],
-     r"--reference-svg2 is --selection svg2 --no-compensation; it takes no --selection error"),
+     r"--reference-svg2 is --selection svg2 without compensation; it takes no --selection "
+     r"error"),
+    (["--reference-svg2", "--compensation"],
+     r"--reference-svg2 is --selection svg2 without compensation; it takes no --compensation"),
     (["--reference-svg2", "--error-tolerance", "0.1"],
      r"--error-tolerance applies to --selection error only; this run has --reference-svg2"),
     (["--attention", "dense", "--selection", "svg2", "--no-compensation"],
      r"--selection applies to --attention svg2 only\n  --no-compensation applies"),
+    (["--attention", "dense", "--compensation"], r"--compensation applies to --attention svg2"),
     (["--negative-prompt", "blurry"], r"--negative-prompt needs --prompt"),
     (["--guidance", "1", "--separate-cfg-cache"], r"--separate-cfg-cache is unused: --guidance 1"),
     (["--dense-fraction", "0", "--kmeans-during-warmup"], r"--kmeans-during-warmup needs a dense"),

@@ -176,16 +176,29 @@ def test_flags_override_only_what_they_name():
 
 
 def test_selection_and_compensation_flags():
+    # the default is the paper's rule; --reference-svg2 says so explicitly
+    assert _resolve("--checkpoint", "c").svg2 == SVG2Config.reference(num_q_clusters=200)
     ref = _resolve("--checkpoint", "c", "--reference-svg2")
     assert ref.svg2 == SVG2Config.reference(num_q_clusters=200)
     ref = _resolve("--checkpoint", "c", "--reference-svg2", "--top-p", "0.8")
     assert ref.svg2 == SVG2Config.reference(num_q_clusters=200, top_p=0.8)
-    run = _resolve("--checkpoint", "c", "--error-tolerance", "0.05", "--no-compensation")
-    assert run.svg2 == dataclasses.replace(SVG2Config(), num_q_clusters=200,
-                                           error_tolerance=0.05, compensation=False)
-    run = _resolve("--checkpoint", "c", "--target-density", "0.1", "--error-pool", "layer")
-    assert (run.svg2.selection, run.svg2.target_density, run.svg2.error_pool) == (
-        "error", 0.1, "layer")
+    # --selection error is the error-aware preset, compensated unless --no-compensation
+    run = _resolve("--checkpoint", "c", "--selection", "error")
+    assert run.svg2 == SVG2Config.error_aware(num_q_clusters=200)
+    run = _resolve("--checkpoint", "c", "--selection", "error", "--error-tolerance", "0.05",
+                   "--no-compensation")
+    assert run.svg2 == SVG2Config.error_aware(num_q_clusters=200, error_tolerance=0.05,
+                                              compensation=False)
+    run = _resolve("--checkpoint", "c", "--selection", "error", "--target-density", "0.1",
+                   "--error-pool", "layer")
+    assert (run.svg2.selection, run.svg2.compensation, run.svg2.target_density,
+            run.svg2.error_pool) == ("error", True, 0.1, "layer")
+    # --compensation: the reference's selection with the left-out clusters compensated
+    for argv in (("--compensation",), ("--selection", "svg2", "--compensation")):
+        run = _resolve("--checkpoint", "c", *argv)
+        assert run.svg2 == SVG2Config.reference(num_q_clusters=200, compensation=True)
+    with pytest.raises(SystemExit):
+        generate.parse_args(["--compensation", "--no-compensation"])
     # flags of the other rule, or against --reference-svg2: tests/test_faults_generate.py
 
 

@@ -28,10 +28,12 @@ SVG2_ONLY = ("qc", "kc", "selection", "error_tolerance", "error_pool", "compensa
 RULE_ONLY = {"error": ("error_tolerance", "error_pool"), "svg2": ("top_p", "min_kc_ratio")}
 
 
-def flag(dest: str) -> str:
-    """The command-line spelling of an argparse dest ("top_p" -> "--top-p")."""
-    return "--" + {"share_cfg_cache": "separate_cfg_cache",
-                   "compensation": "no_compensation"}.get(dest, dest).replace("_", "-")
+def flag(dest: str, args=None) -> str:
+    """The command-line spelling of an argparse dest ("top_p" -> "--top-p"); with args, of
+    the flag given for it (--compensation and --no-compensation share one dest)."""
+    if dest == "compensation":
+        return "--compensation" if getattr(args, dest, None) else "--no-compensation"
+    return "--" + {"share_cfg_cache": "separate_cfg_cache"}.get(dest, dest).replace("_", "-")
 
 
 def given(args, dest: str) -> bool:
@@ -96,7 +98,7 @@ def check_applicable(args, family: str, cfg_pass: bool) -> list[str]:
     whether the run has an unconditional pass (Wan with guidance != 1)."""
     problems = []
     if args.attention == "dense":
-        problems += [f"{flag(d)} applies to --attention svg2 only" for d in SVG2_ONLY
+        problems += [f"{flag(d, args)} applies to --attention svg2 only" for d in SVG2_ONLY
                      if given(args, d)]
     else:
         problems += _selection_problems(args)
@@ -118,8 +120,12 @@ def _selection_problems(args) -> list[str]:
     if args.reference_svg2:
         rule = REFERENCE_RULE["selection"]
         if given(args, "selection") and args.selection != rule:
-            problems.append(f"--reference-svg2 is --selection {rule} --no-compensation; it "
-                            f"takes no --selection {args.selection}")
+            problems.append(f"--reference-svg2 is --selection {rule} without compensation; "
+                            f"it takes no --selection {args.selection}")
+        if args.compensation:
+            problems.append(f"--reference-svg2 is --selection {rule} without compensation; "
+                            "it takes no --compensation (--selection svg2 --compensation "
+                            "compensates the reference's selection)")
     else:
         rule = args.selection if given(args, "selection") else SVG2Config().selection
     for other, dests in RULE_ONLY.items():

@@ -91,7 +91,8 @@ from svg2_jax.cli.flags import (OutputPaths, check_applicable, check_devices, ch
 from svg2_jax.cli.outputs import write_atomically
 from svg2_jax.cli.text import PROG, fail
 from svg2_jax.cli.vae import load_vae, vae_config, vae_problems, wan_vae_problems
-from svg2_jax.config import BACKENDS, ERROR_POOLS, REFERENCE_RULE, SELECTIONS, SVG2Config
+from svg2_jax.config import (BACKENDS, ERROR_AWARE_RULE, ERROR_POOLS, REFERENCE_RULE,
+                             SELECTIONS, SVG2Config)
 from svg2_jax.layer_attention import SVG2Attention
 from svg2_jax.pipelines.wan_models import WanModelSpec, model_spec
 from svg2_jax.sampling import SamplerConfig
@@ -173,19 +174,27 @@ def parse_args(argv=None):
     g.add_argument("--kc", type=int, help="key clusters (default "
                    f"{d(lambda f: f.svg2.num_k_clusters)})")
     g.add_argument("--selection", choices=SELECTIONS,
-                   help=f"block selection rule (default {_SVG2.selection}: error-aware; svg2: "
-                   "the reference's centroid top-p)")
+                   help=f"block selection rule (default {_SVG2.selection}: the paper's "
+                   "centroid top-p; error: issue #13's error-aware rule with compensation, "
+                   "SVG2Config.error_aware(), better at equal density but slower on GPUs as "
+                   "implemented, docs/performance.md)")
     g.add_argument("--error-tolerance", type=float, help="error-aware rule: estimated "
-                   f"relative error left to the compensation (default {_SVG2.error_tolerance})")
-    g.add_argument("--no-compensation", dest="compensation", action="store_const",
-                   const=False, help="drop the left-out key clusters instead of compensating "
-                   "them (default: compensated)")
+                   f"relative error left to the compensation (default "
+                   f"{ERROR_AWARE_RULE['error_tolerance']})")
+    comp = g.add_mutually_exclusive_group()
+    comp.add_argument("--compensation", dest="compensation", action="store_const",
+                      const=True, help="compensate the left-out key clusters (through their "
+                      "mean values) with the svg2 rule too (default: with --selection error "
+                      "only)")
+    comp.add_argument("--no-compensation", dest="compensation", action="store_const",
+                      const=False, help="--selection error: drop the left-out key clusters "
+                      "instead of compensating them")
     g.add_argument("--error-pool", choices=ERROR_POOLS,
                    help=f"error-aware rule: the blocks compete for the tolerance per head or "
                    f"across the heads of a layer (default {_SVG2.error_pool})")
     g.add_argument("--reference-svg2", action="store_const", const=True,
-                   help="the paper's exact SVG2: --selection svg2 --no-compensation "
-                   "(SVG2Config.reference())")
+                   help="the paper's exact SVG2, --selection svg2 without compensation "
+                   "(SVG2Config.reference(); also the default, this makes it explicit)")
     g.add_argument("--top-p", type=float, help=f"default {_SVG2.top_p} (svg2 rule)")
     g.add_argument("--min-kc-ratio", type=float,
                    help=f"default {_SVG2.min_kc_ratio} (svg2 rule)")
@@ -283,9 +292,13 @@ def resolve(args) -> Settings:
             raise ValueError(f"--image {args.image}: {e}") from None
     svg2 = None
     if args.attention == "svg2":
-        # flags that contradict --reference-svg2 are `check_applicable`'s to report
+        # flags that contradict --reference-svg2 are `check_applicable`'s to report;
+        # --selection error takes the whole preset (compensation on unless
+        # --no-compensation), as SVG2Config.error_aware() does
+        rule = (REFERENCE_RULE if args.reference_svg2 else
+                ERROR_AWARE_RULE if args.selection == "error" else {})
         svg2 = dataclasses.replace(fam.svg2_for(height, width), **{
-            **(REFERENCE_RULE if args.reference_svg2 else {}),
+            **rule,
             **_given(num_q_clusters=args.qc, num_k_clusters=args.kc, top_p=args.top_p,
                      min_kc_ratio=args.min_kc_ratio, target_density=args.target_density,
                      selection=args.selection, error_tolerance=args.error_tolerance,
