@@ -31,10 +31,11 @@ shape is done; `--json PATH` puts every shape in PATH instead.
 The pure-JAX backend's whole call (exact, O(S^2) work: ~1.5 s per call at 720p) is timed
 as a reference row unless `--no-jax-reference`; the random inputs' top-p density is
 computed from the timed top-p selection either way.
-`--compensation` adds what the default rule (`SVG2Config()`: error-aware selection and
-compensation of the left-out key clusters, issue #13) does beyond the reference, from
+`--compensation` adds what the error-aware rule (`SVG2Config.error_aware()`: error-aware
+selection and compensation of the left-out key clusters, issue #13) does beyond the
+reference rule (`SVG2Config()`), from
 the same warm clusters (`compensation_rows`): the key cluster statistics, the
-error-aware selection at the default tolerance and at the fixed density, the
+error-aware selection at the preset's tolerance and at the fixed density, the
 compensation pass merged into a sparse (out, lse) taken as an input, all of them in one
 jit, and, on a Hopper GPU, the whole warm call with the pallas backend under the
 error-aware rule with compensation at the fixed density (beside the reference rule's
@@ -52,6 +53,7 @@ Usage (GPU machine):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 
@@ -118,7 +120,7 @@ def around_kernel(q, k, v, cache: SVG2Cache, out_slots, lse_slots, *, impl, tuni
 
 def compensation_extra(qn, kn, vn, rq, rk, out, lse, *, tolerance=None, density=None,
                        q_tile=SVG2Config().q_tile):
-    """What the default rule adds beyond the reference's selection, on the warm clusters
+    """What the error-aware rule adds beyond the reference's selection, on the warm clusters
     rq, rk of qn, kn, vn [N, S, D]: the key cluster statistics, the error-aware selection
     (at `tolerance`, or the fixed `density`) and the compensation merged into the sparse
     part (out [N, S, D], lse [N, S], inputs here) -> every array it builds."""
@@ -136,7 +138,8 @@ def compensation_rows(timed, name, q, k, v, rq, rk, cache, *, impl, figures):
     q, k, v [1, S, H, D] (cache: their centroids); figures get the error-aware rule's
     densities on these inputs."""
     qn, kn, vn = (rearrange(x, "b s h d -> (b h) s d") for x in (q, k, v))
-    cfg = SVG2Config(num_q_clusters=rq.sizes.shape[-1], num_k_clusters=rk.sizes.shape[-1])
+    cfg = SVG2Config.error_aware(num_q_clusters=rq.sizes.shape[-1],
+                                 num_k_clusters=rk.sizes.shape[-1])
     scale = qn.shape[-1] ** -0.5
     ko, kl = jax.random.split(jax.random.PRNGKey(4))
     out = jax.random.normal(ko, qn.shape, qn.dtype)       # the sparse part's stand-ins
@@ -171,8 +174,8 @@ def compensation_rows(timed, name, q, k, v, rq, rk, cache, *, impl, figures):
           f"density at tolerance {cfg.error_tolerance}: "
           f"{figures['random_input_density_error_aware_tolerance']:.3f}", flush=True)
     if is_hopper():
-        cfg_e = SVG2Config(num_q_clusters=cfg.num_q_clusters, num_k_clusters=cfg.num_k_clusters,
-                           backend="pallas", kmeans_impl=impl, target_density=DENSITY)
+        cfg_e = dataclasses.replace(cfg, backend="pallas", kmeans_impl=impl,
+                                    target_density=DENSITY)
         timed(f"svg2_attention warm call, backend=pallas, error-aware + compensation, "
               f"density {DENSITY} [{impl}]",
               lambda q, k, v, c: svg2_attention(q, k, v, c, cfg_e), q, k, v, cache)
@@ -380,7 +383,7 @@ def main(argv=None):
                    help="skip the pure-JAX backend's whole call (O(S^2): ~1.5 s per call "
                         "at 720p), a reference, not the fast path")
     p.add_argument("--compensation", action="store_true",
-                   help="also time what the default rule adds (error-aware selection, "
+                   help="also time what the error-aware rule adds (error-aware selection, "
                         "compensation; `compensation_rows`)")
     add_run_args(p, None, reps=10,
                  tiny=f"CPU smoke run on {TINY_SHAPES} with XLA k-means")

@@ -11,8 +11,8 @@ standing in for the rest:
    top_p with min_kc_ratio 0.10, plus one row with min_kc_ratio 0 at top_p 0.9; the
    same selections with the left-out key clusters compensated (`svg2_jax.compensation`),
    per query token (the library's) and per query cluster (cheaper, coarser).
-1b. The error-aware rule with compensation (the library's default, `SVG2Config()`), swept
-   over its error tolerance (the default's knob), with and without the own-key term,
+1b. The error-aware rule with compensation (`SVG2Config.error_aware()`), swept
+   over its error tolerance (the preset's knob), with and without the own-key term,
    and over a per-head density budget; and the oracle below with compensation over the
    same budgets. These rows have their own densities: compare along the density axis
    (the curves, and `scripts/quality/targets.py`'s interpolation at SVG2's density).

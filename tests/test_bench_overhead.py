@@ -89,7 +89,7 @@ def test_default_files_per_shape_no_jax_reference_and_compensation(tmp_path, mon
                                                                     stand_in_peer):
     """Without --json each shape goes to its own file, named by its resolution;
     --no-jax-reference drops the O(S^2) row but keeps the random inputs' density;
-    --compensation adds the default rule's extra work (the dry run of the GPU rows, but
+    --compensation adds the error-aware rule's extra work (the dry run of the GPU rows, but
     for the pallas backend's whole call, which needs a Hopper GPU)."""
     monkeypatch.setattr(bo, "default_path", lambda name: str(tmp_path / name))
     assert bo.json_name("75600x40") == "overhead_vs_dense_720p.json"

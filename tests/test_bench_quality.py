@@ -129,7 +129,7 @@ def test_compensation_rows(tiny):
 
 
 def test_targets_and_headline_on_hand_made_curves():
-    """The reading at the reference point, by hand: SVG2 at d0 0.1 / e0 0.1; the default's
+    """The reading at the reference point, by hand: SVG2 at d0 0.1 / e0 0.1; the error-aware method's
     curve through (0.01, error 0.2, recall 0.3) and (0.1, 0.02, 0.9), log-log in error,
     linear in log density for recall: it reaches e0 at density 10^-1.699 = 0.02, with
     recall 0.3 + 0.6 x log10(2) there."""
@@ -166,9 +166,9 @@ def test_targets_and_headline_on_hand_made_curves():
 def test_flop_count_at_wan_720p():
     dense, items, variants = flops.cost_items(**flops.WAN_720P)
     assert dense == 4 * 75600 ** 2 * 128 * 40
-    default = dict(variants)[next(n for n, _ in variants if n.startswith("default"))]
+    aware = dict(variants)[next(n for n, _ in variants if n.startswith("error-aware"))]
     logits = 2 * 75600 * 1000 * 128 * 40  # one [S, D] x [D, KC] matmul per head
-    assert 3 * logits < default < 3.2 * logits  # two logit passes and the value matmul
+    assert 3 * logits < aware < 3.2 * logits  # two logit passes and the value matmul
     assert "| dense attention" in flops.markdown()
 
 

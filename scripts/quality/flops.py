@@ -44,8 +44,8 @@ def cost_items(S, H, D, QC, KC, kmeans_iters=2):
     selection = (pass_logits + r["error estimate: softmax, e2, sums per query cluster"]
                  + r["estimated output norm and selection ranking"])
     variants = [
-        ("default (SVG2Config()): error-aware selection + compensation, logits computed in "
-         "both passes", compensation + selection),
+        ("error-aware (SVG2Config.error_aware()): error-aware selection + compensation, "
+         "logits computed in both passes", compensation + selection),
         ("reference selection + compensation (selection='svg2', compensation=True)",
          compensation),
         ("the reference's own k-means + selection, for scale",

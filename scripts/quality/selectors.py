@@ -122,7 +122,7 @@ class SelectFn(Protocol):
 
 
 # Compensation of the left-out key clusters in the masked pass (`metrics.masked_pass`):
-# none; per query token with its own key exact (the library's default); per query token
+# none; per query token with its own key exact (SVG2Config's); per query token
 # without the own-key term; per query cluster (every member uses the cluster's mean
 # query, no own key: the cheaper, coarser variant).
 COMPENSATIONS = ("none", "token", "token_no_own_key", "query_cluster")
@@ -285,9 +285,10 @@ def _error_config(own_key: bool = True, pool: str = "head"):
 TOLERANCES = Sweep("error_tolerance",
                    (0.002, 0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.13, 0.2,
                     0.35),
-                   SVG2Config().error_tolerance)
+                   SVG2Config.error_aware().error_tolerance)
 DENSITIES = Sweep("target_density", (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.25), 0.07)
-# The library's default (SVG2Config()): error-aware selection at a tolerance, compensated.
+# Issue #13's method (SVG2Config.error_aware()): error-aware selection at a tolerance,
+# compensated.
 DEFAULT_METHOD = "error-aware (tolerance) + compensation"
 
 @functools.partial(jax.jit, static_argnames=("top_p", "min_clusters", "tuning"))

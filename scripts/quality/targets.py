@@ -2,7 +2,7 @@
 
 The reference point is SVG2 at top_p 0.9 with min_kc_ratio 0.1 (density d0, error e0);
 a method's curve is its rows sorted by density, interpolated linearly in log density
-(error in log too). Targets for the library's default method:
+(error in log too). Targets for issue #13's error-aware method:
   1. density at which its error reaches e0 <= 0.4 d0;
   2. its error at d0 <= 0.5 e0;
   3. its recall p10 at d0 >= 0.85.
@@ -91,7 +91,8 @@ def evaluate(res, method: str = DEFAULT_METHOD, top_p: float = 0.9, ratio: float
 
 
 def default_row(res, method: str = DEFAULT_METHOD,
-                tolerance: float = SVG2Config().error_tolerance):
-    """The method's row at the library's default tolerance (None if not swept)."""
+                tolerance: float = SVG2Config.error_aware().error_tolerance):
+    """The method's row at its preset's tolerance (`SVG2Config.error_aware()`; None if not
+    swept)."""
     return next((r for r in res["rows"] if r["method"] == method
                  and r["param"] == "error_tolerance" and r["value"] == tolerance), None)
